@@ -1,0 +1,192 @@
+package cli
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+	"time"
+
+	"github.com/example/queue-janitor/events"
+	"github.com/example/queue-janitor/handlers"
+	"github.com/example/queue-janitor/queue"
+)
+
+// Config is every setting of every command, filled from flags and
+// environment variables over the defaults of [DefaultConfig].
+type Config struct {
+	NATS     NATSConfig
+	Embedded EmbeddedConfig
+	Names    queue.Names
+	Intake   events.IntakeConfig
+	Events   events.PublisherConfig
+	Retry    queue.RetryPolicy
+	Records  queue.StoreConfig
+
+	// TerminalStatuses is a comma-separated list of statuses to clean up on.
+	TerminalStatuses string
+	ClockSkew        time.Duration
+	Lease            time.Duration
+	BusyWait         time.Duration
+
+	Reconcile ReconcileConfig
+
+	LogLevel  string
+	LogFormat string
+	// HTTPAddr is the health and metrics listener; "" turns it off.
+	HTTPAddr string
+}
+
+// NATSConfig says how to reach and authenticate to NATS.
+type NATSConfig struct {
+	URL          string
+	User         string
+	Password     string
+	Token        string
+	NKeySeedFile string
+	CredsFile    string
+	TLSCAFile    string
+	TLSCertFile  string
+	TLSKeyFile   string
+	// ConnectTimeout bounds the first connection.
+	ConnectTimeout time.Duration
+}
+
+// EmbeddedConfig configures the in-process JetStream server.
+type EmbeddedConfig struct {
+	Enabled bool
+	// Listen is host:port for clients (port 0 picks a free one).
+	Listen string
+	// StoreDir keeps JetStream data; "" uses a temporary directory that is
+	// removed at exit.
+	StoreDir string
+}
+
+// ReconcileConfig configures the periodic reconciler.
+type ReconcileConfig struct {
+	// Interval between passes; 0 turns the reconciler off.
+	Interval time.Duration
+	// Grace is how long after a job's terminal event a stream created after
+	// it is left alone, in case a restart request is still on its way.
+	Grace time.Duration
+	// OrphanIdle is how long a stream of a job unknown to the service must
+	// be idle to be reported as an orphan.
+	OrphanIdle time.Duration
+	// SweepOrphans deletes orphans instead of only reporting them.
+	SweepOrphans bool
+	// LeaseTTL bounds how long a crashed sweeper blocks the others.
+	LeaseTTL time.Duration
+}
+
+// DefaultNATSURL is where the service looks for NATS when told nothing.
+const DefaultNATSURL = "nats://127.0.0.1:4222"
+
+// DefaultConfig returns the contract's defaults.
+func DefaultConfig() Config {
+	return Config{
+		NATS:     NATSConfig{URL: DefaultNATSURL, ConnectTimeout: 5 * time.Second},
+		Embedded: EmbeddedConfig{Listen: "127.0.0.1:4222"},
+		Names:    queue.DefaultNames(),
+		Intake:   events.DefaultIntakeConfig(),
+		Events:   events.DefaultPublisherConfig(),
+		Retry:    queue.DefaultRetryPolicy(),
+		Records:  queue.StoreConfig{Bucket: "queue_janitor_jobs", Replicas: 1, TTL: 30 * 24 * time.Hour},
+
+		TerminalStatuses: "revoked,failure,cancelled",
+		ClockSkew:        2 * time.Second,
+		Lease:            time.Minute,
+		BusyWait:         15 * time.Second,
+
+		Reconcile: ReconcileConfig{
+			Interval:   time.Minute,
+			Grace:      2 * time.Minute,
+			OrphanIdle: time.Hour,
+			LeaseTTL:   2 * time.Minute,
+		},
+
+		LogLevel:  "info",
+		LogFormat: "auto",
+		HTTPAddr:  ":8080",
+	}
+}
+
+// Terminal returns the parsed terminal statuses.
+func (c Config) Terminal() []events.Status {
+	var out []events.Status
+	for _, s := range splitList(c.TerminalStatuses) {
+		out = append(out, events.ParseStatus(s))
+	}
+	return out
+}
+
+// Handler returns the decisions' configuration for replica owner.
+func (c Config) Handler(owner string) handlers.Config {
+	return handlers.Config{
+		Terminal: c.Terminal(), ClockSkew: c.ClockSkew, Lease: c.Lease, BusyWait: c.BusyWait, Owner: owner,
+	}
+}
+
+// Validate checks the settings a command uses and names the first bad one
+// with its flag.
+func (c Config) Validate() error {
+	if err := c.NATS.Validate(c.Embedded.Enabled); err != nil {
+		return err
+	}
+	if c.Embedded.Enabled {
+		if _, _, err := net.SplitHostPort(c.Embedded.Listen); err != nil {
+			return fmt.Errorf("--embedded-listen %q: want host:port: %w", c.Embedded.Listen, err)
+		}
+	}
+	if err := c.Names.Validate(); err != nil {
+		return fmt.Errorf("naming: %w", err)
+	}
+	if err := c.Intake.Validate(); err != nil {
+		return fmt.Errorf("event intake: %w", err)
+	}
+	if err := c.Events.Validate(); err != nil {
+		return fmt.Errorf("emitted events: %w", err)
+	}
+	if err := c.Retry.Validate(); err != nil {
+		return fmt.Errorf("--retry-*: %w", err)
+	}
+	if c.Records.Bucket == "" || strings.ContainsAny(c.Records.Bucket, ".*> ") {
+		return fmt.Errorf("--kv-bucket %q: not a valid bucket name", c.Records.Bucket)
+	}
+	if c.Records.Replicas < 1 || c.Records.Replicas > 5 {
+		return fmt.Errorf("--kv-replicas %d: must be 1 to 5", c.Records.Replicas)
+	}
+	if err := c.Handler("validate").Validate(); err != nil {
+		return fmt.Errorf("decisions: %w", err)
+	}
+	if c.Lease <= c.Retry.MaxElapsed {
+		return fmt.Errorf("--lease %s must exceed --retry-max-elapsed %s, or a slow delete could outlive its lease", c.Lease, c.Retry.MaxElapsed)
+	}
+	if c.Reconcile.Interval < 0 || c.Reconcile.Grace < 0 || c.Reconcile.OrphanIdle <= 0 || c.Reconcile.LeaseTTL <= 0 {
+		return errors.New("--reconcile-*: durations must not be negative (interval 0 turns the reconciler off)")
+	}
+	return nil
+}
+
+// Validate checks that the authentication options make one coherent choice.
+func (c NATSConfig) Validate(embedded bool) error {
+	if !embedded && c.URL == "" {
+		return errors.New("--nats-url is empty: set NATS_URL, or use --embedded-nats")
+	}
+	methods := 0
+	for _, set := range []bool{c.User != "", c.Token != "", c.NKeySeedFile != "", c.CredsFile != ""} {
+		if set {
+			methods++
+		}
+	}
+	switch {
+	case methods > 1:
+		return errors.New("NATS authentication: choose one of user/password, token, NKey seed or creds file")
+	case c.Password != "" && c.User == "":
+		return errors.New("--nats-password given without --nats-user")
+	case (c.TLSCertFile == "") != (c.TLSKeyFile == ""):
+		return errors.New("--nats-tls-cert and --nats-tls-key go together")
+	case c.ConnectTimeout <= 0:
+		return errors.New("--nats-connect-timeout must be positive")
+	}
+	return nil
+}

@@ -1,0 +1,148 @@
+package cli
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/rs/zerolog"
+)
+
+// connect opens the NATS connection, reconnecting forever once it is up.
+// A failure to reach the server says what to check.
+func connect(c NATSConfig, name string, log zerolog.Logger) (*nats.Conn, error) {
+	opts := []nats.Option{
+		nats.Name(name),
+		nats.Timeout(c.ConnectTimeout),
+		nats.MaxReconnects(-1),
+		nats.ReconnectWait(500 * time.Millisecond),
+		nats.ReconnectJitter(250*time.Millisecond, time.Second),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			if err != nil {
+				log.Warn().Err(err).Msg("disconnected from NATS; reconnecting")
+			}
+		}),
+		nats.ReconnectHandler(func(nc *nats.Conn) {
+			log.Info().Str("server", nc.ConnectedUrlRedacted()).Msg("reconnected to NATS")
+		}),
+		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
+			e := log.Warn().Err(err)
+			if sub != nil {
+				e = e.Str("nats_subject", sub.Subject)
+			}
+			e.Msg("NATS asynchronous error")
+		}),
+	}
+	switch {
+	case c.User != "":
+		opts = append(opts, nats.UserInfo(c.User, c.Password))
+	case c.Token != "":
+		opts = append(opts, nats.Token(c.Token))
+	case c.NKeySeedFile != "":
+		opt, err := nats.NkeyOptionFromSeed(c.NKeySeedFile)
+		if err != nil {
+			return nil, fmt.Errorf("NKey seed %q: %w", c.NKeySeedFile, err)
+		}
+		opts = append(opts, opt)
+	case c.CredsFile != "":
+		if _, err := os.Stat(c.CredsFile); err != nil {
+			return nil, fmt.Errorf("creds file: %w", err)
+		}
+		opts = append(opts, nats.UserCredentials(c.CredsFile))
+	}
+	if c.TLSCAFile != "" {
+		opts = append(opts, nats.RootCAs(c.TLSCAFile))
+	}
+	if c.TLSCertFile != "" {
+		opts = append(opts, nats.ClientCert(c.TLSCertFile, c.TLSKeyFile))
+	}
+	nc, err := nats.Connect(c.URL, opts...)
+	if err != nil {
+		return nil, connectError(c.URL, err)
+	}
+	return nc, nil
+}
+
+func connectError(url string, err error) error {
+	switch {
+	case errors.Is(err, nats.ErrAuthorization) || errors.Is(err, nats.ErrAuthExpired) || errors.Is(err, nats.ErrAuthRevoked):
+		return fmt.Errorf("NATS at %s refused the credentials: %w: check NATS_USER/NATS_PASSWORD, NATS_TOKEN, NATS_NKEY_SEED or NATS_CREDS", url, err)
+	case errors.Is(err, nats.ErrNoServers):
+		return fmt.Errorf("cannot reach NATS at %s: %w: is the server running? set NATS_URL (or --nats-url), or try --embedded-nats", url, err)
+	}
+	return fmt.Errorf("cannot connect to NATS at %s: %w: check the URL and the TLS settings (NATS_TLS_CA, NATS_TLS_CERT, NATS_TLS_KEY)", url, err)
+}
+
+// embedded is an in-process JetStream server.
+type embedded struct {
+	srv     *server.Server
+	tempDir string
+}
+
+// startEmbedded starts a JetStream server listening on c.Listen with its
+// data in c.StoreDir (a temporary directory when empty).
+func startEmbedded(c EmbeddedConfig) (*embedded, error) {
+	host, portText, err := net.SplitHostPort(c.Listen)
+	if err != nil {
+		return nil, fmt.Errorf("--embedded-listen %q: %w", c.Listen, err)
+	}
+	port, err := strconv.Atoi(portText)
+	if err != nil {
+		return nil, fmt.Errorf("--embedded-listen %q: bad port: %w", c.Listen, err)
+	}
+	if port == 0 {
+		port = server.RANDOM_PORT
+	}
+	e := &embedded{}
+	dir := c.StoreDir
+	if dir == "" {
+		if dir, err = os.MkdirTemp("", "queue-janitor-nats-"); err != nil {
+			return nil, fmt.Errorf("embedded NATS data directory: %w", err)
+		}
+		e.tempDir = dir
+	}
+	srv, err := server.NewServer(&server.Options{
+		ServerName: "queue-janitor-embedded",
+		Host:       host,
+		Port:       port,
+		JetStream:  true,
+		StoreDir:   dir,
+		NoSigs:     true,
+		NoLog:      true,
+		MaxPayload: 8 << 20,
+	})
+	if err != nil {
+		e.removeTemp()
+		return nil, fmt.Errorf("embedded NATS: %w", err)
+	}
+	e.srv = srv
+	srv.Start()
+	if !srv.ReadyForConnections(15 * time.Second) {
+		e.stop()
+		return nil, fmt.Errorf("embedded NATS did not start listening on %s: is the port taken? try --embedded-listen 127.0.0.1:0", c.Listen)
+	}
+	return e, nil
+}
+
+// URL is where clients reach the embedded server.
+func (e *embedded) URL() string { return e.srv.ClientURL() }
+
+// StoreDir is where its data lives.
+func (e *embedded) StoreDir() string { return e.srv.JetStreamConfig().StoreDir }
+
+func (e *embedded) stop() {
+	e.srv.Shutdown()
+	e.srv.WaitForShutdown()
+	e.removeTemp()
+}
+
+func (e *embedded) removeTemp() {
+	if e.tempDir != "" {
+		_ = os.RemoveAll(e.tempDir)
+	}
+}

@@ -1,0 +1,138 @@
+package cli
+
+import (
+	"flag"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+)
+
+// flagSet is a flag.FlagSet in which every flag has an environment variable.
+// A flag given on the command line wins over its variable, which wins over
+// the default.
+type flagSet struct {
+	fs     *flag.FlagSet
+	name   string
+	about  string
+	args   string
+	envOf  map[string]string
+	groups []flagGroup
+}
+
+type flagGroup struct {
+	title string
+	names []string
+}
+
+func newFlagSet(name, args, about string) *flagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	return &flagSet{fs: fs, name: name, about: about, args: args, envOf: map[string]string{}}
+}
+
+// group starts a titled section of the help text.
+func (f *flagSet) group(title string) { f.groups = append(f.groups, flagGroup{title: title}) }
+
+func (f *flagSet) add(name, env string) {
+	f.envOf[name] = env
+	if len(f.groups) == 0 {
+		f.group("Options")
+	}
+	g := &f.groups[len(f.groups)-1]
+	g.names = append(g.names, name)
+}
+
+func (f *flagSet) String(p *string, name, env, usage string) {
+	f.fs.StringVar(p, name, *p, usage)
+	f.add(name, env)
+}
+
+func (f *flagSet) Bool(p *bool, name, env, usage string) {
+	f.fs.BoolVar(p, name, *p, usage)
+	f.add(name, env)
+}
+
+func (f *flagSet) Int(p *int, name, env, usage string) {
+	f.fs.IntVar(p, name, *p, usage)
+	f.add(name, env)
+}
+
+func (f *flagSet) Duration(p *time.Duration, name, env, usage string) {
+	f.fs.DurationVar(p, name, *p, usage)
+	f.add(name, env)
+}
+
+// parse reads args, then the environment for every flag not given.
+func (f *flagSet) parse(args []string, getenv func(string) string) error {
+	if err := f.fs.Parse(args); err != nil {
+		return err
+	}
+	given := map[string]bool{}
+	f.fs.Visit(func(fl *flag.Flag) { given[fl.Name] = true })
+	for name, env := range f.envOf {
+		if given[name] || env == "" {
+			continue
+		}
+		if v, ok := lookup(getenv, env); ok {
+			if err := f.fs.Set(name, v); err != nil {
+				return fmt.Errorf("environment variable %s=%q (for --%s): %w", env, v, name, err)
+			}
+		}
+	}
+	return nil
+}
+
+func lookup(getenv func(string) string, key string) (string, bool) {
+	v := getenv(key)
+	return v, v != ""
+}
+
+// usage writes the help text: what the command does, then every flag with
+// its variable and default, by group.
+func (f *flagSet) usage(w io.Writer) {
+	fmt.Fprintf(w, "Usage: queue-janitor %s [flags] %s\n\n%s\n", f.name, f.args, f.about)
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	for _, g := range f.groups {
+		fmt.Fprintf(tw, "\n%s:\n", g.title)
+		for _, name := range g.names {
+			fl := f.fs.Lookup(name)
+			kind, _ := flag.UnquoteUsage(fl)
+			head := "  --" + name
+			if kind != "" {
+				head += " " + kind
+			}
+			def := fl.DefValue
+			if def == "" {
+				def = `""`
+			}
+			if _, isBool := fl.Value.(interface{ IsBoolFlag() bool }); isBool && kind == "" {
+				head = "  --" + name
+			}
+			fmt.Fprintf(tw, "%s\t%s\t[%s] (default %s)\n", head, fl.Usage, f.envOf[name], def)
+		}
+	}
+	_ = tw.Flush()
+}
+
+// splitList splits a comma-separated list, dropping blanks.
+func splitList(s string) []string {
+	var out []string
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// parseBool is strconv.ParseBool with a message an operator understands.
+func parseBool(name, v string) (bool, error) {
+	b, err := strconv.ParseBool(v)
+	if err != nil {
+		return false, fmt.Errorf("%s=%q: want true or false", name, v)
+	}
+	return b, nil
+}

@@ -1,0 +1,135 @@
+// Package cli is the queue-janitor command: its subcommands, its one
+// configuration struct filled from flags and environment variables, and the
+// wiring of the service. main calls [Run]; end-to-end tests call the same
+// Run in-process.
+package cli
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"runtime/debug"
+	"sort"
+	"strings"
+)
+
+// Version is stamped at build time with
+// -ldflags "-X github.com/example/queue-janitor/cmd/queue-janitor/cli.Version=v1.2.3".
+var Version = ""
+
+// ErrUsage marks an error in how the command was called (exit status 2).
+var ErrUsage = errors.New("usage")
+
+// command is one subcommand.
+type command struct {
+	summary string
+	run     func(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error
+}
+
+func commands() map[string]command {
+	return map[string]command{
+		"serve":   {"run the service: consume job-status events and clean or flush job queues", runServe},
+		"demo":    {"replay the incident that motivated queue-janitor on an embedded NATS server", runDemo},
+		"version": {"print the version", runVersion},
+	}
+}
+
+// Run runs the command named by args[0]. getenv reads the environment
+// (os.Getenv in production). It returns flag.ErrHelp after printing help,
+// and an error wrapping ErrUsage when the command line is wrong.
+func Run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	cmds := commands()
+	if len(args) == 0 || args[0] == "help" || args[0] == "-h" || args[0] == "--help" || args[0] == "-help" {
+		if len(args) > 1 {
+			if c, ok := cmds[args[1]]; ok {
+				return c.run(ctx, []string{"--help"}, getenv, stdout, stderr)
+			}
+		}
+		usage(stdout, cmds)
+		if len(args) == 0 {
+			return fmt.Errorf("%w: no command given", ErrUsage)
+		}
+		return flag.ErrHelp
+	}
+	c, ok := cmds[args[0]]
+	if !ok {
+		usage(stderr, cmds)
+		return fmt.Errorf("%w: unknown command %q", ErrUsage, args[0])
+	}
+	return c.run(ctx, args[1:], getenv, stdout, stderr)
+}
+
+func usage(w io.Writer, cmds map[string]command) {
+	names := make([]string, 0, len(cmds))
+	for n := range cmds {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	fmt.Fprintf(w, `queue-janitor keeps a job backend's JetStream task queues in step with its jobs:
+it deletes a finished job's stream and consumers, and flushes leftovers before a
+restarted job publishes a new round of tasks.
+
+Usage: queue-janitor <command> [flags]
+
+Commands:
+`)
+	for _, n := range names {
+		fmt.Fprintf(w, "  %-8s %s\n", n, cmds[n].summary)
+	}
+	fmt.Fprintf(w, "\nRun 'queue-janitor <command> --help' for a command's flags and environment variables.\n")
+}
+
+// parseFlags parses args into f, printing help for --help and turning a bad
+// flag into a usage error that shows the flags.
+func parseFlags(f *flagSet, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	err := f.parse(args, getenv)
+	switch {
+	case errors.Is(err, flag.ErrHelp):
+		f.usage(stdout)
+		return flag.ErrHelp
+	case err != nil:
+		f.usage(stderr)
+		return fmt.Errorf("%w: %s: %v", ErrUsage, f.name, err)
+	}
+	if f.fs.NArg() > 0 && f.args == "" {
+		return fmt.Errorf("%w: %s takes no arguments, got %q", ErrUsage, f.name, strings.Join(f.fs.Args(), " "))
+	}
+	return nil
+}
+
+func runVersion(_ context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	f := newFlagSet("version", "", "Print the version.")
+	if err := parseFlags(f, args, getenv, stdout, stderr); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "queue-janitor %s\n", version())
+	return nil
+}
+
+// version is the stamped version, or the module version, or "dev".
+func version() string {
+	if Version != "" {
+		return Version
+	}
+	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
+		return bi.Main.Version
+	}
+	return "dev"
+}
+
+// replicaID names this process in leases and connection names; it is
+// unique per process start.
+func replicaID() string {
+	host, err := os.Hostname()
+	if err != nil || host == "" {
+		host = "unknown"
+	}
+	b := make([]byte, 3)
+	_, _ = rand.Read(b)
+	return fmt.Sprintf("%s-%d-%s", host, os.Getpid(), hex.EncodeToString(b))
+}

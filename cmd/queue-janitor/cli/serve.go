@@ -1,0 +1,214 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+
+	"github.com/example/queue-janitor/events"
+	"github.com/example/queue-janitor/handlers"
+	"github.com/example/queue-janitor/queue"
+	"github.com/example/queue-janitor/telemetry"
+)
+
+const serveAbout = `Run the service: read job-status CloudEvents from a durable JetStream consumer,
+delete a job's task stream and consumers when it reaches a terminal status,
+flush leftovers when a restart is requested (then emit job.queue.flushed.{id}),
+and periodically reconcile what the events missed.
+
+Tracing and OTLP metrics follow the standard OpenTelemetry variables:
+OTEL_TRACES_EXPORTER (otlp, console, none), OTEL_EXPORTER_OTLP_ENDPOINT,
+OTEL_EXPORTER_OTLP_PROTOCOL (grpc, http/protobuf), OTEL_TRACES_SAMPLER,
+OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES, OTEL_METRICS_EXPORTER, OTEL_SDK_DISABLED.`
+
+func serveFlags(c *Config) *flagSet {
+	f := newFlagSet("serve", "", serveAbout)
+	connFlags(f, c)
+	embeddedFlags(f, c)
+	intakeFlags(f, c)
+	eventsFlags(f, c)
+	decisionFlags(f, c)
+	namesFlags(f, c)
+	recordFlags(f, c)
+	retryFlags(f, c)
+	reconcileFlags(f, c)
+	logFlags(f, c)
+	httpFlags(f, c)
+	return f
+}
+
+func runServe(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	cfg := DefaultConfig()
+	if err := parseFlags(serveFlags(&cfg), args, getenv, stdout, stderr); err != nil {
+		return err
+	}
+	if err := cfg.Validate(); err != nil {
+		return fmt.Errorf("%w: %v", ErrUsage, err)
+	}
+	log, err := telemetry.NewLogger(stderr, cfg.LogLevel, cfg.LogFormat)
+	if err != nil {
+		return fmt.Errorf("%w: %v", ErrUsage, err)
+	}
+	tel, err := telemetry.Setup(ctx, telemetry.Config{
+		ServiceName: "queue-janitor", ServiceVersion: version(), Getenv: getenv, Console: stdout,
+	})
+	if err != nil {
+		return err
+	}
+	defer shutdownTelemetry(tel, log)
+	return serve(ctx, cfg, log, tel)
+}
+
+// serve runs the service until ctx is done.
+func serve(ctx context.Context, cfg Config, log zerolog.Logger, tel *telemetry.Telemetry) error {
+	metrics, err := telemetry.NewMetrics(tel.MeterProvider)
+	if err != nil {
+		return err
+	}
+	var emb *embedded
+	if cfg.Embedded.Enabled {
+		if emb, err = startEmbedded(cfg.Embedded); err != nil {
+			return err
+		}
+		defer emb.stop()
+		cfg.NATS.URL = emb.URL()
+		log.Info().Str("url", emb.URL()).Str("store_dir", emb.StoreDir()).
+			Msg("embedded NATS JetStream server started; point the backend and the nats CLI at it")
+	}
+	owner := replicaID()
+	svc, err := openService(ctx, cfg, owner, log, tel, metrics)
+	if err != nil {
+		return err
+	}
+	defer svc.close()
+
+	intake := events.NewIntake(svc.js, cfg.Intake, newDecoder(cfg, svc.handler), svc.handler, svc.pub,
+		events.IntakeDeps{Logger: log, Tracer: tel.Tracer(), Metrics: metrics})
+
+	var web *telemetry.Server
+	if cfg.HTTPAddr != "" {
+		checks := map[string]telemetry.Check{
+			"nats":     svc.natsReady,
+			"consumer": intake.Ready,
+			"kv":       svc.store.Ping,
+		}
+		if web, err = telemetry.Listen(cfg.HTTPAddr, telemetry.HealthHandler(checks, tel.MetricsHandler)); err != nil {
+			return fmt.Errorf("--http-addr %q: %w", cfg.HTTPAddr, err)
+		}
+		go func() {
+			if err := web.Serve(); err != nil {
+				log.Error().Err(err).Msg("health listener stopped")
+			}
+		}()
+	}
+
+	reconcileDone := make(chan struct{})
+	go func() {
+		defer close(reconcileDone)
+		newReconciler(cfg, svc, owner, log, metrics).run(ctx)
+	}()
+
+	e := log.Info().Str("replica", owner).Str("nats", svc.nc.ConnectedUrlRedacted()).
+		Str("event_stream", cfg.Intake.Stream).Str("consumer", cfg.Intake.Consumer).
+		Str("kv_bucket", cfg.Records.Bucket).Strs("terminal", splitList(cfg.TerminalStatuses)).
+		Strs("telemetry", tel.Exporters).Str("version", version())
+	if web != nil {
+		e = e.Str("http", web.Addr())
+	}
+	e.Msg("queue-janitor serving")
+
+	err = intake.Run(ctx)
+	<-reconcileDone
+	if web != nil {
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_ = web.Shutdown(sctx)
+		cancel()
+	}
+	if err != nil {
+		return err
+	}
+	log.Info().Msg("queue-janitor stopped")
+	return nil
+}
+
+// service is what every command that touches NATS shares.
+type service struct {
+	nc      *nats.Conn
+	js      jetstream.JetStream
+	store   *queue.Store
+	janitor *queue.Janitor
+	pub     *events.Publisher
+	handler *handlers.Handler
+}
+
+// openService connects and binds everything the handler needs.
+func openService(ctx context.Context, cfg Config, owner string, log zerolog.Logger, tel *telemetry.Telemetry, metrics *telemetry.Metrics) (*service, error) {
+	nc, err := connect(cfg.NATS, "queue-janitor "+owner, log)
+	if err != nil {
+		return nil, err
+	}
+	js, err := jetstream.New(nc, jetstream.WithDefaultTimeout(cfg.Retry.AttemptTimeout))
+	if err != nil {
+		nc.Close()
+		return nil, fmt.Errorf("jetstream: %w", err)
+	}
+	observer := func(ctx context.Context, op string, attempt int, err error, wait time.Duration) {
+		metrics.Retried(ctx, op)
+		log.Warn().Ctx(ctx).Str("operation", op).Int("attempt", attempt).Dur("retry_in", wait).Err(err).
+			Msg("transient NATS error; retrying")
+	}
+	opts := []queue.Option{queue.WithRetryPolicy(cfg.Retry), queue.WithTracer(tel.Tracer()), queue.WithRetryObserver(observer)}
+	store, err := queue.OpenStore(ctx, js, cfg.Records, opts...)
+	if err != nil {
+		nc.Close()
+		return nil, jetStreamHint(err)
+	}
+	svc := &service{nc: nc, js: js, store: store, janitor: queue.NewJanitor(js, cfg.Names, opts...)}
+	svc.pub = events.NewPublisher(nc, cfg.Events, tel.Tracer())
+	svc.handler = handlers.New(svc.janitor, store, svc.pub, cfg.Handler(owner))
+	return svc, nil
+}
+
+func (s *service) natsReady(context.Context) error {
+	if st := s.nc.Status(); st != nats.CONNECTED {
+		return fmt.Errorf("NATS connection is %s", st)
+	}
+	return nil
+}
+
+func (s *service) close() {
+	if err := s.nc.Drain(); err != nil {
+		s.nc.Close()
+	}
+	for i := 0; i < 50 && !s.nc.IsClosed(); i++ {
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func newDecoder(cfg Config, h *handlers.Handler) events.Decoder {
+	return events.NewDecoder(cfg.Intake.SubjectPrefix(), cfg.Intake.MaxEventBytes, func(s events.Status) bool {
+		return s == events.StatusRestartRequested || h.IsTerminal(s)
+	})
+}
+
+// jetStreamHint adds what to do when JetStream itself is missing.
+func jetStreamHint(err error) error {
+	if errors.Is(err, jetstream.ErrJetStreamNotEnabled) || errors.Is(err, jetstream.ErrJetStreamNotEnabledForAccount) {
+		return fmt.Errorf("%w: enable JetStream on the NATS server (nats-server -js) and for this account", err)
+	}
+	return err
+}
+
+func shutdownTelemetry(tel *telemetry.Telemetry, log zerolog.Logger) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := tel.Shutdown(ctx); err != nil {
+		log.Warn().Err(err).Msg("telemetry shutdown: some spans or metrics may not have been exported")
+	}
+}

@@ -1,0 +1,519 @@
+package events
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"runtime/debug"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
+	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
+
+	"github.com/example/queue-janitor/queue"
+	"github.com/example/queue-janitor/telemetry"
+)
+
+// Decision is what the service decided to do with an event.
+type Decision string
+
+// The decisions, as they appear in logs, span attributes and metric labels.
+const (
+	DecisionCleanup    Decision = "cleanup"
+	DecisionFlush      Decision = "flush"
+	DecisionIgnore     Decision = "ignore"
+	DecisionStale      Decision = "stale"
+	DecisionDeadLetter Decision = "dead-letter"
+)
+
+// Outcome is a [Handler]'s account of one event, for the log line, the span
+// and the metrics.
+type Outcome struct {
+	Decision Decision
+	// Result is short and stable: one of the Outcome* constants, or e.g.
+	// "recorded" for a status that only updates the record.
+	Result string
+	// Removal is set when the queue was acted on.
+	Removal *queue.Removal
+	// Note explains the decision in a few words, for the log.
+	Note string
+}
+
+// Handler decides what an event means and carries it out. It returns an
+// error wrapping [ErrInvalid] for an event that can never be handled, and any
+// other error for a failure worth retrying later.
+type Handler interface {
+	Handle(ctx context.Context, ev JobStatus) (Outcome, error)
+}
+
+// IntakeConfig configures the durable event intake.
+type IntakeConfig struct {
+	// Stream is the event stream; Subject its subject pattern, ending in
+	// ".*" where the status token goes (e.g. "job.status.*").
+	Stream  string
+	Subject string
+	// Bind, when true, requires the stream to exist instead of creating it.
+	Bind bool
+	// Replicas and MaxAge apply when the stream is created.
+	Replicas int
+	MaxAge   time.Duration
+	// Consumer is the durable pull consumer shared by every replica.
+	Consumer string
+	// MaxDeliver bounds deliveries of one event; on the last one a failing
+	// event is dead-lettered instead of retried.
+	MaxDeliver int
+	// AckWait is how long the server waits for an ack before redelivering
+	// (the first step of the consumer's redelivery backoff).
+	AckWait time.Duration
+	// Concurrency bounds events in flight in this process.
+	Concurrency int
+	// EffectTimeout bounds the handling of one event, once started; a
+	// shutdown does not cut it short.
+	EffectTimeout time.Duration
+	// ShutdownTimeout bounds the wait for in-flight events at shutdown.
+	ShutdownTimeout time.Duration
+	// MaxEventBytes bounds an event's size.
+	MaxEventBytes int
+}
+
+// DefaultIntakeConfig returns the contract's defaults.
+func DefaultIntakeConfig() IntakeConfig {
+	return IntakeConfig{
+		Stream:          "JOB_EVENTS",
+		Subject:         "job.status.*",
+		Replicas:        1,
+		MaxAge:          7 * 24 * time.Hour,
+		Consumer:        "queue-janitor",
+		MaxDeliver:      10,
+		AckWait:         30 * time.Second,
+		Concurrency:     32,
+		EffectTimeout:   2 * time.Minute,
+		ShutdownTimeout: 30 * time.Second,
+		MaxEventBytes:   DefaultMaxEventBytes,
+	}
+}
+
+// Validate names the first bad field.
+func (c IntakeConfig) Validate() error {
+	switch {
+	case c.Stream == "" || strings.ContainsAny(c.Stream, ".*> "):
+		return fmt.Errorf("event stream name %q is not a valid stream name", c.Stream)
+	case !strings.HasSuffix(c.Subject, ".*") || strings.Count(c.Subject, "*") != 1 || strings.Contains(c.Subject, ">"):
+		return fmt.Errorf("event subject %q must end in .* (the status token) and have no other wildcard", c.Subject)
+	case c.Consumer == "" || strings.ContainsAny(c.Consumer, ".*> "):
+		return fmt.Errorf("consumer name %q is not a valid consumer name", c.Consumer)
+	case c.MaxDeliver < 2:
+		return fmt.Errorf("max deliver %d: must be at least 2 so that a failure can be retried", c.MaxDeliver)
+	case c.AckWait < time.Second:
+		return fmt.Errorf("ack wait %s: must be at least 1s", c.AckWait)
+	case c.Concurrency < 1:
+		return fmt.Errorf("concurrency %d: must be at least 1", c.Concurrency)
+	case c.EffectTimeout <= 0 || c.ShutdownTimeout <= 0:
+		return errors.New("effect and shutdown timeouts must be positive")
+	case c.MaxEventBytes < 1024:
+		return fmt.Errorf("max event bytes %d: must be at least 1024", c.MaxEventBytes)
+	case c.Replicas < 1 || c.Replicas > 5:
+		return fmt.Errorf("event stream replicas %d: must be 1 to 5", c.Replicas)
+	}
+	return nil
+}
+
+// SubjectPrefix is the part of Subject before the status token.
+func (c IntakeConfig) SubjectPrefix() string { return strings.TrimSuffix(c.Subject, "*") }
+
+// IntakeDeps are the collaborators of an [Intake].
+type IntakeDeps struct {
+	Logger  zerolog.Logger
+	Tracer  trace.Tracer
+	Metrics *telemetry.Metrics
+}
+
+// Intake reads job-status events from a durable JetStream consumer and feeds
+// them to a Handler: concurrently up to a bound, one at a time per job. It
+// settles each message in one place (settle): ack after the effect is done,
+// NakWithDelay growing with the delivery count on failure, Term plus a dead
+// letter for an invalid event or on the last allowed delivery.
+type Intake struct {
+	js      jetstream.JetStream
+	cfg     IntakeConfig
+	decoder Decoder
+	handler Handler
+	pub     *Publisher
+	log     zerolog.Logger
+	tracer  trace.Tracer
+	metrics *telemetry.Metrics
+
+	dispatch *dispatcher
+	base     context.Context // for values only; cancellation is dropped
+	stopping atomic.Bool
+	bound    atomic.Bool
+	lost     chan struct{}
+}
+
+// NewIntake returns an Intake; call Run to start it.
+func NewIntake(js jetstream.JetStream, cfg IntakeConfig, decoder Decoder, h Handler, pub *Publisher, deps IntakeDeps) *Intake {
+	if deps.Tracer == nil {
+		deps.Tracer = noop.NewTracerProvider().Tracer("")
+	}
+	if deps.Metrics == nil {
+		deps.Metrics, _ = telemetry.NewMetrics(nil)
+	}
+	return &Intake{
+		js: js, cfg: cfg, decoder: decoder, handler: h, pub: pub,
+		log: deps.Logger, tracer: deps.Tracer, metrics: deps.Metrics,
+		dispatch: newDispatcher(cfg.Concurrency),
+		lost:     make(chan struct{}, 1),
+	}
+}
+
+// Ready reports whether the consumer is bound and taking events.
+func (in *Intake) Ready(context.Context) error {
+	if !in.bound.Load() {
+		return errors.New("event consumer not bound")
+	}
+	return nil
+}
+
+// Run ensures the event stream and consumer, then consumes until ctx is
+// done. At shutdown it stops taking events, naks any it received but did not
+// start, and waits up to ShutdownTimeout for events in flight; those still
+// unfinished are redelivered later. It returns an error only when the stream
+// or consumer cannot be set up.
+func (in *Intake) Run(ctx context.Context) error {
+	in.base = context.WithoutCancel(ctx)
+	for {
+		cons, err := in.Ensure(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+		cc, err := cons.Consume(in.receive,
+			jetstream.PullMaxMessages(in.cfg.Concurrency),
+			jetstream.ConsumeErrHandler(in.onConsumeError))
+		if err != nil {
+			return fmt.Errorf("consume %s/%s: %w", in.cfg.Stream, in.cfg.Consumer, err)
+		}
+		in.bound.Store(true)
+		select {
+		case <-ctx.Done():
+			in.shutdown(cc)
+			return nil
+		case <-in.lost:
+			in.bound.Store(false)
+			cc.Stop()
+			in.log.Warn().Str("stream", in.cfg.Stream).Str("consumer", in.cfg.Consumer).
+				Msg("event consumer was deleted on the server; recreating it")
+		}
+	}
+}
+
+func (in *Intake) shutdown(cc jetstream.ConsumeContext) {
+	in.stopping.Store(true)
+	in.bound.Store(false)
+	cc.Drain()
+	ctx, cancel := context.WithTimeout(context.Background(), in.cfg.ShutdownTimeout)
+	defer cancel()
+	select {
+	case <-cc.Closed():
+	case <-ctx.Done():
+	}
+	if !in.dispatch.wait(ctx) {
+		in.log.Warn().Dur("waited", in.cfg.ShutdownTimeout).
+			Msg("shutdown: events still in flight; they were not acked and will be redelivered")
+	}
+}
+
+func (in *Intake) onConsumeError(_ jetstream.ConsumeContext, err error) {
+	if errors.Is(err, jetstream.ErrConsumerDeleted) || errors.Is(err, jetstream.ErrConsumerNotFound) {
+		select {
+		case in.lost <- struct{}{}:
+		default:
+		}
+		return
+	}
+	if in.stopping.Load() {
+		return
+	}
+	in.log.Debug().Err(err).Msg("event consumer")
+}
+
+// Ensure creates or binds the event stream and the durable consumer.
+func (in *Intake) Ensure(ctx context.Context) (jetstream.Consumer, error) {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if _, err := in.js.Stream(ctx, in.cfg.Stream); err != nil {
+		if !errors.Is(err, jetstream.ErrStreamNotFound) {
+			return nil, fmt.Errorf("look up event stream %q: %w", in.cfg.Stream, err)
+		}
+		if in.cfg.Bind {
+			return nil, fmt.Errorf("event stream %q does not exist: create it, or drop --bind-event-stream to let queue-janitor create it", in.cfg.Stream)
+		}
+		_, err = in.js.CreateStream(ctx, jetstream.StreamConfig{
+			Name:        in.cfg.Stream,
+			Description: "job-status CloudEvents read by queue-janitor",
+			Subjects:    []string{in.cfg.Subject},
+			Storage:     jetstream.FileStorage,
+			Retention:   jetstream.LimitsPolicy,
+			MaxAge:      in.cfg.MaxAge,
+			Replicas:    in.cfg.Replicas,
+			Duplicates:  2 * time.Minute,
+		})
+		if err != nil && !errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
+			return nil, fmt.Errorf("create event stream %q: %w", in.cfg.Stream, err)
+		}
+	}
+	cons, err := in.js.CreateOrUpdateConsumer(ctx, in.cfg.Stream, jetstream.ConsumerConfig{
+		Durable:        in.cfg.Consumer,
+		Description:    "queue-janitor: shared by every replica",
+		AckPolicy:      jetstream.AckExplicitPolicy,
+		AckWait:        in.cfg.AckWait,
+		MaxDeliver:     in.cfg.MaxDeliver,
+		BackOff:        redeliveryBackoff(in.cfg.AckWait, in.cfg.MaxDeliver),
+		FilterSubjects: []string{in.cfg.Subject},
+		DeliverPolicy:  jetstream.DeliverAllPolicy,
+		MaxAckPending:  4096,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("create consumer %q on %q: %w", in.cfg.Consumer, in.cfg.Stream, err)
+	}
+	return cons, nil
+}
+
+// redeliveryBackoff is the consumer's wait before redelivering an event that
+// was never acked (its handler crashed): AckWait, then doubling, up to 10m.
+func redeliveryBackoff(ackWait time.Duration, maxDeliver int) []time.Duration {
+	n := min(maxDeliver-1, 6)
+	out := make([]time.Duration, 0, n)
+	for d := ackWait; len(out) < n; d *= 2 {
+		out = append(out, min(d, 10*time.Minute))
+	}
+	return out
+}
+
+// nakDelay is the wait before retrying an event whose handling failed: 1s,
+// doubling with each delivery, at most one minute.
+func nakDelay(delivered uint64) time.Duration {
+	d := time.Second
+	for i := uint64(1); i < delivered && d < time.Minute; i++ {
+		d *= 2
+	}
+	return min(d, time.Minute)
+}
+
+func (in *Intake) receive(msg jetstream.Msg) {
+	if in.stopping.Load() {
+		// Taken from the buffer after shutdown began: hand it straight back.
+		_ = msg.Nak()
+		return
+	}
+	received := time.Now()
+	ev, err := in.decoder.Decode(msg.Subject(), msg.Headers(), msg.Data())
+	key := ""
+	if err == nil {
+		key = ev.JobID.String()
+	}
+	in.dispatch.submit(key, func() { in.process(msg, ev, err, received) })
+}
+
+// process handles one message: it opens the consumer span (continuing the
+// producer's trace), runs the handler unless decoding failed, then settles.
+func (in *Intake) process(msg jetstream.Msg, ev JobStatus, decodeErr error, received time.Time) {
+	ctx, cancel := context.WithTimeout(in.base, in.cfg.EffectTimeout)
+	defer cancel()
+	ctx = telemetry.WithRemoteParent(ctx, ev.TraceParent, ev.TraceState)
+	meta, _ := msg.Metadata()
+	var delivered uint64 = 1
+	if meta != nil {
+		delivered = meta.NumDelivered
+	}
+	ctx, span := in.tracer.Start(ctx, "process "+msg.Subject(), trace.WithSpanKind(trace.SpanKindConsumer),
+		trace.WithAttributes(
+			semconv.MessagingSystemKey.String("nats"),
+			semconv.MessagingDestinationName(msg.Subject()),
+			semconv.MessagingOperationTypeProcess,
+			semconv.MessagingOperationName("process"),
+			semconv.MessagingConsumerGroupName(in.cfg.Consumer),
+			semconv.MessagingMessageBodySize(len(msg.Data())),
+			attribute.Int64("messaging.nats.message.delivery_count", int64(delivered)),
+		))
+	defer span.End()
+	if decodeErr == nil {
+		span.SetAttributes(
+			semconv.MessagingMessageID(ev.ID),
+			attribute.String("cloudevents.event_id", ev.ID),
+			attribute.String("cloudevents.event_type", ev.Type),
+			attribute.String("cloudevents.event_source", ev.Source),
+			attribute.Int64("job.id", int64(ev.JobID)),
+			attribute.String("job.status", string(ev.Status)),
+		)
+		if ev.HasAttempt {
+			span.SetAttributes(attribute.Int64("job.attempt", ev.Attempt))
+		}
+	}
+
+	var out Outcome
+	err := decodeErr
+	if err == nil {
+		stop := in.keepAlive(msg)
+		out, err = in.handle(ctx, ev)
+		stop()
+	}
+	in.settle(ctx, span, msg, meta, ev, out, err, received)
+}
+
+// handle runs the handler, turning a panic into an error so that it is
+// retried (and eventually dead-lettered) rather than fatal.
+func (in *Intake) handle(ctx context.Context, ev JobStatus) (out Outcome, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("handler panic: %v\n%s", r, debug.Stack())
+		}
+	}()
+	return in.handler.Handle(ctx, ev)
+}
+
+// keepAlive tells the server the event is still being worked on, so that a
+// long effect is not redelivered to another replica meanwhile.
+func (in *Intake) keepAlive(msg jetstream.Msg) (stop func()) {
+	done := make(chan struct{})
+	go func() {
+		t := time.NewTicker(in.cfg.AckWait / 3)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+				_ = msg.InProgress()
+			}
+		}
+	}()
+	return func() { close(done) }
+}
+
+// settle is the one place where a message is acked, nak'ed or terminated,
+// and where the event's log line, metrics and span status are written.
+func (in *Intake) settle(ctx context.Context, span trace.Span, msg jetstream.Msg, meta *jetstream.MsgMetadata,
+	ev JobStatus, out Outcome, err error, received time.Time) {
+	var delivered uint64 = 1
+	if meta != nil {
+		delivered = meta.NumDelivered
+	}
+	lastTry := in.cfg.MaxDeliver > 0 && delivered >= uint64(in.cfg.MaxDeliver)
+	var invalidErr *InvalidError
+	level := zerolog.InfoLevel
+	var settleErr error
+	switch {
+	case err == nil:
+		settleErr = msg.Ack()
+	case errors.As(err, &invalidErr) || lastTry:
+		reason, detail := ReasonRetriesExhausted, err.Error()
+		if invalidErr != nil {
+			reason, detail = invalidErr.Reason, invalidErr.Detail
+		}
+		out = Outcome{Decision: DecisionDeadLetter, Result: string(reason)}
+		if dlErr := in.deadLetter(ctx, msg, meta, ev, reason, detail); dlErr != nil {
+			// Never drop an event we could not record: retry it later.
+			out.Result = "retry"
+			err = fmt.Errorf("%w (dead-letter failed, will retry: %v)", err, dlErr)
+			settleErr = msg.NakWithDelay(nakDelay(delivered))
+			level = zerolog.ErrorLevel
+		} else {
+			settleErr = msg.TermWithReason(string(reason))
+			in.metrics.DeadLettered(ctx, string(reason))
+			level = zerolog.WarnLevel
+			if lastTry && invalidErr == nil {
+				level = zerolog.ErrorLevel
+			}
+		}
+	default:
+		if out.Decision == "" {
+			out.Decision = decisionFor(ev)
+		}
+		out.Result = "retry"
+		settleErr = msg.NakWithDelay(nakDelay(delivered))
+		level = zerolog.WarnLevel
+	}
+
+	took := time.Since(received)
+	var lag time.Duration
+	if !ev.Time.IsZero() {
+		lag = time.Since(ev.Time)
+	}
+	status := string(ev.Status)
+	if status == "" {
+		status = "invalid"
+	}
+	in.metrics.EventHandled(ctx, status, string(out.Decision), out.Result, took, lag)
+	if out.Removal != nil && (out.Decision == DecisionCleanup || out.Decision == DecisionFlush) {
+		in.metrics.Discarded(ctx, string(out.Decision), out.Removal.MessagesDiscarded)
+	}
+	span.SetAttributes(attribute.String("queue_janitor.decision", string(out.Decision)),
+		attribute.String("queue_janitor.result", out.Result))
+	if err != nil {
+		span.RecordError(err)
+		span.SetStatus(codes.Error, err.Error())
+	}
+
+	e := in.log.WithLevel(level).Ctx(ctx).Str("subject", msg.Subject()).Uint64("delivery", delivered)
+	if meta != nil {
+		e = e.Uint64("stream_seq", meta.Sequence.Stream)
+	}
+	if ev.JobID.Valid() {
+		e = e.Int64("job_id", int64(ev.JobID)).Str("status", string(ev.Status)).Str("event_id", ev.ID)
+		if ev.HasAttempt {
+			e = e.Int64("attempt", ev.Attempt)
+		}
+		if ev.Actor != "" {
+			e = e.Str("actor", ev.Actor)
+		}
+	}
+	e = e.Str("decision", string(out.Decision)).Str("result", out.Result)
+	if r := out.Removal; r != nil {
+		e = e.Str("stream", r.Stream).Strs("deleted", r.Deleted).Uint64("messages_discarded", r.MessagesDiscarded).
+			Int("consumers_removed", r.ConsumersRemoved)
+		if len(r.Kept) > 0 {
+			e = e.Strs("kept", r.Kept)
+		}
+	}
+	if out.Note != "" {
+		e = e.Str("note", out.Note)
+	}
+	if err != nil {
+		e = e.Err(err)
+	}
+	if settleErr != nil {
+		e = e.AnErr("settle_error", settleErr)
+	}
+	e.Float64("duration_ms", float64(took.Microseconds())/1000).Msg("event handled")
+}
+
+func (in *Intake) deadLetter(ctx context.Context, msg jetstream.Msg, meta *jetstream.MsgMetadata, ev JobStatus, reason Reason, detail string) error {
+	orig := NewOriginal(msg.Subject(), msg.Headers(), msg.Data(), in.cfg.MaxEventBytes)
+	if meta != nil {
+		orig.Stream, orig.Sequence, orig.Delivered = meta.Stream, meta.Sequence.Stream, meta.NumDelivered
+	}
+	jobID := ""
+	if ev.JobID.Valid() {
+		jobID = ev.JobID.String()
+	}
+	return in.pub.DeadLetter(ctx, jobID, DeadLetter{Reason: reason, Detail: detail, Original: orig})
+}
+
+// decisionFor names the decision an event would get, for failures that
+// happened before the handler could say.
+func decisionFor(ev JobStatus) Decision {
+	if ev.Status == StatusRestartRequested {
+		return DecisionFlush
+	}
+	return DecisionCleanup
+}

@@ -1,0 +1,238 @@
+package events
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/cloudevents/sdk-go/v2/event"
+	"github.com/google/uuid"
+	"github.com/nats-io/nats.go"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
+	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
+
+	"github.com/example/queue-janitor/queue"
+	"github.com/example/queue-janitor/telemetry"
+)
+
+// The types of the events queue-janitor emits.
+const (
+	TypeCleaned    = "job.queue.cleaned"
+	TypeFlushed    = "job.queue.flushed"
+	TypeDeadLetter = "job.deadletter.status"
+)
+
+// confirmTimeout bounds the wait for the server to confirm a dead letter.
+const confirmTimeout = 5 * time.Second
+
+// ReasonHeader carries a dead-letter's [Reason] on the NATS message.
+const ReasonHeader = "Queue-Janitor-Reason"
+
+// ContentTypeCloudEventsJSON is the structured-mode content type.
+const ContentTypeCloudEventsJSON = "application/cloudevents+json"
+
+// Outcomes of a cleanup or flush, as reported in [QueueResult].
+const (
+	OutcomeRemoved      = "removed"
+	OutcomeNothing      = "nothing_to_remove"
+	OutcomeKeptLaterRun = "kept_later_run"
+	OutcomeAlreadyDone  = "already_done"
+)
+
+// QueueResult is the data of job.queue.cleaned and job.queue.flushed events.
+type QueueResult struct {
+	JobID   queue.JobID `json:"job_id"`
+	Attempt *int64      `json:"attempt,omitempty"`
+	// Status is the status of the event that caused the action.
+	Status       Status `json:"status"`
+	CauseEventID string `json:"cause_event_id"`
+	// Outcome is one of the Outcome constants.
+	Outcome string `json:"outcome"`
+	queue.Removal
+	DurationMS float64 `json:"duration_ms"`
+}
+
+// DeadLetter is the data of a job.deadletter.status event.
+type DeadLetter struct {
+	Reason   Reason          `json:"reason"`
+	Detail   string          `json:"detail"`
+	Original OriginalMessage `json:"original"`
+}
+
+// OriginalMessage is a rejected message as it was received.
+type OriginalMessage struct {
+	Subject string              `json:"subject"`
+	Header  map[string][]string `json:"header,omitempty"`
+	// Body is set when the body is valid UTF-8, BodyBase64 otherwise.
+	Body       string `json:"body,omitempty"`
+	BodyBase64 []byte `json:"body_base64,omitempty"`
+	// Truncated says the body was cut to the event size limit.
+	Truncated bool `json:"truncated,omitempty"`
+	// Stream and Sequence locate the original in the event stream.
+	Stream    string `json:"stream,omitempty"`
+	Sequence  uint64 `json:"sequence,omitempty"`
+	Delivered uint64 `json:"delivered,omitempty"`
+}
+
+// NewOriginal captures a message for a dead letter, cutting its body to max
+// bytes.
+func NewOriginal(subject string, h nats.Header, body []byte, maxBody int) OriginalMessage {
+	o := OriginalMessage{Subject: subject}
+	if len(h) > 0 {
+		o.Header = make(map[string][]string, len(h))
+		for k, v := range h {
+			o.Header[k] = append([]string(nil), v...)
+		}
+	}
+	if maxBody > 0 && len(body) > maxBody {
+		body, o.Truncated = body[:maxBody], true
+	}
+	if utf8.Valid(body) {
+		o.Body = string(body)
+	} else {
+		o.BodyBase64 = append([]byte(nil), body...)
+	}
+	return o
+}
+
+// PublisherConfig names where the service's events go.
+type PublisherConfig struct {
+	// Source is the CloudEvents source of every emitted event.
+	Source string
+	// CleanedSubject and FlushedSubject are patterns with {id}.
+	CleanedSubject string
+	FlushedSubject string
+	// DeadLetterSubject receives rejected events.
+	DeadLetterSubject string
+}
+
+// DefaultPublisherConfig returns the contract's subjects (section 3).
+func DefaultPublisherConfig() PublisherConfig {
+	return PublisherConfig{
+		Source:            "queue-janitor",
+		CleanedSubject:    "job.queue.cleaned.{id}",
+		FlushedSubject:    "job.queue.flushed.{id}",
+		DeadLetterSubject: "job.deadletter.status",
+	}
+}
+
+// Validate names the first bad field.
+func (c PublisherConfig) Validate() error {
+	switch {
+	case c.Source == "":
+		return fmt.Errorf("event source must not be empty")
+	case strings.Count(c.CleanedSubject, queue.IDPlaceholder) != 1:
+		return fmt.Errorf("cleaned subject %q must contain %s once", c.CleanedSubject, queue.IDPlaceholder)
+	case strings.Count(c.FlushedSubject, queue.IDPlaceholder) != 1:
+		return fmt.Errorf("flushed subject %q must contain %s once", c.FlushedSubject, queue.IDPlaceholder)
+	case c.DeadLetterSubject == "" || strings.ContainsAny(c.DeadLetterSubject, "*> "):
+		return fmt.Errorf("dead-letter subject %q must be a literal subject", c.DeadLetterSubject)
+	case strings.HasPrefix(c.DeadLetterSubject, "job.status."):
+		return fmt.Errorf("dead-letter subject %q must not be under job.status., or rejected events would be read again", c.DeadLetterSubject)
+	}
+	return nil
+}
+
+// Publisher emits the service's CloudEvents (structured JSON) on core NATS,
+// each carrying the current trace context in the distributed-tracing
+// extension. It is safe for concurrent use.
+type Publisher struct {
+	nc     *nats.Conn
+	cfg    PublisherConfig
+	tracer trace.Tracer
+	now    func() time.Time
+}
+
+// NewPublisher returns a Publisher on nc. tracer may be nil.
+func NewPublisher(nc *nats.Conn, cfg PublisherConfig, tracer trace.Tracer) *Publisher {
+	if tracer == nil {
+		tracer = noop.NewTracerProvider().Tracer("")
+	}
+	return &Publisher{nc: nc, cfg: cfg, tracer: tracer, now: time.Now}
+}
+
+// Cleaned emits job.queue.cleaned.{id}.
+func (p *Publisher) Cleaned(ctx context.Context, r QueueResult) error {
+	return p.publish(ctx, fillID(p.cfg.CleanedSubject, r.JobID), TypeCleaned, r.JobID.String(), r, nil, false)
+}
+
+// Flushed emits job.queue.flushed.{id}.
+func (p *Publisher) Flushed(ctx context.Context, r QueueResult) error {
+	return p.publish(ctx, fillID(p.cfg.FlushedSubject, r.JobID), TypeFlushed, r.JobID.String(), r, nil, false)
+}
+
+// DeadLetter emits a rejected event on the dead-letter subject and waits
+// until the server has it, so that the original may then be terminated.
+func (p *Publisher) DeadLetter(ctx context.Context, jobID string, dl DeadLetter) error {
+	h := nats.Header{ReasonHeader: []string{string(dl.Reason)}}
+	return p.publish(ctx, p.cfg.DeadLetterSubject, TypeDeadLetter, jobID, dl, h, true)
+}
+
+func (p *Publisher) publish(ctx context.Context, subject, typ, jobID string, data any, h nats.Header, confirm bool) error {
+	ctx, span := p.tracer.Start(ctx, "publish "+subject, trace.WithSpanKind(trace.SpanKindProducer),
+		trace.WithAttributes(semconv.MessagingSystemKey.String("nats"), semconv.MessagingDestinationName(subject),
+			semconv.MessagingOperationTypeSend, semconv.MessagingOperationName("publish"),
+			attribute.String("cloudevents.event_type", typ)))
+	defer span.End()
+	err := p.send(ctx, subject, typ, jobID, data, h, confirm, span)
+	if err != nil {
+		span.RecordError(err)
+		span.SetStatus(codes.Error, err.Error())
+	}
+	return err
+}
+
+func (p *Publisher) send(ctx context.Context, subject, typ, jobID string, data any, h nats.Header, confirm bool, span trace.Span) error {
+	ev := event.New()
+	ev.SetID(uuid.NewString())
+	ev.SetSource(p.cfg.Source)
+	ev.SetType(typ)
+	ev.SetTime(p.now())
+	if jobID != "" {
+		ev.SetSubject(jobID)
+	}
+	if err := ev.SetData(event.ApplicationJSON, data); err != nil {
+		return fmt.Errorf("encode %s data: %w", typ, err)
+	}
+	traceparent, tracestate := telemetry.TraceContext(ctx)
+	if traceparent != "" {
+		ev.SetExtension("traceparent", traceparent)
+		if tracestate != "" {
+			ev.SetExtension("tracestate", tracestate)
+		}
+	}
+	span.SetAttributes(semconv.MessagingMessageID(ev.ID()), attribute.String("cloudevents.event_id", ev.ID()))
+	body, err := json.Marshal(ev)
+	if err != nil {
+		return fmt.Errorf("encode %s event: %w", typ, err)
+	}
+	msg := &nats.Msg{Subject: subject, Data: body, Header: nats.Header{}}
+	for k, v := range h {
+		msg.Header[k] = v
+	}
+	msg.Header.Set("Content-Type", ContentTypeCloudEventsJSON)
+	if traceparent != "" {
+		msg.Header.Set("traceparent", traceparent)
+	}
+	if err := p.nc.PublishMsg(msg); err != nil {
+		return fmt.Errorf("publish %s on %q: %w", typ, subject, err)
+	}
+	if confirm {
+		fctx, cancel := context.WithTimeout(ctx, confirmTimeout)
+		defer cancel()
+		if err := p.nc.FlushWithContext(fctx); err != nil {
+			return fmt.Errorf("confirm %s on %q: %w", typ, subject, err)
+		}
+	}
+	return nil
+}
+
+func fillID(pattern string, id queue.JobID) string {
+	return strings.Replace(pattern, queue.IDPlaceholder, id.String(), 1)
+}

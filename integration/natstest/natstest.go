@@ -1,0 +1,195 @@
+// Package natstest runs real NATS JetStream servers in-process for tests:
+// a single node, or a cluster of several, each with its own store directory
+// under t.TempDir(), listening on free loopback ports. Servers can be
+// stopped and restarted on the same port and store to simulate outages.
+package natstest
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Server is one embedded nats-server that can be restarted.
+type Server struct {
+	*server.Server
+	opts *server.Options
+}
+
+// Option adjusts a server's options before it starts.
+type Option func(*server.Options)
+
+// RunServer starts a single JetStream node and stops it at the end of the
+// test.
+func RunServer(tb testing.TB, opts ...Option) *Server {
+	tb.Helper()
+	o := &server.Options{
+		Host:       "127.0.0.1",
+		Port:       server.RANDOM_PORT,
+		JetStream:  true,
+		StoreDir:   tb.TempDir(),
+		NoLog:      true,
+		NoSigs:     true,
+		MaxPayload: 8 << 20,
+	}
+	for _, opt := range opts {
+		opt(o)
+	}
+	s := &Server{opts: o}
+	s.start(tb)
+	tb.Cleanup(s.Stop)
+	return s
+}
+
+func (s *Server) start(tb testing.TB) {
+	tb.Helper()
+	srv, err := server.NewServer(s.opts)
+	if err != nil {
+		tb.Fatalf("natstest: new server: %v", err)
+	}
+	srv.Start()
+	if !srv.ReadyForConnections(20 * time.Second) {
+		tb.Fatalf("natstest: server %s not ready", s.opts.ServerName)
+	}
+	s.Server = srv
+	// Pin the chosen ports so that a restart comes back where clients
+	// reconnect to.
+	s.opts.Port = srv.Addr().(*net.TCPAddr).Port
+	if ca := srv.ClusterAddr(); ca != nil {
+		s.opts.Cluster.Port = ca.Port
+	}
+}
+
+// URL is the client URL.
+func (s *Server) URL() string { return fmt.Sprintf("nats://127.0.0.1:%d", s.opts.Port) }
+
+// Stop shuts the server down and waits; stopping twice is harmless.
+func (s *Server) Stop() {
+	if s.Server != nil && s.Running() {
+		s.Shutdown()
+		s.WaitForShutdown()
+	}
+}
+
+// Restart starts the server again on the same port and store.
+func (s *Server) Restart(tb testing.TB) {
+	tb.Helper()
+	s.Stop()
+	s.start(tb)
+}
+
+// Connect opens a client connection that reconnects forever, closed at the
+// end of the test.
+func Connect(tb testing.TB, url string, opts ...nats.Option) (*nats.Conn, jetstream.JetStream) {
+	tb.Helper()
+	opts = append([]nats.Option{nats.MaxReconnects(-1), nats.ReconnectWait(100 * time.Millisecond)}, opts...)
+	nc, err := nats.Connect(url, opts...)
+	if err != nil {
+		tb.Fatalf("natstest: connect %s: %v", url, err)
+	}
+	tb.Cleanup(nc.Close)
+	js, err := jetstream.New(nc, jetstream.WithDefaultTimeout(10*time.Second))
+	if err != nil {
+		tb.Fatalf("natstest: jetstream: %v", err)
+	}
+	return nc, js
+}
+
+// Cluster is an in-process JetStream cluster.
+type Cluster struct {
+	Servers []*Server
+}
+
+// RunCluster starts n routed JetStream nodes and waits for a meta leader.
+func RunCluster(tb testing.TB, n int, opts ...Option) *Cluster {
+	tb.Helper()
+	ports := freePorts(tb, n)
+	routes := make([]string, n)
+	for i, p := range ports {
+		routes[i] = fmt.Sprintf("nats://127.0.0.1:%d", p)
+	}
+	c := &Cluster{}
+	for i := range n {
+		o := func(o *server.Options) {
+			o.ServerName = fmt.Sprintf("n%d", i+1)
+			o.Cluster = server.ClusterOpts{Name: "qj-test", Host: "127.0.0.1", Port: ports[i]}
+			o.Routes = server.RoutesFromStr(strings.Join(routes, ","))
+		}
+		c.Servers = append(c.Servers, RunServer(tb, append([]Option{o}, opts...)...))
+	}
+	c.WaitMetaLeader(tb, 30*time.Second)
+	return c
+}
+
+// URLs is every client URL, comma-separated, for nats.Connect.
+func (c *Cluster) URLs() string {
+	urls := make([]string, len(c.Servers))
+	for i, s := range c.Servers {
+		urls[i] = s.URL()
+	}
+	return strings.Join(urls, ",")
+}
+
+// MetaLeader is the running node that leads the meta group, or nil.
+func (c *Cluster) MetaLeader() *Server {
+	for _, s := range c.Servers {
+		if s.Server != nil && s.Running() && s.JetStreamIsLeader() {
+			return s
+		}
+	}
+	return nil
+}
+
+// WaitMetaLeader waits until some node leads the meta group.
+func (c *Cluster) WaitMetaLeader(tb testing.TB, timeout time.Duration) *Server {
+	tb.Helper()
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		if l := c.MetaLeader(); l != nil {
+			return l
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	tb.Fatalf("natstest: no meta leader after %s", timeout)
+	return nil
+}
+
+// StreamLeader is the node leading stream name, as js sees it, or nil.
+func (c *Cluster) StreamLeader(ctx context.Context, js jetstream.JetStream, name string) *Server {
+	s, err := js.Stream(ctx, name)
+	if err != nil || s.CachedInfo().Cluster == nil {
+		return nil
+	}
+	leader := s.CachedInfo().Cluster.Leader
+	for _, srv := range c.Servers {
+		if srv.Server != nil && srv.Name() == leader {
+			return srv
+		}
+	}
+	return nil
+}
+
+func freePorts(tb testing.TB, n int) []int {
+	tb.Helper()
+	var ports []int
+	var lns []net.Listener
+	for range n {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			tb.Fatalf("natstest: free port: %v", err)
+		}
+		lns = append(lns, ln)
+		ports = append(ports, ln.Addr().(*net.TCPAddr).Port)
+	}
+	for _, ln := range lns {
+		_ = ln.Close()
+	}
+	return ports
+}

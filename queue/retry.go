@@ -1,0 +1,157 @@
+package queue
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/cenkalti/backoff/v4"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
+)
+
+// RetryPolicy bounds how a JetStream call is retried when it fails with a
+// transient error (see [IsTransient]). Permanent errors are never retried.
+type RetryPolicy struct {
+	// Initial is the first backoff interval.
+	Initial time.Duration
+	// Max caps a single backoff interval.
+	Max time.Duration
+	// MaxElapsed caps the total time spent on one call, retries included.
+	MaxElapsed time.Duration
+	// AttemptTimeout is the deadline of each attempt.
+	AttemptTimeout time.Duration
+}
+
+// DefaultRetryPolicy suits a JetStream server on the same network: a leader
+// election (a few seconds) is ridden out, a dead server is given up on after
+// 30 s so that the event is redelivered later instead of holding a worker.
+func DefaultRetryPolicy() RetryPolicy {
+	return RetryPolicy{
+		Initial:        50 * time.Millisecond,
+		Max:            2 * time.Second,
+		MaxElapsed:     30 * time.Second,
+		AttemptTimeout: 5 * time.Second,
+	}
+}
+
+// Validate names the first unusable field.
+func (p RetryPolicy) Validate() error {
+	switch {
+	case p.Initial <= 0:
+		return errors.New("retry initial interval must be positive")
+	case p.Max < p.Initial:
+		return errors.New("retry max interval must be at least the initial interval")
+	case p.MaxElapsed <= 0:
+		return errors.New("retry max elapsed time must be positive")
+	case p.AttemptTimeout <= 0:
+		return errors.New("retry attempt timeout must be positive")
+	}
+	return nil
+}
+
+// RetryObserver is told about every failed attempt that will be retried. It
+// is how retries reach metrics; it must be cheap and safe for concurrent use.
+type RetryObserver func(ctx context.Context, op string, attempt int, err error, wait time.Duration)
+
+// transientCodes are JetStream error codes that a later attempt can clear:
+// leader elections, offline assets, incomplete cluster answers.
+var transientCodes = map[jetstream.ErrorCode]bool{
+	10004: true, // incomplete results
+	10008: true, // JetStream system temporarily unavailable
+	10009: true, // cluster can not handle request (not leader)
+	10118: true, // stream is offline
+	10119: true, // consumer is offline
+	10194: true, // stream is offline: reason
+	10195: true, // consumer is offline: reason
+}
+
+// IsTransient reports whether err may go away on its own: timeouts, no
+// responders, a reconnecting connection, and JetStream's 503 answers
+// (including 10008 while a cluster elects a leader). A closed connection, a
+// permission error or a bad request are permanent.
+func IsTransient(err error) bool {
+	if err == nil {
+		return false
+	}
+	if errors.Is(err, nats.ErrConnectionClosed) || errors.Is(err, jetstream.ErrConnectionClosed) ||
+		errors.Is(err, context.Canceled) {
+		return false
+	}
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) ||
+		errors.Is(err, nats.ErrNoResponders) || errors.Is(err, jetstream.ErrNoStreamResponse) ||
+		errors.Is(err, nats.ErrConnectionReconnecting) || errors.Is(err, nats.ErrDisconnected) ||
+		errors.Is(err, jetstream.ErrServerShutdown) || errors.Is(err, jetstream.ErrConsumerLeadershipChanged) {
+		return true
+	}
+	var apiErr *jetstream.APIError
+	if errors.As(err, &apiErr) {
+		return apiErr.Code == 503 || apiErr.Code == 408 || transientCodes[apiErr.ErrorCode]
+	}
+	return false
+}
+
+// retrier runs one JetStream call under a [RetryPolicy], with a span for the
+// call and a child span for each attempt.
+type retrier struct {
+	policy   RetryPolicy
+	tracer   trace.Tracer
+	observer RetryObserver
+}
+
+func newRetrier(policy RetryPolicy, tracer trace.Tracer, observer RetryObserver) retrier {
+	if tracer == nil {
+		tracer = noop.NewTracerProvider().Tracer("")
+	}
+	if observer == nil {
+		observer = func(context.Context, string, int, error, time.Duration) {}
+	}
+	return retrier{policy: policy, tracer: tracer, observer: observer}
+}
+
+// do calls fn until it succeeds, fails permanently, or the policy's time is
+// up. fn gets a context with the per-attempt deadline. The returned error is
+// fn's last error, wrapped with op.
+func (r retrier) do(ctx context.Context, op string, attrs []attribute.KeyValue, fn func(context.Context) error) error {
+	ctx, span := r.tracer.Start(ctx, op, trace.WithAttributes(attrs...), trace.WithSpanKind(trace.SpanKindClient))
+	defer span.End()
+
+	b := backoff.NewExponentialBackOff()
+	b.InitialInterval = r.policy.Initial
+	b.MaxInterval = r.policy.Max
+	b.MaxElapsedTime = r.policy.MaxElapsed
+	b.RandomizationFactor = 0.5
+
+	attempt := 0
+	operation := func() error {
+		attempt++
+		actx, aspan := r.tracer.Start(ctx, op+" attempt",
+			trace.WithAttributes(attribute.Int("retry.attempt", attempt)), trace.WithSpanKind(trace.SpanKindClient))
+		actx, cancel := context.WithTimeout(actx, r.policy.AttemptTimeout)
+		err := fn(actx)
+		cancel()
+		if err != nil {
+			aspan.RecordError(err)
+			aspan.SetStatus(codes.Error, err.Error())
+		}
+		aspan.End()
+		if err != nil && !IsTransient(err) {
+			return backoff.Permanent(err)
+		}
+		return err
+	}
+	notify := func(err error, wait time.Duration) { r.observer(ctx, op, attempt, err, wait) }
+	err := backoff.RetryNotify(operation, backoff.WithContext(b, ctx), notify)
+	span.SetAttributes(attribute.Int("retry.attempts", attempt))
+	if err != nil {
+		span.RecordError(err)
+		span.SetStatus(codes.Error, err.Error())
+		return fmt.Errorf("%s: %w", op, err)
+	}
+	return nil
+}

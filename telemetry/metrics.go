@@ -1,0 +1,156 @@
+package telemetry
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/metric/noop"
+)
+
+// Metrics holds the service's instruments. The Prometheus names are the
+// OpenTelemetry names with dots as underscores, plus _total for counters and
+// _seconds for durations; the README lists them all.
+type Metrics struct {
+	events            metric.Int64Counter
+	actionDuration    metric.Float64Histogram
+	retries           metric.Int64Counter
+	deadLetters       metric.Int64Counter
+	messagesDiscarded metric.Int64Counter
+	eventLag          metric.Float64Histogram
+	sweeps            metric.Int64Counter
+	orphans           metric.Int64Counter
+
+	mu        sync.Mutex
+	inventory Inventory
+}
+
+// Inventory is the triage signal: job streams present and the messages they
+// hold, by what the service knows of the job ("terminal", "live",
+// "unknown"). The reconciler sets it after each pass.
+type Inventory struct {
+	Streams  map[string]int64
+	Messages map[string]int64
+	// Pending counts messages not yet delivered to the task consumer.
+	Pending map[string]int64
+	At      time.Time
+}
+
+// NewMetrics registers the instruments on mp. A nil mp gives no-op metrics.
+func NewMetrics(mp metric.MeterProvider) (*Metrics, error) {
+	if mp == nil {
+		mp = noop.NewMeterProvider()
+	}
+	m := mp.Meter(InstrumentationName)
+	x := &Metrics{}
+	var err error
+	must := func(e error) {
+		if err == nil && e != nil {
+			err = e
+		}
+	}
+	x.events, err = m.Int64Counter("queue_janitor.events",
+		metric.WithDescription("Job-status events handled, by status, decision and result."), metric.WithUnit("{event}"))
+	var e error
+	x.actionDuration, e = m.Float64Histogram("queue_janitor.action.duration",
+		metric.WithDescription("Time from an event's receipt to its settlement, by decision and result."), metric.WithUnit("s"))
+	must(e)
+	x.retries, e = m.Int64Counter("queue_janitor.retries",
+		metric.WithDescription("JetStream calls retried after a transient error, by operation."), metric.WithUnit("{retry}"))
+	must(e)
+	x.deadLetters, e = m.Int64Counter("queue_janitor.deadletters",
+		metric.WithDescription("Events terminated and copied to the dead-letter subject, by reason."), metric.WithUnit("{event}"))
+	must(e)
+	x.messagesDiscarded, e = m.Int64Counter("queue_janitor.messages.discarded",
+		metric.WithDescription("Task messages removed with their stream, by action (cleanup, flush)."), metric.WithUnit("{message}"))
+	must(e)
+	x.eventLag, e = m.Float64Histogram("queue_janitor.event.lag",
+		metric.WithDescription("Time from the event's transition time to its handling, by status."), metric.WithUnit("s"))
+	must(e)
+	x.sweeps, e = m.Int64Counter("queue_janitor.reconciler.actions",
+		metric.WithDescription("Reconciler verdicts on job streams, by verdict."), metric.WithUnit("{stream}"))
+	must(e)
+	x.orphans, e = m.Int64Counter("queue_janitor.reconciler.orphans",
+		metric.WithDescription("Job streams of jobs unknown to the service found idle past the threshold."), metric.WithUnit("{stream}"))
+	must(e)
+	streams, e := m.Int64ObservableGauge("queue_janitor.job_streams",
+		metric.WithDescription("Job task streams present at the last reconciler pass, by job_state (terminal, live, unknown)."),
+		metric.WithUnit("{stream}"))
+	must(e)
+	msgs, e := m.Int64ObservableGauge("queue_janitor.job_messages",
+		metric.WithDescription("Messages held by job task streams at the last reconciler pass, by job_state."),
+		metric.WithUnit("{message}"))
+	must(e)
+	pending, e := m.Int64ObservableGauge("queue_janitor.job_messages.pending",
+		metric.WithDescription("Messages not yet delivered to the task consumer at the last reconciler pass, by job_state."),
+		metric.WithUnit("{message}"))
+	must(e)
+	if err != nil {
+		return nil, fmt.Errorf("metric instruments: %w", err)
+	}
+	_, err = m.RegisterCallback(func(_ context.Context, o metric.Observer) error {
+		x.mu.Lock()
+		defer x.mu.Unlock()
+		if x.inventory.At.IsZero() {
+			return nil
+		}
+		for _, state := range []string{"terminal", "live", "unknown"} {
+			attrs := metric.WithAttributes(attribute.String("job_state", state))
+			o.ObserveInt64(streams, x.inventory.Streams[state], attrs)
+			o.ObserveInt64(msgs, x.inventory.Messages[state], attrs)
+			o.ObserveInt64(pending, x.inventory.Pending[state], attrs)
+		}
+		return nil
+	}, streams, msgs, pending)
+	if err != nil {
+		return nil, fmt.Errorf("metric callback: %w", err)
+	}
+	return x, nil
+}
+
+// EventHandled counts one settled event and its duration and lag.
+func (m *Metrics) EventHandled(ctx context.Context, status, decision, result string, took, lag time.Duration) {
+	attrs := metric.WithAttributes(attribute.String("status", status), attribute.String("decision", decision),
+		attribute.String("result", result))
+	m.events.Add(ctx, 1, attrs)
+	m.actionDuration.Record(ctx, took.Seconds(), metric.WithAttributes(attribute.String("decision", decision),
+		attribute.String("result", result)))
+	if lag > 0 {
+		m.eventLag.Record(ctx, lag.Seconds(), metric.WithAttributes(attribute.String("status", status)))
+	}
+}
+
+// Retried counts one retried JetStream call.
+func (m *Metrics) Retried(ctx context.Context, operation string) {
+	m.retries.Add(ctx, 1, metric.WithAttributes(attribute.String("operation", operation)))
+}
+
+// DeadLettered counts one dead-lettered event.
+func (m *Metrics) DeadLettered(ctx context.Context, reason string) {
+	m.deadLetters.Add(ctx, 1, metric.WithAttributes(attribute.String("reason", reason)))
+}
+
+// Discarded counts task messages removed by action ("cleanup" or "flush").
+func (m *Metrics) Discarded(ctx context.Context, action string, n uint64) {
+	if n > 0 {
+		m.messagesDiscarded.Add(ctx, int64(n), metric.WithAttributes(attribute.String("action", action)))
+	}
+}
+
+// Swept counts one reconciler verdict.
+func (m *Metrics) Swept(ctx context.Context, verdict string) {
+	m.sweeps.Add(ctx, 1, metric.WithAttributes(attribute.String("verdict", verdict)))
+}
+
+// Orphan counts one orphan found.
+func (m *Metrics) Orphan(ctx context.Context) { m.orphans.Add(ctx, 1) }
+
+// SetInventory publishes the reconciler's latest inventory.
+func (m *Metrics) SetInventory(inv Inventory) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.inventory = inv
+}

@@ -50,7 +50,9 @@ type InvalidError struct {
 	Detail string
 }
 
-func (e *InvalidError) Error() string { return fmt.Sprintf("invalid event: %s: %s", e.Reason, e.Detail) }
+func (e *InvalidError) Error() string {
+	return fmt.Sprintf("invalid event: %s: %s", e.Reason, e.Detail)
+}
 
 // Is makes errors.Is(err, ErrInvalid) true.
 func (e *InvalidError) Is(target error) bool { return target == ErrInvalid }

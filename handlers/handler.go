@@ -113,11 +113,20 @@ type Handler struct {
 
 var _ events.Handler = (*Handler)(nil)
 
+// Option configures a Handler.
+type Option func(*Handler)
+
+// WithClock replaces time.Now, for tests.
+func WithClock(now func() time.Time) Option { return func(h *Handler) { h.now = now } }
+
 // New returns a Handler. cfg must be valid.
-func New(q Queue, records Records, emit Emitter, cfg Config) *Handler {
+func New(q Queue, records Records, emit Emitter, cfg Config, opts ...Option) *Handler {
 	h := &Handler{q: q, records: records, emit: emit, cfg: cfg, terminal: map[events.Status]bool{}, now: time.Now}
 	for _, s := range cfg.Terminal {
 		h.terminal[s] = true
+	}
+	for _, opt := range opts {
+		opt(h)
 	}
 	return h
 }
@@ -158,7 +167,10 @@ func (h *Handler) Handle(ctx context.Context, ev events.JobStatus) (events.Outco
 		// A backend waiting on the handshake still gets its answer.
 		return out, h.announce(ctx, k, ev, h.nothing(ev.JobID), events.OutcomeNothing, 0)
 	}
-	waitUntil := h.now().Add(h.cfg.BusyWait)
+	// The wait for another replica is bounded in real time, whatever the
+	// clock that judges leases says.
+	waited := time.NewTimer(h.cfg.BusyWait)
+	defer waited.Stop()
 	pause := 20 * time.Millisecond
 	for {
 		rec, rev, err := h.records.Get(ctx, ev.JobID)
@@ -182,12 +194,13 @@ func (h *Handler) Handle(ctx context.Context, ev events.JobStatus) (events.Outco
 				Note: "effect already done for this run; answering again"}
 			return out, h.announce(ctx, k, ev, h.nothing(ev.JobID), events.OutcomeAlreadyDone, 0)
 		case verdictWait:
-			if !h.now().Before(waitUntil) {
+			select {
+			case <-waited.C:
 				return events.Outcome{Decision: decisionOf(k)}, fmt.Errorf("%w (lease held by %s until %s)", ErrJobBusy,
 					rec.Lease.Owner, rec.Lease.Until.UTC().Format(time.RFC3339))
-			}
-			if err := sleep(ctx, pause); err != nil {
-				return events.Outcome{Decision: decisionOf(k)}, err
+			case <-ctx.Done():
+				return events.Outcome{Decision: decisionOf(k)}, ctx.Err()
+			case <-time.After(pause):
 			}
 			pause = min(pause*2, 500*time.Millisecond)
 		case verdictAct:
@@ -314,15 +327,4 @@ func staleNote(rec queue.Record) string {
 	b.WriteString(rec.Time.UTC().Format(time.RFC3339Nano))
 	b.WriteString(")")
 	return b.String()
-}
-
-func sleep(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
 }

@@ -1,0 +1,138 @@
+package handlers
+
+import (
+	"testing"
+	"time"
+
+	"github.com/example/queue-janitor/events"
+	"github.com/example/queue-janitor/queue"
+)
+
+var t0 = time.Date(2026, 11, 28, 12, 0, 0, 0, time.UTC)
+
+func at(sec int) time.Time { return t0.Add(time.Duration(sec) * time.Second) }
+
+func ev(id string, status events.Status, attempt int64, sec int) events.JobStatus {
+	e := events.JobStatus{ID: id, JobID: 7, Status: status, Time: at(sec)}
+	if attempt >= 0 {
+		e.Attempt, e.HasAttempt = attempt, true
+	}
+	return e
+}
+
+func rec(id string, status events.Status, attempt int64, sec int, done bool) queue.Record {
+	r := queue.Record{EventID: id, Status: string(status), Time: at(sec), Done: done}
+	if attempt >= 0 {
+		r.Attempt = &attempt
+	}
+	return r
+}
+
+func leased(r queue.Record, owner string, untilSec int) queue.Record {
+	r.Lease = &queue.Lease{Owner: owner, Until: at(untilSec)}
+	return r
+}
+
+func TestDecide(t *testing.T) {
+	t.Parallel()
+	const me = "me"
+	revoked, restart, started := events.StatusRevoked, events.StatusRestartRequested, events.StatusStarted
+	cases := []struct {
+		name   string
+		kind   kind
+		ev     events.JobStatus
+		rec    queue.Record
+		exists bool
+		want   verdict
+	}{
+		{"first terminal acts", kindTerminal, ev("a", revoked, 1, 10), queue.Record{}, false, verdictAct},
+		{"first restart acts", kindRestart, ev("a", restart, 2, 10), queue.Record{}, false, verdictAct},
+		{"first running status is recorded", kindOther, ev("a", started, 1, 10), queue.Record{}, false, verdictRecord},
+		{"untimed running status is ignored", kindOther, events.JobStatus{ID: "a", Status: started}, queue.Record{}, false, verdictIgnore},
+
+		{"terminal of an older attempt is stale", kindTerminal, ev("a", revoked, 1, 50), rec("b", restart, 2, 20, true), true, verdictStale},
+		{"terminal older in time, no attempts, is stale", kindTerminal, ev("a", revoked, -1, 5), rec("b", restart, -1, 20, true), true, verdictStale},
+		{"same attempt, earlier time is stale", kindTerminal, ev("a", revoked, 2, 5), rec("b", started, 2, 20, true), true, verdictStale},
+		{"terminal redelivered after done replays", kindTerminal, ev("a", revoked, 1, 10), rec("a", revoked, 1, 10, true), true, verdictReplay},
+		{"terminal redelivered before done acts again", kindTerminal, ev("a", revoked, 1, 10), rec("a", revoked, 1, 10, false), true, verdictAct},
+		{"second terminal same instant acts", kindTerminal, ev("b", events.StatusFailure, 1, 10), rec("a", revoked, 1, 10, true), true, verdictAct},
+		{"terminal after running of same attempt acts", kindTerminal, ev("a", revoked, 1, 30), rec("b", started, 1, 20, true), true, verdictAct},
+		{"terminal while another replica holds the lease waits", kindTerminal, ev("a", revoked, 2, 30), leased(rec("b", restart, 2, 20, false), "other", 100), true, verdictWait},
+		{"expired lease of another replica is taken over", kindTerminal, ev("a", revoked, 2, 30), leased(rec("b", restart, 2, 20, false), "other", 29), true, verdictAct},
+		{"own lease does not block", kindTerminal, ev("a", revoked, 2, 30), leased(rec("b", restart, 2, 20, false), me, 100), true, verdictAct},
+		{"stale terminal is skipped even while leased", kindTerminal, ev("a", revoked, 1, 30), leased(rec("b", restart, 2, 20, false), "other", 100), true, verdictStale},
+
+		{"restart of a newer attempt acts", kindRestart, ev("a", restart, 3, 30), rec("b", revoked, 2, 20, true), true, verdictAct},
+		{"restart for an older attempt is stale", kindRestart, ev("a", restart, 2, 40), rec("b", restart, 3, 30, true), true, verdictStale},
+		{"duplicate restart for the same attempt replays", kindRestart, ev("c", restart, 3, 99), rec("b", restart, 3, 30, true), true, verdictReplay},
+		{"redelivered restart replays", kindRestart, ev("b", restart, 3, 30), rec("b", restart, 3, 30, true), true, verdictReplay},
+		{"same-attempt restart while first still leased waits", kindRestart, ev("c", restart, 3, 31), leased(rec("b", restart, 3, 30, false), "other", 100), true, verdictWait},
+		{"same-attempt restart after the first crashed resumes", kindRestart, ev("c", restart, 3, 31), leased(rec("b", restart, 3, 30, false), "other", 5), true, verdictAct},
+		{"untimed duplicate restart without attempts replays", kindRestart, ev("c", restart, -1, 30), rec("b", restart, -1, 30, true), true, verdictReplay},
+		{"newer restart without attempts acts", kindRestart, ev("c", restart, -1, 40), rec("b", restart, -1, 30, true), true, verdictAct},
+		{"restart older than the terminal of its own run is stale", kindRestart, ev("a", restart, 2, 10), rec("b", revoked, 2, 20, true), true, verdictStale},
+		{"restart newer than a running status of the same run acts", kindRestart, ev("a", restart, 2, 30), rec("b", started, 2, 20, true), true, verdictAct},
+
+		{"newer running status is recorded", kindOther, ev("a", started, 3, 40), rec("b", restart, 3, 30, true), true, verdictRecord},
+		{"older running status is ignored", kindOther, ev("a", started, 2, 40), rec("b", restart, 3, 30, true), true, verdictIgnore},
+		{"running status during a lease is still recorded", kindOther, ev("a", started, 3, 40), leased(rec("b", restart, 3, 30, false), "other", 100), true, verdictRecord},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			if got := decide(tc.kind, tc.ev, tc.rec, tc.exists, me, at(30)); got != tc.want {
+				t.Errorf("decide = %s, want %s", got, tc.want)
+			}
+		})
+	}
+}
+
+func TestFenceFor(t *testing.T) {
+	t.Parallel()
+	skew := 2 * time.Second
+	until := at(90)
+	cases := []struct {
+		name        string
+		kind        kind
+		ev          events.JobStatus
+		rec         queue.Record
+		wantBefore  time.Time
+		wantKnown   bool
+		wantMaxTrue int64
+	}{
+		{"terminal removes its own run", kindTerminal, ev("a", events.StatusRevoked, 4, 30), queue.Record{}, at(28), true, 4},
+		{"restart removes earlier runs only", kindRestart, ev("a", events.StatusRestartRequested, 4, 30), queue.Record{}, at(28), true, 3},
+		{"without attempt only time fences", kindTerminal, ev("a", events.StatusRevoked, -1, 30), queue.Record{}, at(28), false, 0},
+		{"resumed restart keeps the first request's time", kindRestart, ev("c", events.StatusRestartRequested, 4, 50),
+			rec("b", events.StatusRestartRequested, 4, 30, false), at(28), true, 3},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			f := fenceFor(tc.kind, tc.ev, tc.rec, skew, until)
+			if !f.CreatedBefore.Equal(tc.wantBefore) || f.AttemptKnown != tc.wantKnown || f.MaxAttempt != tc.wantMaxTrue || !f.ValidUntil.Equal(until) {
+				t.Errorf("fence = %+v, want before %s known %v max %d", f, tc.wantBefore, tc.wantKnown, tc.wantMaxTrue)
+			}
+		})
+	}
+}
+
+func TestClaim(t *testing.T) {
+	t.Parallel()
+	lease := queue.Lease{Owner: "me", Until: at(100)}
+	prev := rec("b", events.StatusRestartRequested, 3, 30, false)
+	prev.CleanedAt = at(1)
+
+	got := claim(kindTerminal, ev("a", events.StatusRevoked, 3, 40), prev, lease)
+	if got.EventID != "a" || got.State != queue.StateTerminal || got.Done || *got.Attempt != 3 || got.Lease.Owner != "me" || !got.CleanedAt.Equal(at(1)) {
+		t.Errorf("terminal claim = %+v", got)
+	}
+	resumed := claim(kindRestart, ev("c", events.StatusRestartRequested, 3, 50), prev, lease)
+	if resumed.EventID != "b" || !resumed.Time.Equal(at(30)) || resumed.Lease == nil {
+		t.Errorf("resumed restart must keep the first request's identity, got %+v", resumed)
+	}
+	noAttempt := claim(kindRestart, ev("d", events.StatusRestartRequested, -1, 60), rec("b", events.StatusRevoked, 3, 30, true), lease)
+	if noAttempt.Attempt == nil || *noAttempt.Attempt != 3 || noAttempt.State != queue.StateFlushed {
+		t.Errorf("a claim without attempt keeps the known attempt: %+v", noAttempt)
+	}
+}

@@ -1,0 +1,125 @@
+package handlers
+
+import (
+	"context"
+	"encoding/json"
+	"sync"
+
+	"github.com/example/queue-janitor/events"
+	"github.com/example/queue-janitor/queue"
+)
+
+// fakeQueue records every Remove and answers with a canned Removal.
+type fakeQueue struct {
+	mu      sync.Mutex
+	calls   []queue.Fence
+	removal queue.Removal
+	err     error
+	// during, when set, runs inside Remove (to race other writers).
+	during func()
+}
+
+func (q *fakeQueue) Remove(_ context.Context, id queue.JobID, f queue.Fence) (queue.Removal, error) {
+	q.mu.Lock()
+	q.calls = append(q.calls, f)
+	during, r, err := q.during, q.removal, q.err
+	q.mu.Unlock()
+	if during != nil {
+		during()
+	}
+	r.Stream = q.StreamName(id)
+	return r, err
+}
+
+func (q *fakeQueue) StreamName(id queue.JobID) string { return queue.DefaultNames().StreamName(id) }
+
+func (q *fakeQueue) removes() []queue.Fence {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return append([]queue.Fence(nil), q.calls...)
+}
+
+// fakeRecords is an in-memory CAS store with the same revision semantics
+// as the key-value bucket.
+type fakeRecords struct {
+	mu   sync.Mutex
+	data map[queue.JobID][]byte
+	rev  map[queue.JobID]uint64
+	next uint64
+	// beforePut, when set, runs before each Put (to inject a conflict).
+	beforePut func()
+}
+
+func newFakeRecords() *fakeRecords {
+	return &fakeRecords{data: map[queue.JobID][]byte{}, rev: map[queue.JobID]uint64{}}
+}
+
+func (s *fakeRecords) Get(_ context.Context, id queue.JobID) (queue.Record, uint64, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var rec queue.Record
+	if b, ok := s.data[id]; ok {
+		if err := json.Unmarshal(b, &rec); err != nil {
+			return rec, 0, err
+		}
+	}
+	return rec, s.rev[id], nil
+}
+
+func (s *fakeRecords) Put(_ context.Context, id queue.JobID, rec queue.Record, rev uint64) (uint64, error) {
+	if hook := s.takeHook(); hook != nil {
+		hook()
+	}
+	return s.put(id, rec, rev)
+}
+
+func (s *fakeRecords) takeHook() func() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	h := s.beforePut
+	s.beforePut = nil
+	return h
+}
+
+func (s *fakeRecords) put(id queue.JobID, rec queue.Record, rev uint64) (uint64, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.rev[id] != rev {
+		return 0, queue.ErrConflict
+	}
+	rec.V = queue.RecordVersion
+	b, err := json.Marshal(rec)
+	if err != nil {
+		return 0, err
+	}
+	s.next++
+	s.data[id], s.rev[id] = b, s.next
+	return s.next, nil
+}
+
+// fakeEmitter records what would have been announced.
+type fakeEmitter struct {
+	mu      sync.Mutex
+	cleaned []events.QueueResult
+	flushed []events.QueueResult
+}
+
+func (e *fakeEmitter) Cleaned(_ context.Context, r events.QueueResult) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.cleaned = append(e.cleaned, r)
+	return nil
+}
+
+func (e *fakeEmitter) Flushed(_ context.Context, r events.QueueResult) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.flushed = append(e.flushed, r)
+	return nil
+}
+
+func (e *fakeEmitter) counts() (cleaned, flushed int) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return len(e.cleaned), len(e.flushed)
+}

@@ -1,0 +1,250 @@
+package handlers
+
+import (
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/example/queue-janitor/events"
+	"github.com/example/queue-janitor/queue"
+)
+
+type world struct {
+	h       *Handler
+	q       *fakeQueue
+	records *fakeRecords
+	emit    *fakeEmitter
+	now     time.Time
+}
+
+func setup(t *testing.T) *world {
+	t.Helper()
+	w := &world{
+		q:       &fakeQueue{removal: queue.Removal{Deleted: []string{"stream job_7"}, MessagesDiscarded: 5, StreamFound: true}},
+		records: newFakeRecords(),
+		emit:    &fakeEmitter{},
+		now:     at(100),
+	}
+	cfg := DefaultConfig("me")
+	cfg.BusyWait = 200 * time.Millisecond
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	w.h = New(w.q, w.records, w.emit, cfg, WithClock(func() time.Time { return w.now }))
+	return w
+}
+
+func (w *world) handle(t *testing.T, e events.JobStatus) events.Outcome {
+	t.Helper()
+	out, err := w.h.Handle(t.Context(), e)
+	if err != nil {
+		t.Fatalf("Handle(%s %s): %v", e.ID, e.Status, err)
+	}
+	return out
+}
+
+func (w *world) record(t *testing.T) queue.Record {
+	t.Helper()
+	r, _, err := w.records.Get(t.Context(), 7)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+func TestTerminalCleansRecordsAndAnnounces(t *testing.T) {
+	t.Parallel()
+	w := setup(t)
+	out := w.handle(t, ev("a", events.StatusRevoked, 1, 50))
+	if out.Decision != events.DecisionCleanup || out.Result != events.OutcomeRemoved {
+		t.Errorf("outcome = %+v", out)
+	}
+	fences := w.q.removes()
+	if len(fences) != 1 || !fences[0].AttemptKnown || fences[0].MaxAttempt != 1 {
+		t.Fatalf("Remove calls = %+v, want one with attempt 1", fences)
+	}
+	r := w.record(t)
+	if r.State != queue.StateTerminal || !r.Done || r.Lease != nil || r.EventID != "a" || r.CleanedAt.IsZero() {
+		t.Errorf("record after cleanup = %+v", r)
+	}
+	if c, f := w.emit.counts(); c != 1 || f != 0 {
+		t.Errorf("emitted cleaned=%d flushed=%d, want 1/0", c, f)
+	}
+	if got := w.emit.cleaned[0]; got.JobID != 7 || got.MessagesDiscarded != 5 || got.CauseEventID != "a" || *got.Attempt != 1 {
+		t.Errorf("cleaned = %+v", got)
+	}
+}
+
+func TestDuplicateEventDoesNotActTwice(t *testing.T) {
+	t.Parallel()
+	w := setup(t)
+	e := ev("a", events.StatusRevoked, 1, 50)
+	w.handle(t, e)
+	out := w.handle(t, e)
+	if out.Result != events.OutcomeAlreadyDone {
+		t.Errorf("second delivery result = %q, want %q", out.Result, events.OutcomeAlreadyDone)
+	}
+	if n := len(w.q.removes()); n != 1 {
+		t.Errorf("Remove called %d times, want 1", n)
+	}
+	if c, _ := w.emit.counts(); c != 2 {
+		t.Errorf("cleaned emitted %d times, want 2 (answered again)", c)
+	}
+}
+
+func TestStaleEventNeverRemoves(t *testing.T) {
+	t.Parallel()
+	w := setup(t)
+	w.handle(t, ev("r2", events.StatusRestartRequested, 2, 60))
+	out := w.handle(t, ev("t1", events.StatusRevoked, 1, 50))
+	if out.Decision != events.DecisionStale {
+		t.Errorf("late terminal of attempt 1 after restart 2: decision %q, want stale", out.Decision)
+	}
+	if n := len(w.q.removes()); n != 1 {
+		t.Errorf("Remove called %d times, want 1 (the flush only)", n)
+	}
+	if c, f := w.emit.counts(); c != 0 || f != 1 {
+		t.Errorf("emitted cleaned=%d flushed=%d, want 0/1", c, f)
+	}
+	if r := w.record(t); r.EventID != "r2" || r.State != queue.StateFlushed {
+		t.Errorf("stale event changed the record: %+v", r)
+	}
+}
+
+func TestDuplicateRestartForSameAttemptDoesNotFlushAgain(t *testing.T) {
+	t.Parallel()
+	w := setup(t)
+	w.handle(t, ev("r1", events.StatusRestartRequested, 2, 60))
+	out := w.handle(t, ev("r1-again", events.StatusRestartRequested, 2, 75))
+	if out.Decision != events.DecisionFlush || out.Result != events.OutcomeAlreadyDone {
+		t.Errorf("outcome = %+v", out)
+	}
+	fences := w.q.removes()
+	if len(fences) != 1 || fences[0].MaxAttempt != 1 {
+		t.Errorf("Remove calls = %+v, want one flush of attempts up to 1", fences)
+	}
+	if _, f := w.emit.counts(); f != 2 {
+		t.Errorf("flushed emitted %d times, want 2 (the backend's second request is answered)", f)
+	}
+}
+
+func TestRemoveFailureReleasesLeaseAndRetries(t *testing.T) {
+	t.Parallel()
+	w := setup(t)
+	w.q.err = errors.New("nats: timeout")
+	_, err := w.h.Handle(t.Context(), ev("a", events.StatusRevoked, 1, 50))
+	if err == nil {
+		t.Fatal("Handle succeeded although Remove failed")
+	}
+	if r := w.record(t); r.Done || r.Lease != nil {
+		t.Errorf("after a failure the record must be undone and unleased: %+v", r)
+	}
+	if c, _ := w.emit.counts(); c != 0 {
+		t.Errorf("cleaned emitted after a failure")
+	}
+	w.q.err = nil
+	if out := w.handle(t, ev("a", events.StatusRevoked, 1, 50)); out.Result != events.OutcomeRemoved {
+		t.Errorf("retry result = %q, want removed", out.Result)
+	}
+	if n := len(w.q.removes()); n != 2 {
+		t.Errorf("Remove called %d times, want 2", n)
+	}
+}
+
+func TestClaimConflictDecidesAgain(t *testing.T) {
+	t.Parallel()
+	w := setup(t)
+	// Another replica records restart 2 between our read and our claim.
+	w.records.beforePut = func() {
+		other := claim(kindRestart, ev("r2", events.StatusRestartRequested, 2, 60), queue.Record{}, queue.Lease{Owner: "other", Until: at(0)})
+		other.Lease, other.Done = nil, true
+		if _, err := w.records.put(7, other, 0); err != nil {
+			t.Error(err)
+		}
+	}
+	out := w.handle(t, ev("t1", events.StatusRevoked, 1, 50))
+	if out.Decision != events.DecisionStale {
+		t.Errorf("after losing the race to a newer restart: decision %q, want stale", out.Decision)
+	}
+	if n := len(w.q.removes()); n != 0 {
+		t.Errorf("Remove called %d times, want 0", n)
+	}
+}
+
+func TestBusyJobIsHandedBack(t *testing.T) {
+	t.Parallel()
+	w := setup(t)
+	held := leased(rec("r2", events.StatusRestartRequested, 2, 60, false), "other", 1000)
+	if _, err := w.records.put(7, held, 0); err != nil {
+		t.Fatal(err)
+	}
+	_, err := w.h.Handle(t.Context(), ev("t2", events.StatusRevoked, 2, 70))
+	if !errors.Is(err, ErrJobBusy) {
+		t.Fatalf("err = %v, want ErrJobBusy", err)
+	}
+	if n := len(w.q.removes()); n != 0 {
+		t.Errorf("Remove called while another replica held the lease")
+	}
+}
+
+func TestNonAsyncJobHasNoQueue(t *testing.T) {
+	t.Parallel()
+	w := setup(t)
+	e := ev("r", events.StatusRestartRequested, 2, 60)
+	e.DispatchMode = "sync_api"
+	out := w.handle(t, e)
+	if out.Decision != events.DecisionIgnore || out.Result != "no_queue" {
+		t.Errorf("outcome = %+v", out)
+	}
+	if len(w.q.removes()) != 0 {
+		t.Error("Remove called for a job without a queue")
+	}
+	if _, f := w.emit.counts(); f != 1 || w.emit.flushed[0].Outcome != events.OutcomeNothing {
+		t.Errorf("the waiting backend must still get flushed (nothing to remove)")
+	}
+}
+
+func TestRunningStatusIsRecordedNotActedOn(t *testing.T) {
+	t.Parallel()
+	w := setup(t)
+	out := w.handle(t, ev("s", events.StatusStarted, 1, 40))
+	if out.Decision != events.DecisionIgnore || out.Result != "recorded" {
+		t.Errorf("outcome = %+v", out)
+	}
+	if r := w.record(t); r.State != queue.StateRunning || r.EventID != "s" {
+		t.Errorf("record = %+v", r)
+	}
+	// A terminal event of the same run that happened earlier is stale.
+	if out := w.handle(t, ev("t", events.StatusRevoked, 1, 30)); out.Decision != events.DecisionStale {
+		t.Errorf("decision = %q, want stale", out.Decision)
+	}
+	if len(w.q.removes()) != 0 {
+		t.Error("Remove called")
+	}
+}
+
+func TestConfigValidate(t *testing.T) {
+	t.Parallel()
+	good := DefaultConfig("me")
+	cases := map[string]func(*Config){
+		"no terminal statuses":   func(c *Config) { c.Terminal = nil },
+		"restart as terminal":    func(c *Config) { c.Terminal = []events.Status{events.StatusRestartRequested} },
+		"negative skew":          func(c *Config) { c.ClockSkew = -time.Second },
+		"short lease":            func(c *Config) { c.Lease = time.Second },
+		"no owner":               func(c *Config) { c.Owner = "" },
+		"non-positive busy wait": func(c *Config) { c.BusyWait = 0 },
+	}
+	if err := good.Validate(); err != nil {
+		t.Fatalf("default config invalid: %v", err)
+	}
+	for name, mutate := range cases {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			c := DefaultConfig("me")
+			mutate(&c)
+			if err := c.Validate(); err == nil {
+				t.Error("Validate accepted it")
+			}
+		})
+	}
+}

@@ -130,7 +130,7 @@ func (e *env) provision(id queue.JobID, n int, attempt *int64) {
 // every ack.
 func publishTasks(t testing.TB, js jetstream.JetStream, subject string, from, to int) {
 	t.Helper()
-	const window = 4096
+	const window = 1024
 	var futures []jetstream.PubAckFuture
 	flush := func() {
 		select {

@@ -90,7 +90,8 @@ type Removal struct {
 	// MessagesDiscarded is how many messages the deleted stream held.
 	MessagesDiscarded uint64 `json:"messages_discarded"`
 	// ConsumersRemoved counts consumers deleted, including those that went
-	// with the stream.
+	// with the stream (counted on the assumption that the task consumer was
+	// among the stream's consumers, as the backend always creates it).
 	ConsumersRemoved int `json:"consumers_removed"`
 }
 
@@ -156,10 +157,11 @@ func (j *Janitor) removeStream(ctx context.Context, id JobID, fence Fence, r *Re
 	if !gone {
 		r.Deleted = append(r.Deleted, "stream "+r.Stream)
 		r.MessagesDiscarded = info.State.Msgs
-		if others := info.State.Consumers; others > 0 && deleted {
+		// The stream's other consumers went with it. The count from the
+		// stream info includes the task consumer, which the backend always
+		// creates and which was deleted (or found gone) just above.
+		if others := info.State.Consumers; others > 0 {
 			r.ConsumersRemoved += others - 1
-		} else {
-			r.ConsumersRemoved += others
 		}
 	}
 	return nil

@@ -6,6 +6,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 )
 
 // IDPlaceholder is the token in every name pattern that stands for the job id.
@@ -96,8 +97,8 @@ func (n Names) Validate() error {
 	if !validSubject(strings.ReplaceAll(n.Subject, IDPlaceholder, "1")) {
 		return fmt.Errorf("subject pattern %q: not a valid literal NATS subject", n.Subject)
 	}
-	if !strings.Contains(n.Subject, "."+IDPlaceholder+".") && !strings.HasPrefix(n.Subject, IDPlaceholder+".") &&
-		!strings.HasSuffix(n.Subject, "."+IDPlaceholder) {
+	if n.Subject != IDPlaceholder && !strings.Contains(n.Subject, "."+IDPlaceholder+".") &&
+		!strings.HasPrefix(n.Subject, IDPlaceholder+".") && !strings.HasSuffix(n.Subject, "."+IDPlaceholder) {
 		return fmt.Errorf("subject pattern %q: %s must be a whole subject token", n.Subject, IDPlaceholder)
 	}
 	if n.AdvisoryStream == "" || !validResourceName(n.AdvisoryStream) {
@@ -175,8 +176,12 @@ func validSubject(s string) bool {
 // clip shortens untrusted input before it is quoted in an error message.
 func clip(s string) string {
 	const limit = 40
-	if len(s) > limit {
-		return s[:limit] + "…"
+	if len(s) <= limit {
+		return s
 	}
-	return s
+	cut := limit
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + "…"
 }

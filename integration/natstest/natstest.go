@@ -50,7 +50,10 @@ func RunServer(tb testing.TB, opts ...Option) *Server {
 
 func (s *Server) start(tb testing.TB) {
 	tb.Helper()
-	srv, err := server.NewServer(s.opts)
+	// The server keeps and reads the options it is given: hand it a copy,
+	// so that pinning the ports below does not race with it.
+	opts := *s.opts
+	srv, err := server.NewServer(&opts)
 	if err != nil {
 		tb.Fatalf("natstest: new server: %v", err)
 	}

@@ -1,0 +1,171 @@
+package queue
+
+import (
+	"context"
+	"slices"
+	"sync"
+	"testing"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/example/queue-janitor/integration/natstest"
+)
+
+// hookedJS is the real JetStream with a hook after each lookup and before
+// each delete, to let "another replica" act at an exact point of a Remove.
+type hookedJS struct {
+	jetstream.JetStream
+	afterStream          func(name string)
+	afterConsumer        func(stream, name string)
+	beforeDeleteConsumer func(stream, name string)
+}
+
+func (h hookedJS) Stream(ctx context.Context, name string) (jetstream.Stream, error) {
+	s, err := h.JetStream.Stream(ctx, name)
+	if h.afterStream != nil {
+		h.afterStream(name)
+	}
+	return s, err
+}
+
+func (h hookedJS) Consumer(ctx context.Context, stream, name string) (jetstream.Consumer, error) {
+	c, err := h.JetStream.Consumer(ctx, stream, name)
+	if h.afterConsumer != nil {
+		h.afterConsumer(stream, name)
+	}
+	return c, err
+}
+
+func (h hookedJS) DeleteConsumer(ctx context.Context, stream, name string) error {
+	if h.beforeDeleteConsumer != nil {
+		h.beforeDeleteConsumer(stream, name)
+	}
+	return h.JetStream.DeleteConsumer(ctx, stream, name)
+}
+
+// byOther runs f in another goroutine, as another replica would, and waits.
+func byOther(t *testing.T, f func(ctx context.Context) error) {
+	t.Helper()
+	done := make(chan error, 1)
+	go func() { done <- f(context.WithoutCancel(t.Context())) }()
+	if err := <-done; err != nil {
+		t.Fatalf("the other replica failed: %v", err)
+	}
+}
+
+func TestRemoveWhenAnotherReplicaGetsThereFirst(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name string
+		hook func(e *testEnv) hookedJS
+		want Removal
+		// skipCount leaves ConsumersRemoved unchecked: see
+		// TestRemoveCountsOnlyConsumersItRemoved.
+		skipCount bool
+	}{
+		{
+			name: "task consumer gone after the stream lookup",
+			hook: func(e *testEnv) hookedJS {
+				return hookedJS{afterStream: func(string) {
+					byOther(e.t, func(ctx context.Context) error { return e.js.DeleteConsumer(ctx, "job_1", "job-1-consumer") })
+				}}
+			},
+			want: Removal{Stream: "job_1", StreamFound: true, MessagesDiscarded: 6,
+				Deleted: []string{"stream job_1", "consumer advisories/job-1-dlq"}},
+			skipCount: true,
+		},
+		{
+			name: "stream deleted before the consumer delete",
+			hook: func(e *testEnv) hookedJS {
+				return hookedJS{beforeDeleteConsumer: func(stream, _ string) {
+					if stream == "job_1" {
+						byOther(e.t, func(ctx context.Context) error { return e.js.DeleteStream(ctx, "job_1") })
+					}
+				}}
+			},
+			want: Removal{Stream: "job_1", StreamFound: true, ConsumersRemoved: 1,
+				Deleted: []string{"consumer advisories/job-1-dlq"}},
+		},
+		{
+			name: "dead-letter consumer gone after its lookup",
+			hook: func(e *testEnv) hookedJS {
+				return hookedJS{afterConsumer: func(stream, name string) {
+					byOther(e.t, func(ctx context.Context) error { return e.js.DeleteConsumer(ctx, stream, name) })
+				}}
+			},
+			want: Removal{Stream: "job_1", StreamFound: true, MessagesDiscarded: 6, ConsumersRemoved: 1,
+				Deleted: []string{"consumer job_1/job-1-consumer", "stream job_1"}},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			e := setup(t)
+			e.provision(1, 6, nil)
+			js := tt.hook(e)
+			js.JetStream = e.js
+			r, err := NewJanitor(js, e.names, WithRetryPolicy(fastRetry())).Remove(t.Context(), 1, openFence())
+			if err != nil {
+				t.Fatalf("Remove: %v", err)
+			}
+			if tt.skipCount {
+				r.ConsumersRemoved = 0
+			}
+			assertRemoval(t, r, tt.want)
+			if e.streamMsgs("job_1") != -1 || e.consumerExists("advisories", "job-1-dlq") {
+				t.Error("job 1's queue is not gone")
+			}
+		})
+	}
+}
+
+// TestRemoveCountsOnlyConsumersItRemoved: a task consumer that another
+// replica deleted between this call's stream lookup and its own delete did
+// not go with the stream, so it must not be counted.
+func TestRemoveCountsOnlyConsumersItRemoved(t *testing.T) {
+	t.Parallel()
+	e := setup(t)
+	e.provision(1, 6, nil)
+	js := hookedJS{JetStream: e.js, afterStream: func(string) {
+		byOther(t, func(ctx context.Context) error { return e.js.DeleteConsumer(ctx, "job_1", "job-1-consumer") })
+	}}
+	r, err := NewJanitor(js, e.names, WithRetryPolicy(fastRetry())).Remove(t.Context(), 1, openFence())
+	if err != nil {
+		t.Fatalf("Remove: %v", err)
+	}
+	if r.ConsumersRemoved != 1 {
+		t.Fatalf("ConsumersRemoved = %d, want 1 (only job-1-dlq was deleted by this call)", r.ConsumersRemoved)
+	}
+}
+
+// TestConcurrentRemoves runs two replicas' Removes of the same job at once:
+// both succeed, the queue is gone, and every resource is reported deleted by
+// at least one of them. (Not exactly one: the server may answer two
+// concurrent deletes of the same consumer or stream both with success.)
+func TestConcurrentRemoves(t *testing.T) {
+	t.Parallel()
+	e := setup(t)
+	_, js2 := natstest.Connect(t, e.srv.URL())
+	janitors := []*Janitor{e.janitor(), NewJanitor(js2, e.names, WithRetryPolicy(fastRetry()))}
+	want := []string{"consumer advisories/job-1-dlq", "consumer job_1/job-1-consumer", "stream job_1"}
+	for round := range 10 {
+		e.provision(1, 2, nil)
+		var wg sync.WaitGroup
+		results := make([]Removal, len(janitors))
+		errs := make([]error, len(janitors))
+		for i, j := range janitors {
+			wg.Go(func() { results[i], errs[i] = j.Remove(t.Context(), 1, openFence()) })
+		}
+		wg.Wait()
+		all := slices.Concat(results[0].Deleted, results[1].Deleted)
+		slices.Sort(all)
+		all = slices.Compact(all)
+		if errs[0] != nil || errs[1] != nil || !slices.Equal(all, want) {
+			t.Fatalf("round %d: errors %v, %v; deleted %q and %q, want together %q",
+				round, errs[0], errs[1], results[0].Deleted, results[1].Deleted, want)
+		}
+		if e.streamMsgs("job_1") != -1 || e.consumerExists("advisories", "job-1-dlq") {
+			t.Fatalf("round %d: job 1's queue is not gone", round)
+		}
+	}
+}

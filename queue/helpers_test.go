@@ -123,4 +123,3 @@ func eventually(t *testing.T, timeout time.Duration, what string, cond func() bo
 }
 
 func ptr[T any](v T) *T { return &v }
-

@@ -4,7 +4,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -126,13 +125,4 @@ func splitList(s string) []string {
 		}
 	}
 	return out
-}
-
-// parseBool is strconv.ParseBool with a message an operator understands.
-func parseBool(name, v string) (bool, error) {
-	b, err := strconv.ParseBool(v)
-	if err != nil {
-		return false, fmt.Errorf("%s=%q: want true or false", name, v)
-	}
-	return b, nil
 }

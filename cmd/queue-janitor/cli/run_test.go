@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"errors"
 	"flag"
+	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -156,3 +158,26 @@ func TestUnreachableServerSaysWhatToDo(t *testing.T) {
 		t.Errorf("err = %v", err)
 	}
 }
+
+// TestReadmeDocumentsEveryFlag keeps the README's configuration tables in
+// step with the code: every flag and its variable must appear there.
+func TestReadmeDocumentsEveryFlag(t *testing.T) {
+	t.Parallel()
+	readme, err := os.ReadFile(filepath.Join("..", "..", "..", "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, cmd := range documentedCommands {
+		cfg := DefaultConfig()
+		f := flagSetFor(cmd, &cfg)
+		f.fs.VisitAll(func(fl *flag.Flag) {
+			row := "| `--" + fl.Name + "` | `" + f.envOf[fl.Name] + "` |"
+			if !bytes.Contains(readme, []byte(row)) {
+				t.Errorf("README has no row %q (command %s)", row, cmd)
+			}
+		})
+	}
+}
+
+// documentedCommands are the commands whose flags the README tabulates.
+var documentedCommands = []string{"serve", "demo"}

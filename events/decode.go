@@ -39,6 +39,9 @@ const (
 	// ReasonRetriesExhausted is used by [Intake] for a valid event whose
 	// effect still failed on its last allowed delivery.
 	ReasonRetriesExhausted Reason = "retries_exhausted"
+	// ReasonRejected is used for a handler error that wraps [ErrInvalid]
+	// without being an [*InvalidError].
+	ReasonRejected Reason = "rejected"
 )
 
 // ErrInvalid matches every [*InvalidError] with errors.Is.
@@ -147,6 +150,16 @@ func toEvent(header nats.Header, body []byte) (ev *event.Event, err error) {
 			return nil, invalid(ReasonSpecVersion, "unsupported specversion %q", clip(msg.header[headerPrefix+"specversion"]))
 		}
 		return nil, invalid(ReasonNotCloudEvent, "neither Content-Type %s nor a ce-specversion header", "application/cloudevents+json")
+	}
+	if msg.format != nil {
+		// sdk-go reports an unknown specversion in structured mode as a
+		// parse error; name it as binary mode does.
+		var head struct {
+			SpecVersion *string `json:"specversion"`
+		}
+		if json.Unmarshal(body, &head) == nil && head.SpecVersion != nil && *head.SpecVersion != event.CloudEventsVersionV1 {
+			return nil, invalid(ReasonSpecVersion, "specversion %q, want %q", clip(*head.SpecVersion), event.CloudEventsVersionV1)
+		}
 	}
 	defer func() {
 		// sdk-go is third-party code reading hostile input: never let it

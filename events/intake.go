@@ -291,6 +291,9 @@ func (in *Intake) Ensure(ctx context.Context) (jetstream.Consumer, error) {
 // redeliveryBackoff is the consumer's wait before redelivering an event that
 // was never acked (its handler crashed): AckWait, then doubling, up to 10m.
 func redeliveryBackoff(ackWait time.Duration, maxDeliver int) []time.Duration {
+	if maxDeliver < 2 {
+		return nil // unlimited (-1) or no redelivery: AckWait alone applies
+	}
 	n := min(maxDeliver-1, 6)
 	out := make([]time.Duration, 0, n)
 	for d := ackWait; len(out) < n; d *= 2 {
@@ -415,10 +418,13 @@ func (in *Intake) settle(ctx context.Context, span trace.Span, msg jetstream.Msg
 	switch {
 	case err == nil:
 		settleErr = msg.Ack()
-	case errors.As(err, &invalidErr) || lastTry:
+	case errors.Is(err, ErrInvalid) || lastTry:
 		reason, detail := ReasonRetriesExhausted, err.Error()
-		if invalidErr != nil {
+		switch {
+		case errors.As(err, &invalidErr):
 			reason, detail = invalidErr.Reason, invalidErr.Detail
+		case errors.Is(err, ErrInvalid):
+			reason = ReasonRejected
 		}
 		out = Outcome{Decision: DecisionDeadLetter, Result: string(reason)}
 		if dlErr := in.deadLetter(ctx, msg, meta, ev, reason, detail); dlErr != nil {
@@ -431,7 +437,7 @@ func (in *Intake) settle(ctx context.Context, span trace.Span, msg jetstream.Msg
 			settleErr = msg.TermWithReason(string(reason))
 			in.metrics.DeadLettered(ctx, string(reason))
 			level = zerolog.WarnLevel
-			if lastTry && invalidErr == nil {
+			if reason == ReasonRetriesExhausted {
 				level = zerolog.ErrorLevel
 			}
 		}

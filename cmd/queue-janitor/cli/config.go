@@ -146,6 +146,10 @@ func (c Config) Validate() error {
 	if err := c.Events.Validate(); err != nil {
 		return fmt.Errorf("emitted events: %w", err)
 	}
+	if strings.HasPrefix(c.Events.DeadLetterSubject, c.Intake.SubjectPrefix()) {
+		return fmt.Errorf("--deadletter-subject %q is under --event-subject %q: rejected events would be read again",
+			c.Events.DeadLetterSubject, c.Intake.Subject)
+	}
 	if err := c.Retry.Validate(); err != nil {
 		return fmt.Errorf("--retry-*: %w", err)
 	}

@@ -151,7 +151,6 @@ type Intake struct {
 	metrics *telemetry.Metrics
 
 	dispatch *dispatcher
-	base     context.Context // for values only; cancellation is dropped
 	stopping atomic.Bool
 	bound    atomic.Bool
 	lost     chan struct{}
@@ -187,7 +186,9 @@ func (in *Intake) Ready(context.Context) error {
 // unfinished are redelivered later. It returns an error only when the stream
 // or consumer cannot be set up.
 func (in *Intake) Run(ctx context.Context) error {
-	in.base = context.WithoutCancel(ctx)
+	// Effects outlive the run's cancellation (a shutdown lets them finish),
+	// so they start from ctx's values without its cancellation.
+	base := context.WithoutCancel(ctx)
 	for {
 		cons, err := in.Ensure(ctx)
 		if err != nil {
@@ -196,7 +197,7 @@ func (in *Intake) Run(ctx context.Context) error {
 			}
 			return err
 		}
-		cc, err := cons.Consume(in.receive,
+		cc, err := cons.Consume(func(msg jetstream.Msg) { in.receive(base, msg) },
 			jetstream.PullMaxMessages(in.cfg.Concurrency),
 			jetstream.ConsumeErrHandler(in.onConsumeError))
 		if err != nil {
@@ -205,7 +206,7 @@ func (in *Intake) Run(ctx context.Context) error {
 		in.bound.Store(true)
 		select {
 		case <-ctx.Done():
-			in.shutdown(cc)
+			in.shutdown(base, cc)
 			return nil
 		case <-in.lost:
 			in.bound.Store(false)
@@ -216,11 +217,11 @@ func (in *Intake) Run(ctx context.Context) error {
 	}
 }
 
-func (in *Intake) shutdown(cc jetstream.ConsumeContext) {
+func (in *Intake) shutdown(ctx context.Context, cc jetstream.ConsumeContext) {
 	in.stopping.Store(true)
 	in.bound.Store(false)
 	cc.Drain()
-	ctx, cancel := context.WithTimeout(context.Background(), in.cfg.ShutdownTimeout)
+	ctx, cancel := context.WithTimeout(ctx, in.cfg.ShutdownTimeout)
 	defer cancel()
 	select {
 	case <-cc.Closed():
@@ -312,25 +313,26 @@ func nakDelay(delivered uint64) time.Duration {
 	return min(d, time.Minute)
 }
 
-func (in *Intake) receive(msg jetstream.Msg) {
+func (in *Intake) receive(base context.Context, msg jetstream.Msg) {
 	if in.stopping.Load() {
 		// Taken from the buffer after shutdown began: hand it straight back.
 		_ = msg.Nak()
 		return
 	}
 	received := time.Now()
-	ev, err := in.decoder.Decode(msg.Subject(), msg.Headers(), msg.Data())
+	// Decoding does no I/O (sdk-go's ToEvent ignores the context it is given).
+	ev, err := in.decoder.Decode(msg.Subject(), msg.Headers(), msg.Data()) //nolint:contextcheck // no I/O
 	key := ""
 	if err == nil {
 		key = ev.JobID.String()
 	}
-	in.dispatch.submit(key, func() { in.process(msg, ev, err, received) })
+	in.dispatch.submit(key, func() { in.process(base, msg, ev, err, received) })
 }
 
 // process handles one message: it opens the consumer span (continuing the
 // producer's trace), runs the handler unless decoding failed, then settles.
-func (in *Intake) process(msg jetstream.Msg, ev JobStatus, decodeErr error, received time.Time) {
-	ctx, cancel := context.WithTimeout(in.base, in.cfg.EffectTimeout)
+func (in *Intake) process(base context.Context, msg jetstream.Msg, ev JobStatus, decodeErr error, received time.Time) {
+	ctx, cancel := context.WithTimeout(base, in.cfg.EffectTimeout)
 	defer cancel()
 	ctx = telemetry.WithRemoteParent(ctx, ev.TraceParent, ev.TraceState)
 	meta, _ := msg.Metadata()
@@ -430,7 +432,7 @@ func (in *Intake) settle(ctx context.Context, span trace.Span, msg jetstream.Msg
 		if dlErr := in.deadLetter(ctx, msg, meta, ev, reason, detail); dlErr != nil {
 			// Never drop an event we could not record: retry it later.
 			out.Result = "retry"
-			err = fmt.Errorf("%w (dead-letter failed, will retry: %v)", err, dlErr)
+			err = fmt.Errorf("%w (dead-letter failed, will retry: %w)", err, dlErr)
 			settleErr = msg.NakWithDelay(nakDelay(delivered))
 			level = zerolog.ErrorLevel
 		} else {
@@ -470,37 +472,44 @@ func (in *Intake) settle(ctx context.Context, span trace.Span, msg jetstream.Msg
 		span.SetStatus(codes.Error, err.Error())
 	}
 
-	e := in.log.WithLevel(level).Ctx(ctx).Str("subject", msg.Subject()).Uint64("delivery", delivered)
+	in.log.WithLevel(level).Ctx(ctx).Func(func(e *zerolog.Event) {
+		logFields(e, msg, meta, ev, out, delivered)
+		if err != nil {
+			e.Err(err)
+		}
+		if settleErr != nil {
+			e.AnErr("settle_error", settleErr)
+		}
+		e.Float64("duration_ms", float64(took.Microseconds())/1000)
+	}).Msg("event handled")
+}
+
+// logFields writes the fixed fields of an event's log line.
+func logFields(e *zerolog.Event, msg jetstream.Msg, meta *jetstream.MsgMetadata, ev JobStatus, out Outcome, delivered uint64) {
+	e.Str("subject", msg.Subject()).Uint64("delivery", delivered)
 	if meta != nil {
-		e = e.Uint64("stream_seq", meta.Sequence.Stream)
+		e.Uint64("stream_seq", meta.Sequence.Stream)
 	}
 	if ev.JobID.Valid() {
-		e = e.Int64("job_id", int64(ev.JobID)).Str("status", string(ev.Status)).Str("event_id", ev.ID)
+		e.Int64("job_id", int64(ev.JobID)).Str("status", string(ev.Status)).Str("event_id", ev.ID)
 		if ev.HasAttempt {
-			e = e.Int64("attempt", ev.Attempt)
+			e.Int64("attempt", ev.Attempt)
 		}
 		if ev.Actor != "" {
-			e = e.Str("actor", ev.Actor)
+			e.Str("actor", ev.Actor)
 		}
 	}
-	e = e.Str("decision", string(out.Decision)).Str("result", out.Result)
+	e.Str("decision", string(out.Decision)).Str("result", out.Result)
 	if r := out.Removal; r != nil {
-		e = e.Str("stream", r.Stream).Strs("deleted", r.Deleted).Uint64("messages_discarded", r.MessagesDiscarded).
+		e.Str("stream", r.Stream).Strs("deleted", r.Deleted).Uint64("messages_discarded", r.MessagesDiscarded).
 			Int("consumers_removed", r.ConsumersRemoved)
 		if len(r.Kept) > 0 {
-			e = e.Strs("kept", r.Kept)
+			e.Strs("kept", r.Kept)
 		}
 	}
 	if out.Note != "" {
-		e = e.Str("note", out.Note)
+		e.Str("note", out.Note)
 	}
-	if err != nil {
-		e = e.Err(err)
-	}
-	if settleErr != nil {
-		e = e.AnErr("settle_error", settleErr)
-	}
-	e.Float64("duration_ms", float64(took.Microseconds())/1000).Msg("event handled")
 }
 
 func (in *Intake) deadLetter(ctx context.Context, msg jetstream.Msg, meta *jetstream.MsgMetadata, ev JobStatus, reason Reason, detail string) error {

@@ -259,7 +259,7 @@ func TestPublisherNilTracer(t *testing.T) {
 	env := setupPublisher(t)
 	pub := NewPublisher(env.nc, DefaultPublisherConfig(), nil)
 	next := env.subscribe(t, "job.queue.cleaned.9")
-	ctx, remote := remoteSpan(t, t.Context())
+	ctx, remote := remoteSpan(t.Context(), t)
 	if err := pub.Cleaned(ctx, QueueResult{JobID: 9, Outcome: OutcomeNothing}); err != nil {
 		t.Fatalf("Cleaned: %v", err)
 	}

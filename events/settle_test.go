@@ -65,14 +65,13 @@ func newTestIntake(t *testing.T, env pubEnv, h Handler) *Intake {
 	t.Helper()
 	in := NewIntake(nil, DefaultIntakeConfig(), testDecoder(), h, env.pub,
 		IntakeDeps{Logger: zerolog.New(zerolog.NewTestWriter(t))})
-	in.base = t.Context()
 	return in
 }
 
 // deliver hands msg to the intake and waits until it is settled.
 func deliver(t *testing.T, in *Intake, msg *fakeMsg) {
 	t.Helper()
-	in.receive(msg)
+	in.receive(t.Context(), msg)
 	waitDispatcher(t, in.dispatch)
 }
 

@@ -12,7 +12,7 @@ import (
 )
 
 // remoteSpan returns ctx carrying a sampled span context with tracestate.
-func remoteSpan(t *testing.T, ctx context.Context) (context.Context, trace.SpanContext) {
+func remoteSpan(ctx context.Context, t *testing.T) (context.Context, trace.SpanContext) {
 	t.Helper()
 	ts, err := trace.ParseTraceState("vendor=opaque")
 	if err != nil {
@@ -88,7 +88,7 @@ func TestStatusEventRoundTrip(t *testing.T) {
 				t.Parallel()
 				ctx := t.Context()
 				if tc.traced {
-					ctx, _ = remoteSpan(t, ctx)
+					ctx, _ = remoteSpan(ctx, t)
 				}
 				ev := tc.ev
 				ev.Binary = binary

@@ -128,20 +128,20 @@ func (e *env) provision(id queue.JobID, n int, attempt *int64) {
 
 // publishTasks publishes tasks from..to-1 with async publishes and waits for
 // every ack.
-func publishTasks(t testing.TB, js jetstream.JetStream, subject string, from, to int) {
-	t.Helper()
+func publishTasks(tb testing.TB, js jetstream.JetStream, subject string, from, to int) {
+	tb.Helper()
 	const window = 1024
 	var futures []jetstream.PubAckFuture
 	flush := func() {
 		select {
 		case <-js.PublishAsyncComplete():
 		case <-time.After(60 * time.Second):
-			t.Fatalf("publish to %s: acks did not arrive", subject)
+			tb.Fatalf("publish to %s: acks did not arrive", subject)
 		}
 		for _, f := range futures {
 			select {
 			case err := <-f.Err():
-				t.Fatalf("publish to %s: %v", subject, err)
+				tb.Fatalf("publish to %s: %v", subject, err)
 			default:
 			}
 		}
@@ -150,7 +150,7 @@ func publishTasks(t testing.TB, js jetstream.JetStream, subject string, from, to
 	for i := from; i < to; i++ {
 		f, err := js.PublishAsync(subject, []byte(fmt.Sprintf(`{"task":%d}`, i)))
 		if err != nil {
-			t.Fatalf("publish to %s: %v", subject, err)
+			tb.Fatalf("publish to %s: %v", subject, err)
 		}
 		futures = append(futures, f)
 		if len(futures) == window {
@@ -166,62 +166,62 @@ func (e *env) emit(ev events.StatusEvent) {
 	emitTo(e.t, e.js, ev)
 }
 
-func emitTo(t testing.TB, js jetstream.JetStream, ev events.StatusEvent) {
-	t.Helper()
+func emitTo(tb testing.TB, js jetstream.JetStream, ev events.StatusEvent) {
+	tb.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	msg, err := ev.Msg(ctx, "job.status.")
 	if err != nil {
-		t.Fatalf("build event: %v", err)
+		tb.Fatalf("build event: %v", err)
 	}
 	if _, err := js.PublishMsg(ctx, msg); err != nil {
-		t.Fatalf("publish %s: %v", msg.Subject, err)
+		tb.Fatalf("publish %s: %v", msg.Subject, err)
 	}
 }
 
 // ensureEventStream creates the event stream, as the service would.
-func ensureEventStream(t testing.TB, js jetstream.JetStream) {
-	t.Helper()
+func ensureEventStream(tb testing.TB, js jetstream.JetStream) {
+	tb.Helper()
 	_, err := js.CreateStream(context.Background(), jetstream.StreamConfig{
 		Name: "JOB_EVENTS", Subjects: []string{"job.status.*"}, Storage: jetstream.FileStorage,
 	})
 	if err != nil && !errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
-		t.Fatalf("event stream: %v", err)
+		tb.Fatalf("event stream: %v", err)
 	}
 }
 
 // streamExists reports whether the stream is on the server.
-func streamExists(t testing.TB, js jetstream.JetStream, name string) bool {
-	t.Helper()
+func streamExists(tb testing.TB, js jetstream.JetStream, name string) bool {
+	tb.Helper()
 	_, err := js.Stream(context.Background(), name)
 	if errors.Is(err, jetstream.ErrStreamNotFound) {
 		return false
 	}
 	if err != nil {
-		t.Fatalf("stream %s: %v", name, err)
+		tb.Fatalf("stream %s: %v", name, err)
 	}
 	return true
 }
 
-func consumerExists(t testing.TB, js jetstream.JetStream, stream, name string) bool {
-	t.Helper()
+func consumerExists(tb testing.TB, js jetstream.JetStream, stream, name string) bool {
+	tb.Helper()
 	_, err := js.Consumer(context.Background(), stream, name)
 	if errors.Is(err, jetstream.ErrConsumerNotFound) || errors.Is(err, jetstream.ErrStreamNotFound) {
 		return false
 	}
 	if err != nil {
-		t.Fatalf("consumer %s/%s: %v", stream, name, err)
+		tb.Fatalf("consumer %s/%s: %v", stream, name, err)
 	}
 	return true
 }
 
 // eventually polls cond until it holds or the timeout passes.
-func eventually(t testing.TB, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
+func eventually(tb testing.TB, timeout time.Duration, what string, cond func() bool) {
+	tb.Helper()
 	deadline := time.Now().Add(timeout)
 	for !cond() {
 		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", timeout, what)
+			tb.Fatalf("timed out after %s waiting for %s", timeout, what)
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
@@ -234,8 +234,8 @@ type received struct {
 	sub  *nats.Subscription
 }
 
-func subscribe(t testing.TB, nc *nats.Conn, subject string) *received {
-	t.Helper()
+func subscribe(tb testing.TB, nc *nats.Conn, subject string) *received {
+	tb.Helper()
 	r := &received{}
 	sub, err := nc.Subscribe(subject, func(m *nats.Msg) {
 		r.mu.Lock()
@@ -243,13 +243,13 @@ func subscribe(t testing.TB, nc *nats.Conn, subject string) *received {
 		r.mu.Unlock()
 	})
 	if err != nil {
-		t.Fatalf("subscribe %s: %v", subject, err)
+		tb.Fatalf("subscribe %s: %v", subject, err)
 	}
 	if err := nc.Flush(); err != nil {
-		t.Fatalf("flush: %v", err)
+		tb.Fatalf("flush: %v", err)
 	}
 	r.sub = sub
-	t.Cleanup(func() { _ = sub.Unsubscribe() })
+	tb.Cleanup(func() { _ = sub.Unsubscribe() })
 	return r
 }
 
@@ -277,19 +277,19 @@ type emitted struct {
 	NATSSubjectName string              `json:"-"`
 }
 
-func decodeEmitted(t testing.TB, m *nats.Msg) emitted {
-	t.Helper()
+func decodeEmitted(tb testing.TB, m *nats.Msg) emitted {
+	tb.Helper()
 	var e emitted
 	if err := json.Unmarshal(m.Data, &e); err != nil {
-		t.Fatalf("emitted event on %s: %v: %s", m.Subject, err, m.Data)
+		tb.Fatalf("emitted event on %s: %v: %s", m.Subject, err, m.Data)
 	}
 	e.Header, e.NATSSubjectName = m.Header, m.Subject
 	if strings.HasPrefix(m.Subject, "job.deadletter") {
 		if err := json.Unmarshal(e.RawData, &e.DeadLetter); err != nil {
-			t.Fatalf("dead letter data: %v", err)
+			tb.Fatalf("dead letter data: %v", err)
 		}
 	} else if err := json.Unmarshal(e.RawData, &e.Data); err != nil {
-		t.Fatalf("queue result data: %v", err)
+		tb.Fatalf("queue result data: %v", err)
 	}
 	return e
 }

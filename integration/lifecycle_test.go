@@ -67,11 +67,11 @@ func TestIncident(t *testing.T) {
 
 // drainTasks takes up to limit tasks (all when < 0) from the job's task
 // consumer, acking each, counting task ids in seen.
-func drainTasks(t testing.TB, js jetstream.JetStream, names queue.Names, id queue.JobID, limit int, seen map[int]int) int {
-	t.Helper()
+func drainTasks(tb testing.TB, js jetstream.JetStream, names queue.Names, id queue.JobID, limit int, seen map[int]int) int {
+	tb.Helper()
 	cons, err := js.Consumer(context.Background(), names.StreamName(id), names.ConsumerName(id))
 	if err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
 	n := 0
 	for limit < 0 || n < limit {
@@ -81,7 +81,7 @@ func drainTasks(t testing.TB, js jetstream.JetStream, names queue.Names, id queu
 		}
 		msgs, err := cons.Fetch(batch, jetstream.FetchMaxWait(500*time.Millisecond))
 		if err != nil {
-			t.Fatal(err)
+			tb.Fatal(err)
 		}
 		got := 0
 		for m := range msgs.Messages() {
@@ -91,13 +91,13 @@ func drainTasks(t testing.TB, js jetstream.JetStream, names queue.Names, id queu
 				Task int `json:"task"`
 			}
 			if err := json.Unmarshal(m.Data(), &task); err != nil {
-				t.Fatalf("task %q: %v", m.Data(), err)
+				tb.Fatalf("task %q: %v", m.Data(), err)
 			}
 			if seen != nil {
 				seen[task.Task]++
 			}
 			if err := m.Ack(); err != nil {
-				t.Fatal(err)
+				tb.Fatal(err)
 			}
 		}
 		if got == 0 {
@@ -147,10 +147,10 @@ func TestDuplicateAndEmptyAreAnswered(t *testing.T) {
 
 // assertConsumerSettled waits until the event consumer has acked n events
 // and has nothing pending or awaiting ack.
-func assertConsumerSettled(t testing.TB, js jetstream.JetStream, n uint64) {
-	t.Helper()
+func assertConsumerSettled(tb testing.TB, js jetstream.JetStream, n uint64) {
+	tb.Helper()
 	var info *jetstream.ConsumerInfo
-	eventually(t, 15*time.Second, fmt.Sprintf("%d events acked", n), func() bool {
+	eventually(tb, 15*time.Second, fmt.Sprintf("%d events acked", n), func() bool {
 		c, err := js.Consumer(context.Background(), "JOB_EVENTS", "queue-janitor")
 		if err != nil {
 			return false
@@ -159,7 +159,7 @@ func assertConsumerSettled(t testing.TB, js jetstream.JetStream, n uint64) {
 		return err == nil && info.AckFloor.Stream == n && info.NumAckPending == 0 && info.NumPending == 0
 	})
 	if info.NumRedelivered != 0 {
-		t.Errorf("%d events were redelivered; every event should settle on its first delivery", info.NumRedelivered)
+		tb.Errorf("%d events were redelivered; every event should settle on its first delivery", info.NumRedelivered)
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -173,7 +174,7 @@ func (s *Store) PutJSON(ctx context.Context, key string, v any, rev uint64) (uin
 		return 0, fmt.Errorf("encode record %q: %w", key, err)
 	}
 	attrs := []attribute.KeyValue{attribute.String("kv.bucket", s.kv.Bucket()), attribute.String("kv.key", key),
-		attribute.Int64("kv.expected_revision", int64(rev))}
+		attribute.String("kv.expected_revision", strconv.FormatUint(rev, 10))}
 	var next uint64
 	err = s.retry.do(ctx, "kv.update", attrs, func(ctx context.Context) error {
 		var err error

@@ -3,6 +3,7 @@ package telemetry
 import (
 	"context"
 	"fmt"
+	"math"
 	"sync"
 	"time"
 
@@ -136,7 +137,7 @@ func (m *Metrics) DeadLettered(ctx context.Context, reason string) {
 // Discarded counts task messages removed by action ("cleanup" or "flush").
 func (m *Metrics) Discarded(ctx context.Context, action string, n uint64) {
 	if n > 0 {
-		m.messagesDiscarded.Add(ctx, int64(n), metric.WithAttributes(attribute.String("action", action)))
+		m.messagesDiscarded.Add(ctx, int64(min(n, math.MaxInt64)), metric.WithAttributes(attribute.String("action", action)))
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -52,7 +53,7 @@ func runDemo(ctx context.Context, args []string, getenv func(string) string, std
 	}
 	log, err := telemetry.NewLogger(stderr, cfg.LogLevel, cfg.LogFormat)
 	if err != nil {
-		return fmt.Errorf("%w: %v", ErrUsage, err)
+		return fmt.Errorf("%w: %w", ErrUsage, err)
 	}
 	tel, err := telemetry.Setup(ctx, telemetry.Config{
 		ServiceName: "queue-janitor", ServiceVersion: version(), Getenv: getenv, Console: stderr, ForceConsole: traces,
@@ -60,7 +61,7 @@ func runDemo(ctx context.Context, args []string, getenv func(string) string, std
 	if err != nil {
 		return err
 	}
-	defer shutdownTelemetry(tel, log)
+	defer shutdownTelemetry(ctx, tel, log)
 
 	emb, err := startEmbedded(EmbeddedConfig{Listen: "127.0.0.1:0"})
 	if err != nil {
@@ -75,7 +76,9 @@ func runDemo(ctx context.Context, args []string, getenv func(string) string, std
 	go func() { served <- serve(svcCtx, cfg, log, tel) }()
 	defer func() {
 		stopService()
-		<-served
+		if err := <-served; err != nil {
+			log.Error().Err(err).Msg("the demo's service stopped with an error")
+		}
 	}()
 
 	d, err := newDemoWorld(ctx, emb.URL(), cfg)
@@ -341,13 +344,13 @@ func awaitResult(sub *nats.Subscription) (events.QueueResult, error) {
 func (r *demoReport) print(w io.Writer) {
 	fmt.Fprintf(w, "\nqueue-janitor demo: the incident, replayed on job %d (control job %d runs without queue-janitor)\n\n", demoJob, demoControlJob)
 	fmt.Fprintf(w, "  REVOKED   -> stream and consumers gone in %s: %d resources deleted, %s messages discarded\n",
-		r.revokeToGone.Round(time.Millisecond), len(r.cleaned.Deleted), thousands(int(r.cleaned.MessagesDiscarded)))
+		r.revokeToGone.Round(time.Millisecond), len(r.cleaned.Deleted), thousands(r.cleaned.MessagesDiscarded))
 	fmt.Fprintf(w, "  Start     -> restart_requested answered by job.queue.flushed in %s (%s)\n",
 		r.restartToFlushed.Round(time.Millisecond), r.flushed.Outcome)
 	fmt.Fprintf(w, "  new round -> %s tasks published only after flushed; a worker drained the queue\n\n", thousands(demoSecondRound))
 	row := "  %-32s %16s %20s %24s\n"
 	fmt.Fprintf(w, row, "", "before REVOKED", "after Start + drain", "without queue-janitor")
-	fmt.Fprintf(w, row, "messages in the job's stream", thousands(int(r.before.messages)), thousands(int(r.after.messages)), thousands(int(r.control.messages)))
+	fmt.Fprintf(w, row, "messages in the job's stream", thousands(r.before.messages), thousands(r.after.messages), thousands(r.control.messages))
 	fmt.Fprintf(w, row, "tasks delivered to the worker", thousands(r.firstDelivered), thousands(r.secondDistinct+r.dups), thousands(r.controlDelivered))
 	fmt.Fprintf(w, row, "of which delivered twice", "0", thousands(r.dups), thousands(r.controlDups))
 	fmt.Fprintln(w)
@@ -377,15 +380,16 @@ func (r *demoReport) verify() error {
 }
 
 // thousands formats n with comma separators.
-func thousands(n int) string {
+func thousands[T ~int | ~uint64](n T) string {
 	s := fmt.Sprint(n)
-	if n < 0 {
-		return "-" + thousands(-n)
+	sign := ""
+	if strings.HasPrefix(s, "-") {
+		sign, s = "-", s[1:]
 	}
 	for i := len(s) - 3; i > 0; i -= 3 {
 		s = s[:i] + "," + s[i:]
 	}
-	return s
+	return sign + s
 }
 
 func fillID(pattern string, id queue.JobID) string {

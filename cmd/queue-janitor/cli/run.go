@@ -94,7 +94,7 @@ func parseFlags(f *flagSet, args []string, getenv func(string) string, stdout, s
 		return flag.ErrHelp
 	case err != nil:
 		f.usage(stderr)
-		return fmt.Errorf("%w: %s: %v", ErrUsage, f.name, err)
+		return fmt.Errorf("%w: %s: %w", ErrUsage, f.name, err)
 	}
 	if f.fs.NArg() > 0 && f.args == "" {
 		return fmt.Errorf("%w: %s takes no arguments, got %q", ErrUsage, f.name, strings.Join(f.fs.Args(), " "))

@@ -49,11 +49,11 @@ func runServe(ctx context.Context, args []string, getenv func(string) string, st
 		return err
 	}
 	if err := cfg.Validate(); err != nil {
-		return fmt.Errorf("%w: %v", ErrUsage, err)
+		return fmt.Errorf("%w: %w", ErrUsage, err)
 	}
 	log, err := telemetry.NewLogger(stderr, cfg.LogLevel, cfg.LogFormat)
 	if err != nil {
-		return fmt.Errorf("%w: %v", ErrUsage, err)
+		return fmt.Errorf("%w: %w", ErrUsage, err)
 	}
 	tel, err := telemetry.Setup(ctx, telemetry.Config{
 		ServiceName: "queue-janitor", ServiceVersion: version(), Getenv: getenv, Console: stdout,
@@ -61,7 +61,7 @@ func runServe(ctx context.Context, args []string, getenv func(string) string, st
 	if err != nil {
 		return err
 	}
-	defer shutdownTelemetry(tel, log)
+	defer shutdownTelemetry(ctx, tel, log)
 	return serve(ctx, cfg, log, tel)
 }
 
@@ -126,7 +126,7 @@ func serve(ctx context.Context, cfg Config, log zerolog.Logger, tel *telemetry.T
 	err = intake.Run(ctx)
 	<-reconcileDone
 	if web != nil {
-		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 		_ = web.Shutdown(sctx)
 		cancel()
 	}
@@ -205,8 +205,10 @@ func jetStreamHint(err error) error {
 	return err
 }
 
-func shutdownTelemetry(tel *telemetry.Telemetry, log zerolog.Logger) {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+// shutdownTelemetry flushes spans and metrics; it runs after ctx is done,
+// so it keeps ctx's values but not its cancellation.
+func shutdownTelemetry(ctx context.Context, tel *telemetry.Telemetry, log zerolog.Logger) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
 	if err := tel.Shutdown(ctx); err != nil {
 		log.Warn().Err(err).Msg("telemetry shutdown: some spans or metrics may not have been exported")

@@ -26,7 +26,7 @@ build: ## build a static binary into bin/ (the same flags as deploy/Dockerfile)
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/queue-janitor ./cmd/queue-janitor
 
 .PHONY: test
-test: vet staticcheck test-race fuzz ## everything CI checks: vet, staticcheck, race tests, short fuzz runs
+test: vet staticcheck test-race fuzz test-python ## everything CI checks: vet, staticcheck, race tests, short fuzz runs, the backend module's tests
 
 .PHONY: vet
 vet: ## gofmt and go vet
@@ -44,6 +44,10 @@ test-race: ## all tests with the race detector
 .PHONY: test-short
 test-short: ## quick tests without the race detector
 	$(GO) test -short -count=1 $(PKGS)
+
+.PHONY: test-python
+test-python: ## the backend's Python module (standard library only)
+	cd deploy/backend && python3 -m unittest discover
 
 .PHONY: fuzz
 fuzz: ## run each fuzz target for FUZZTIME (default 10s)

@@ -199,6 +199,9 @@ func (in *Intake) Run(ctx context.Context) error {
 		}
 		cc, err := cons.Consume(func(msg jetstream.Msg) { in.receive(base, msg) },
 			jetstream.PullMaxMessages(in.cfg.Concurrency),
+			// Short pull requests: after a stream leader change the lost ones
+			// are noticed (missed heartbeats) and renewed within seconds.
+			jetstream.PullExpiry(pullExpiry),
 			jetstream.ConsumeErrHandler(in.onConsumeError))
 		if err != nil {
 			return fmt.Errorf("consume %s/%s: %w", in.cfg.Stream, in.cfg.Consumer, err)
@@ -288,6 +291,9 @@ func (in *Intake) Ensure(ctx context.Context) (jetstream.Consumer, error) {
 	}
 	return cons, nil
 }
+
+// pullExpiry bounds each pull request; its heartbeat is half of it.
+const pullExpiry = 5 * time.Second
 
 // redeliveryBackoff is the consumer's wait before redelivering an event that
 // was never acked (its handler crashed): AckWait, then doubling, up to 10m.

@@ -43,6 +43,10 @@ const (
 	OutcomeNothing      = "nothing_to_remove"
 	OutcomeKeptLaterRun = "kept_later_run"
 	OutcomeAlreadyDone  = "already_done"
+	// OutcomeStale answers a restart request that a newer event of the job
+	// superseded: nothing was removed, and the backend must not publish a
+	// round for it.
+	OutcomeStale = "stale"
 )
 
 // QueueResult is the data of job.queue.cleaned and job.queue.flushed events.

@@ -179,7 +179,13 @@ func (h *Handler) Handle(ctx context.Context, ev events.JobStatus) (events.Outco
 		}
 		switch v := decide(k, ev, rec, rev != 0, h.cfg.Owner, h.now()); v {
 		case verdictStale:
-			return events.Outcome{Decision: events.DecisionStale, Result: "skipped", Note: staleNote(rec)}, nil
+			out := events.Outcome{Decision: events.DecisionStale, Result: "skipped", Note: staleNote(rec)}
+			if k == kindRestart {
+				// A backend may be waiting on this request: tell it that it
+				// was superseded.
+				return out, h.announce(ctx, k, ev, h.nothing(ev.JobID), events.OutcomeStale, 0)
+			}
+			return out, nil
 		case verdictIgnore:
 			return events.Outcome{Decision: events.DecisionIgnore, Result: "ignored"}, nil
 		case verdictRecord:

@@ -111,6 +111,22 @@ func TestStaleEventNeverRemoves(t *testing.T) {
 	}
 }
 
+func TestStaleRestartIsAnsweredStale(t *testing.T) {
+	t.Parallel()
+	w := setup(t)
+	w.handle(t, ev("r3", events.StatusRestartRequested, 3, 60))
+	out := w.handle(t, ev("r2", events.StatusRestartRequested, 2, 70))
+	if out.Decision != events.DecisionStale {
+		t.Errorf("decision = %q, want stale", out.Decision)
+	}
+	if n := len(w.q.removes()); n != 1 {
+		t.Errorf("Remove called %d times, want 1", n)
+	}
+	if _, f := w.emit.counts(); f != 2 || w.emit.flushed[1].Outcome != events.OutcomeStale || w.emit.flushed[1].CauseEventID != "r2" {
+		t.Errorf("the superseded request must be answered stale: %+v", w.emit.flushed)
+	}
+}
+
 func TestDuplicateRestartForSameAttemptDoesNotFlushAgain(t *testing.T) {
 	t.Parallel()
 	w := setup(t)

@@ -63,11 +63,18 @@ func (e *env) startService(extra ...string) *service {
 
 func startServe(t *testing.T, js jetstream.JetStream, args []string, logs io.Writer) *service {
 	t.Helper()
+	return startServeHooks(t, js, args, logs, cli.Hooks{})
+}
+
+// startServeHooks is startServe with telemetry hooks (span recorders,
+// metric readers).
+func startServeHooks(t *testing.T, js jetstream.JetStream, args []string, logs io.Writer, hooks cli.Hooks) *service {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &service{cancel: cancel, done: make(chan error, 1)}
 	before := pullWaiting(js)
 	go func() {
-		s.done <- cli.Run(ctx, args, func(string) string { return "" }, io.Discard, logs)
+		s.done <- cli.RunWithHooks(ctx, args, func(string) string { return "" }, io.Discard, logs, hooks)
 	}()
 	t.Cleanup(func() { _ = s.stop() })
 	deadline := time.Now().Add(30 * time.Second)

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -17,10 +18,13 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 )
 
-// Server is one embedded nats-server that can be restarted.
+// Server is one embedded nats-server that can be restarted, also from a
+// goroutine other than the test's.
 type Server struct {
-	*server.Server
+	mu   sync.Mutex
+	srv  *server.Server
 	opts *server.Options
+	name string
 }
 
 // Option adjusts a server's options before it starts.
@@ -42,7 +46,7 @@ func RunServer(tb testing.TB, opts ...Option) *Server {
 	for _, opt := range opts {
 		opt(o)
 	}
-	s := &Server{opts: o}
+	s := &Server{opts: o, name: o.ServerName}
 	s.start(tb)
 	tb.Cleanup(s.Stop)
 	return s
@@ -50,42 +54,93 @@ func RunServer(tb testing.TB, opts ...Option) *Server {
 
 func (s *Server) start(tb testing.TB) {
 	tb.Helper()
+	if err := s.boot(); err != nil {
+		tb.Fatal(err)
+	}
+}
+
+// boot starts the server without failing the test, so that it can run in a
+// goroutine other than the test's.
+func (s *Server) boot() error {
 	// The server keeps and reads the options it is given: hand it a copy,
 	// so that pinning the ports below does not race with it.
 	opts := *s.opts
 	srv, err := server.NewServer(&opts)
 	if err != nil {
-		tb.Fatalf("natstest: new server: %v", err)
+		return fmt.Errorf("natstest: new server: %w", err)
 	}
 	srv.Start()
 	if !srv.ReadyForConnections(20 * time.Second) {
-		tb.Fatalf("natstest: server %s not ready", s.opts.ServerName)
+		return fmt.Errorf("natstest: server %s not ready", s.opts.ServerName)
 	}
-	s.Server = srv
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.srv = srv
+	if s.name == "" {
+		s.name = srv.Name()
+	}
 	// Pin the chosen ports so that a restart comes back where clients
 	// reconnect to.
 	s.opts.Port = srv.Addr().(*net.TCPAddr).Port
 	if ca := srv.ClusterAddr(); ca != nil {
 		s.opts.Cluster.Port = ca.Port
 	}
+	return nil
+}
+
+// current is the running server process, or nil.
+func (s *Server) current() *server.Server {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.srv
+}
+
+// Name is the server's name (its cluster peer name).
+func (s *Server) Name() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.name
+}
+
+// Running reports whether the server is up.
+func (s *Server) Running() bool {
+	srv := s.current()
+	return srv != nil && srv.Running()
+}
+
+// JetStreamIsLeader reports whether the server leads the meta group.
+func (s *Server) JetStreamIsLeader() bool {
+	srv := s.current()
+	return srv != nil && srv.Running() && srv.JetStreamIsLeader()
 }
 
 // URL is the client URL.
-func (s *Server) URL() string { return fmt.Sprintf("nats://127.0.0.1:%d", s.opts.Port) }
+func (s *Server) URL() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return fmt.Sprintf("nats://127.0.0.1:%d", s.opts.Port)
+}
 
 // Stop shuts the server down and waits; stopping twice is harmless.
 func (s *Server) Stop() {
-	if s.Server != nil && s.Running() {
-		s.Shutdown()
-		s.WaitForShutdown()
+	if srv := s.current(); srv != nil && srv.Running() {
+		srv.Shutdown()
+		srv.WaitForShutdown()
 	}
 }
 
 // Restart starts the server again on the same port and store.
 func (s *Server) Restart(tb testing.TB) {
 	tb.Helper()
+	if err := s.TryRestart(); err != nil {
+		tb.Fatal(err)
+	}
+}
+
+// TryRestart is Restart for goroutines other than the test's.
+func (s *Server) TryRestart() error {
 	s.Stop()
-	s.start(tb)
+	return s.boot()
 }
 
 // Connect opens a client connection that reconnects forever, closed at the
@@ -143,7 +198,7 @@ func (c *Cluster) URLs() string {
 // MetaLeader is the running node that leads the meta group, or nil.
 func (c *Cluster) MetaLeader() *Server {
 	for _, s := range c.Servers {
-		if s.Server != nil && s.Running() && s.JetStreamIsLeader() {
+		if s.JetStreamIsLeader() {
 			return s
 		}
 	}
@@ -172,7 +227,7 @@ func (c *Cluster) StreamLeader(ctx context.Context, js jetstream.JetStream, name
 	}
 	leader := s.CachedInfo().Cluster.Leader
 	for _, srv := range c.Servers {
-		if srv.Server != nil && srv.Name() == leader {
+		if srv.Name() == leader {
 			return srv
 		}
 	}

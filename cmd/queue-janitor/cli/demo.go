@@ -40,7 +40,7 @@ const (
 	demoControlJob  = queue.JobID(4243)
 )
 
-func runDemo(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+func runDemo(ctx context.Context, args []string, cio cmdIO) error {
 	cfg := DefaultConfig()
 	cfg.LogLevel, cfg.HTTPAddr = "info", ""
 	f := newFlagSet("demo", "", demoAbout)
@@ -48,16 +48,14 @@ func runDemo(ctx context.Context, args []string, getenv func(string) string, std
 	var traces bool
 	f.group("Tracing")
 	f.Bool(&traces, "traces", envPrefix+"DEMO_TRACES", "print every span as JSON on standard error (the console exporter)")
-	if err := parseFlags(f, args, getenv, stdout, stderr); err != nil {
+	if err := parseFlags(f, args, cio); err != nil {
 		return err
 	}
-	log, err := telemetry.NewLogger(stderr, cfg.LogLevel, cfg.LogFormat)
+	log, err := telemetry.NewLogger(cio.stderr, cfg.LogLevel, cfg.LogFormat)
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrUsage, err)
 	}
-	tel, err := telemetry.Setup(ctx, telemetry.Config{
-		ServiceName: "queue-janitor", ServiceVersion: version(), Getenv: getenv, Console: stderr, ForceConsole: traces,
-	})
+	tel, err := setupTelemetry(ctx, cio, traces)
 	if err != nil {
 		return err
 	}
@@ -93,7 +91,7 @@ func runDemo(ctx context.Context, args []string, getenv func(string) string, std
 	if err != nil {
 		return fmt.Errorf("demo: %w", err)
 	}
-	report.print(stdout)
+	report.print(cio.stdout)
 	return report.verify()
 }
 

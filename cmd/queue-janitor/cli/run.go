@@ -16,6 +16,9 @@ import (
 	"runtime/debug"
 	"sort"
 	"strings"
+
+	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 )
 
 // Version is stamped at build time with
@@ -25,10 +28,25 @@ var Version = ""
 // ErrUsage marks an error in how the command was called (exit status 2).
 var ErrUsage = errors.New("usage")
 
+// Hooks let a test observe the service from inside: span processors (an
+// in-memory recorder) and metric readers (a manual reader) are added to the
+// providers that the OTEL_* environment configures.
+type Hooks struct {
+	SpanProcessors []sdktrace.SpanProcessor
+	MetricReaders  []sdkmetric.Reader
+}
+
+// io is what a command reads and writes.
+type cmdIO struct {
+	getenv         func(string) string
+	stdout, stderr io.Writer
+	hooks          Hooks
+}
+
 // command is one subcommand.
 type command struct {
 	summary string
-	run     func(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error
+	run     func(ctx context.Context, args []string, cio cmdIO) error
 }
 
 func commands() map[string]command {
@@ -43,11 +61,17 @@ func commands() map[string]command {
 // (os.Getenv in production). It returns flag.ErrHelp after printing help,
 // and an error wrapping ErrUsage when the command line is wrong.
 func Run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	return RunWithHooks(ctx, args, getenv, stdout, stderr, Hooks{})
+}
+
+// RunWithHooks is Run with test hooks.
+func RunWithHooks(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer, hooks Hooks) error {
+	cio := cmdIO{getenv: getenv, stdout: stdout, stderr: stderr, hooks: hooks}
 	cmds := commands()
 	if len(args) == 0 || args[0] == "help" || args[0] == "-h" || args[0] == "--help" || args[0] == "-help" {
 		if len(args) > 1 {
 			if c, ok := cmds[args[1]]; ok {
-				return c.run(ctx, []string{"--help"}, getenv, stdout, stderr)
+				return c.run(ctx, []string{"--help"}, cio)
 			}
 		}
 		usage(stdout, cmds)
@@ -61,7 +85,7 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		usage(stderr, cmds)
 		return fmt.Errorf("%w: unknown command %q", ErrUsage, args[0])
 	}
-	return c.run(ctx, args[1:], getenv, stdout, stderr)
+	return c.run(ctx, args[1:], cio)
 }
 
 func usage(w io.Writer, cmds map[string]command) {
@@ -86,14 +110,14 @@ Commands:
 
 // parseFlags parses args into f, printing help for --help and turning a bad
 // flag into a usage error that shows the flags.
-func parseFlags(f *flagSet, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
-	err := f.parse(args, getenv)
+func parseFlags(f *flagSet, args []string, cio cmdIO) error {
+	err := f.parse(args, cio.getenv)
 	switch {
 	case errors.Is(err, flag.ErrHelp):
-		f.usage(stdout)
+		f.usage(cio.stdout)
 		return flag.ErrHelp
 	case err != nil:
-		f.usage(stderr)
+		f.usage(cio.stderr)
 		return fmt.Errorf("%w: %s: %w", ErrUsage, f.name, err)
 	}
 	if f.fs.NArg() > 0 && f.args == "" {
@@ -102,12 +126,12 @@ func parseFlags(f *flagSet, args []string, getenv func(string) string, stdout, s
 	return nil
 }
 
-func runVersion(_ context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+func runVersion(_ context.Context, args []string, cio cmdIO) error {
 	f := newFlagSet("version", "", "Print the version.")
-	if err := parseFlags(f, args, getenv, stdout, stderr); err != nil {
+	if err := parseFlags(f, args, cio); err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "queue-janitor %s\n", version())
+	fmt.Fprintf(cio.stdout, "queue-janitor %s\n", version())
 	return nil
 }
 

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -43,21 +42,19 @@ func serveFlags(c *Config) *flagSet {
 	return f
 }
 
-func runServe(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+func runServe(ctx context.Context, args []string, cio cmdIO) error {
 	cfg := DefaultConfig()
-	if err := parseFlags(serveFlags(&cfg), args, getenv, stdout, stderr); err != nil {
+	if err := parseFlags(serveFlags(&cfg), args, cio); err != nil {
 		return err
 	}
 	if err := cfg.Validate(); err != nil {
 		return fmt.Errorf("%w: %w", ErrUsage, err)
 	}
-	log, err := telemetry.NewLogger(stderr, cfg.LogLevel, cfg.LogFormat)
+	log, err := telemetry.NewLogger(cio.stderr, cfg.LogLevel, cfg.LogFormat)
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrUsage, err)
 	}
-	tel, err := telemetry.Setup(ctx, telemetry.Config{
-		ServiceName: "queue-janitor", ServiceVersion: version(), Getenv: getenv, Console: stdout,
-	})
+	tel, err := setupTelemetry(ctx, cio, false)
 	if err != nil {
 		return err
 	}
@@ -203,6 +200,16 @@ func jetStreamHint(err error) error {
 		return fmt.Errorf("%w: enable JetStream on the NATS server (nats-server -js) and for this account", err)
 	}
 	return err
+}
+
+// setupTelemetry builds the providers from the OTEL_* environment plus the
+// test hooks; console sends spans to standard error as JSON.
+func setupTelemetry(ctx context.Context, cio cmdIO, console bool) (*telemetry.Telemetry, error) {
+	return telemetry.Setup(ctx, telemetry.Config{
+		ServiceName: "queue-janitor", ServiceVersion: version(), Getenv: cio.getenv,
+		Console: cio.stderr, ForceConsole: console,
+		SpanProcessors: cio.hooks.SpanProcessors, MetricReaders: cio.hooks.MetricReaders,
+	})
 }
 
 // shutdownTelemetry flushes spans and metrics; it runs after ctx is done,

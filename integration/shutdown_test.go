@@ -1,0 +1,122 @@
+package integration
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/example/queue-janitor/events"
+	"github.com/example/queue-janitor/queue"
+)
+
+var (
+	buildOnce sync.Once
+	binPath   string
+	buildErr  error
+)
+
+// binary builds cmd/queue-janitor once per test run.
+func binary(t *testing.T) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		// Shared by every test of the run, so not a t.TempDir.
+		dir, err := os.MkdirTemp("", "queue-janitor-bin-") //nolint:usetesting // outlives any one test
+		if err != nil {
+			buildErr = err
+			return
+		}
+		binPath = filepath.Join(dir, "queue-janitor")
+		out, err := exec.Command("go", "build", "-o", binPath, "../cmd/queue-janitor").CombinedOutput()
+		if err != nil {
+			buildErr = fmt.Errorf("go build: %w\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return binPath
+}
+
+// TestSIGTERMMidBurst: SIGTERM in the middle of a burst of events. The
+// process exits 0 within its shutdown bound; after a restart every job's
+// cleanup has happened, each stream removed exactly once.
+func TestSIGTERMMidBurst(t *testing.T) {
+	t.Parallel()
+	e := setup(t)
+	const jobs = 80
+	for id := queue.JobID(1); id <= jobs; id++ {
+		e.provision(id, 100, nil)
+	}
+	answers := collectAnswers(t, e.nc)
+
+	var logs bytes.Buffer
+	cmd := exec.Command(binary(t), "serve", "--nats-url", e.url, "--http-addr", "", "--clock-skew", "0",
+		"--reconcile-interval", "0", "--shutdown-timeout", "10s", "--log-format", "json", "--concurrency", "4")
+	cmd.Stdout, cmd.Stderr = &logs, &logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		if t.Failed() {
+			t.Logf("service output:\n%s", logs.String())
+		}
+	})
+	before := 0
+	eventually(t, 30*time.Second, "the process consuming", func() bool { return pullWaiting(e.js) > before })
+
+	for id := queue.JobID(1); id <= jobs; id++ {
+		e.emit(events.StatusEvent{ID: fmt.Sprintf("revoke-%d", id), JobID: id, Status: events.StatusRevoked})
+	}
+	eventually(t, 30*time.Second, "a few cleanups", func() bool { return answers.count() >= 5 })
+	sent := time.Now()
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-exited:
+		var exitErr *exec.ExitError
+		if errors.As(err, &exitErr) {
+			t.Fatalf("exit status %d after SIGTERM, want 0", exitErr.ExitCode())
+		} else if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("exited 0 %s after SIGTERM, %d of %d jobs answered by then", time.Since(sent).Round(time.Millisecond), answers.count(), jobs)
+	case <-time.After(20 * time.Second):
+		t.Fatal("still running 20s after SIGTERM (shutdown bound 10s)")
+	}
+
+	e.startService()
+	eventually(t, 30*time.Second, "every job cleaned after the restart", func() bool {
+		for id := queue.JobID(1); id <= jobs; id++ {
+			if streamExists(t, e.js, e.names.StreamName(id)) {
+				return false
+			}
+		}
+		return true
+	})
+	e.waitSettled(t)
+	if twice := answers.removedMoreThanOnce(); len(twice) > 0 {
+		t.Errorf("streams removed more than once: %v", twice)
+	}
+	for id := queue.JobID(1); id <= jobs; id++ {
+		if !answers.has(fmt.Sprintf("revoke-%d", id)) {
+			t.Errorf("job %d's REVOKED was never answered", id)
+		}
+	}
+}
+
+func (a *answerLog) count() int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return len(a.byCause)
+}

@@ -1,0 +1,57 @@
+"""The job backend's half of the queue-janitor contract.
+
+Build and publish ``job.status.<status>`` CloudEvents, run the Start path's
+flush handshake, and stamp the run's attempt into the task stream's metadata.
+The core has no third-party dependency; ``nats_adapter`` wires nats-py and is
+imported only by the code that uses it.
+"""
+
+from .events import (
+    CONTENT_TYPE_JSON,
+    CONTENT_TYPE_STRUCTURED,
+    DEFAULT_TERMINAL_STATUSES,
+    MSG_ID_HEADER,
+    RESTART_REQUESTED,
+    EventConfig,
+    StatusMessage,
+    build_status_event,
+    format_time,
+    normalize_status,
+)
+from .publisher import StatusPublisher
+from .restart import FlushError, FlushTimeout, RestartSuperseded, parse_flushed, request_restart
+from .streams import (
+    ATTEMPT_METADATA_KEY,
+    attempt_metadata,
+    dlq_consumer_config,
+    task_consumer_config,
+    task_stream_config,
+)
+from .tracing import otel_trace_context
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ATTEMPT_METADATA_KEY",
+    "CONTENT_TYPE_JSON",
+    "CONTENT_TYPE_STRUCTURED",
+    "DEFAULT_TERMINAL_STATUSES",
+    "EventConfig",
+    "FlushError",
+    "FlushTimeout",
+    "MSG_ID_HEADER",
+    "RESTART_REQUESTED",
+    "RestartSuperseded",
+    "StatusMessage",
+    "StatusPublisher",
+    "attempt_metadata",
+    "build_status_event",
+    "dlq_consumer_config",
+    "format_time",
+    "normalize_status",
+    "otel_trace_context",
+    "parse_flushed",
+    "request_restart",
+    "task_consumer_config",
+    "task_stream_config",
+]

@@ -60,6 +60,9 @@ type QueueResult struct {
 	Outcome string `json:"outcome"`
 	queue.Removal
 	DurationMS float64 `json:"duration_ms"`
+	// Trigger is empty for an answer to a status event, "reconciler" or
+	// "operator" for a removal no event asked for.
+	Trigger string `json:"trigger,omitempty"`
 }
 
 // DeadLetter is the data of a job.deadletter.status event.

@@ -19,6 +19,9 @@ type flagSet struct {
 	args   string
 	envOf  map[string]string
 	groups []flagGroup
+	// positional holds the arguments that are not flags, wherever they
+	// stood on the command line.
+	positional []string
 }
 
 type flagGroup struct {
@@ -64,10 +67,20 @@ func (f *flagSet) Duration(p *time.Duration, name, env, usage string) {
 	f.add(name, env)
 }
 
-// parse reads args, then the environment for every flag not given.
+// parse reads args, flags and positional arguments in any order (`clean 7
+// --force` as well as `clean --force 7`), then the environment for every
+// flag not given.
 func (f *flagSet) parse(args []string, getenv func(string) string) error {
-	if err := f.fs.Parse(args); err != nil {
-		return err
+	for {
+		if err := f.fs.Parse(args); err != nil {
+			return err
+		}
+		rest := f.fs.Args()
+		if len(rest) == 0 {
+			break
+		}
+		f.positional = append(f.positional, rest[0])
+		args = rest[1:]
 	}
 	given := map[string]bool{}
 	f.fs.Visit(func(fl *flag.Flag) { given[fl.Name] = true })

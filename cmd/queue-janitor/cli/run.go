@@ -54,6 +54,11 @@ func commands() map[string]command {
 		"serve":   {"run the service: consume job-status events and clean or flush job queues", runServe},
 		"demo":    {"replay the incident that motivated queue-janitor on an embedded NATS server", runDemo},
 		"version": {"print the version", runVersion},
+		"ls":      {"list job queues with what the service knows and would do", runLs},
+		"sweep":   {"run one reconciler pass now (--dry-run to only look)", runSweep},
+		"clean":   {"clean the queues of the given jobs now", runClean},
+		"flush":   {"flush a job's leftover queue now, as a restart would", runFlush},
+		"emit":    {"publish a job-status event, as the backend would", runEmit},
 	}
 }
 
@@ -120,8 +125,8 @@ func parseFlags(f *flagSet, args []string, cio cmdIO) error {
 		f.usage(cio.stderr)
 		return fmt.Errorf("%w: %s: %w", ErrUsage, f.name, err)
 	}
-	if f.fs.NArg() > 0 && f.args == "" {
-		return fmt.Errorf("%w: %s takes no arguments, got %q", ErrUsage, f.name, strings.Join(f.fs.Args(), " "))
+	if len(f.positional) > 0 && f.args == "" {
+		return fmt.Errorf("%w: %s takes no arguments, got %q", ErrUsage, f.name, strings.Join(f.positional, " "))
 	}
 	return nil
 }

@@ -108,7 +108,7 @@ func serve(ctx context.Context, cfg Config, log zerolog.Logger, tel *telemetry.T
 	reconcileDone := make(chan struct{})
 	go func() {
 		defer close(reconcileDone)
-		newReconciler(cfg, svc, owner, log, metrics).run(ctx)
+		svc.reconciler(cfg, log, tel).Run(ctx, cfg.Reconcile.Interval, cfg.Reconcile.LeaseTTL)
 	}()
 
 	e := log.Info().Str("replica", owner).Str("nats", svc.nc.ConnectedUrlRedacted()).
@@ -142,6 +142,21 @@ type service struct {
 	janitor *queue.Janitor
 	pub     *events.Publisher
 	handler *handlers.Handler
+	metrics *telemetry.Metrics
+}
+
+// reconciler is the service's reconciler, for serve and the sweep commands.
+func (s *service) reconciler(cfg Config, log zerolog.Logger, tel *telemetry.Telemetry) *handlers.Reconciler {
+	return newReconciler(cfg, s, log, tel, s.metrics)
+}
+
+// jetStreamFor is the JetStream handle every command uses.
+func jetStreamFor(nc *nats.Conn, cfg Config) (jetstream.JetStream, error) {
+	js, err := jetstream.New(nc, jetstream.WithDefaultTimeout(cfg.Retry.AttemptTimeout))
+	if err != nil {
+		return nil, fmt.Errorf("jetstream: %w", err)
+	}
+	return js, nil
 }
 
 // openService connects and binds everything the handler needs.
@@ -150,10 +165,10 @@ func openService(ctx context.Context, cfg Config, owner string, log zerolog.Logg
 	if err != nil {
 		return nil, err
 	}
-	js, err := jetstream.New(nc, jetstream.WithDefaultTimeout(cfg.Retry.AttemptTimeout))
+	js, err := jetStreamFor(nc, cfg)
 	if err != nil {
 		nc.Close()
-		return nil, fmt.Errorf("jetstream: %w", err)
+		return nil, err
 	}
 	observer := func(ctx context.Context, op string, attempt int, err error, wait time.Duration) {
 		metrics.Retried(ctx, op)
@@ -166,7 +181,7 @@ func openService(ctx context.Context, cfg Config, owner string, log zerolog.Logg
 		nc.Close()
 		return nil, jetStreamHint(err)
 	}
-	svc := &service{nc: nc, js: js, store: store, janitor: queue.NewJanitor(js, cfg.Names, opts...)}
+	svc := &service{nc: nc, js: js, store: store, janitor: queue.NewJanitor(js, cfg.Names, opts...), metrics: metrics}
 	svc.pub = events.NewPublisher(nc, cfg.Events, tel.Tracer())
 	svc.handler = handlers.New(svc.janitor, store, svc.pub, cfg.Handler(owner))
 	return svc, nil

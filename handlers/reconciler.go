@@ -1,0 +1,325 @@
+package handlers
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
+
+	"github.com/example/queue-janitor/events"
+	"github.com/example/queue-janitor/queue"
+	"github.com/example/queue-janitor/telemetry"
+)
+
+// Lister is what the reconciler needs to see the job streams.
+type Lister interface {
+	JobStreams(ctx context.Context, fn func(queue.JobStream) error) error
+	TaskConsumer(ctx context.Context, id queue.JobID) (*jetstream.ConsumerInfo, error)
+}
+
+// LeaseStore keeps the sweeper's lease (queue.Store satisfies it).
+type LeaseStore interface {
+	GetJSON(ctx context.Context, key string, v any, rev *uint64) error
+	PutJSON(ctx context.Context, key string, v any, rev uint64) (uint64, error)
+}
+
+// SweeperLeaseKey is the record key of the lease that lets one replica
+// sweep at a time.
+const SweeperLeaseKey = "reconciler.lease"
+
+// ReconcilerDeps are the reconciler's collaborators.
+type ReconcilerDeps struct {
+	Logger  zerolog.Logger
+	Tracer  trace.Tracer
+	Metrics *telemetry.Metrics
+}
+
+// Reconciler periodically lists the job streams, joins them with the
+// per-job records and cleans what the events missed (see [Judge]). One
+// replica sweeps at a time, holding a lease in the key-value bucket that a
+// crashed holder loses after LeaseTTL.
+type Reconciler struct {
+	h       *Handler
+	list    Lister
+	records Records
+	leases  LeaseStore
+	cfg     SweepConfig
+	log     zerolog.Logger
+	tracer  trace.Tracer
+	metrics *telemetry.Metrics
+	now     func() time.Time
+}
+
+// NewReconciler returns a Reconciler that acts through h.
+func NewReconciler(h *Handler, list Lister, records Records, leases LeaseStore, cfg SweepConfig, deps ReconcilerDeps) *Reconciler {
+	if deps.Tracer == nil {
+		deps.Tracer = noop.NewTracerProvider().Tracer("")
+	}
+	if deps.Metrics == nil {
+		deps.Metrics, _ = telemetry.NewMetrics(nil)
+	}
+	return &Reconciler{h: h, list: list, records: records, leases: leases, cfg: cfg, log: deps.Logger,
+		tracer: deps.Tracer, metrics: deps.Metrics, now: h.now}
+}
+
+// Row is one job stream seen by a pass, for `ls`, `sweep` and logs.
+type Row struct {
+	Stream    queue.JobStream
+	Consumer  *jetstream.ConsumerInfo
+	Record    queue.Record
+	Exists    bool
+	Judgement Judgement
+	// Outcome and Err are set when the pass acted on the stream.
+	Outcome *events.Outcome
+	Err     error
+}
+
+// PassOptions tune one pass.
+type PassOptions struct {
+	// DryRun changes nothing: it judges only.
+	DryRun bool
+	// Orphans removes orphans on this pass even when the reconciler's
+	// configuration does not.
+	Orphans bool
+	// Row, when set, is told about every stream judged, in listing order.
+	Row func(Row)
+}
+
+// Summary counts what a pass saw and did.
+type Summary struct {
+	Seen, Cleaned, Orphans, OrphansRemoved, Grace, Kept, Busy, Errors int
+	MessagesDiscarded                                                  uint64
+	Took                                                               time.Duration
+}
+
+// Pass judges every job stream once and, unless DryRun, removes what the
+// verdicts say. It publishes the triage inventory to the metrics. It holds
+// no lease itself: Run takes the sweeper lease around it.
+func (r *Reconciler) Pass(ctx context.Context, opts PassOptions) (Summary, error) {
+	ctx, span := r.tracer.Start(ctx, "reconcile", trace.WithAttributes(attribute.Bool("reconcile.dry_run", opts.DryRun)))
+	defer span.End()
+	started := r.now()
+	var sum Summary
+	inv := telemetry.Inventory{Streams: map[string]int64{}, Messages: map[string]int64{}, Pending: map[string]int64{}}
+	cfg := r.cfg
+	cfg.SweepOrphans = cfg.SweepOrphans || opts.Orphans
+	err := r.list.JobStreams(ctx, func(s queue.JobStream) error {
+		row := r.judge(ctx, s, cfg)
+		sum.Seen++
+		state := row.Judgement.JobState
+		inv.Streams[state]++
+		inv.Messages[state] += int64(min(s.Info.State.Msgs, 1<<62))
+		if row.Consumer != nil {
+			inv.Pending[state] += int64(min(row.Consumer.NumPending, 1<<62)) + int64(row.Consumer.NumAckPending)
+		} else {
+			inv.Pending[state] += int64(min(s.Info.State.Msgs, 1<<62))
+		}
+		r.count(&sum, row.Judgement)
+		if row.Judgement.Verdict == VerdictOrphan && !opts.DryRun {
+			r.reportOrphan(ctx, row)
+		}
+		if row.Judgement.Remove && !opts.DryRun && row.Err == nil {
+			r.act(ctx, &row, &sum)
+		}
+		if row.Err != nil {
+			sum.Errors++
+		}
+		if opts.Row != nil {
+			opts.Row(row)
+		}
+		return ctx.Err()
+	})
+	sum.Took = r.now().Sub(started)
+	if err == nil {
+		inv.At = r.now()
+		r.metrics.SetInventory(inv)
+	} else {
+		span.RecordError(err)
+		span.SetStatus(codes.Error, err.Error())
+	}
+	span.SetAttributes(attribute.Int("reconcile.seen", sum.Seen), attribute.Int("reconcile.cleaned", sum.Cleaned),
+		attribute.Int("reconcile.orphans", sum.Orphans), attribute.Int("reconcile.errors", sum.Errors))
+	return sum, err
+}
+
+func (r *Reconciler) judge(ctx context.Context, s queue.JobStream, cfg SweepConfig) Row {
+	row := Row{Stream: s}
+	rec, rev, err := r.records.Get(ctx, s.ID)
+	if err != nil {
+		row.Err = err
+		row.Judgement = Judgement{Verdict: VerdictKeep, Reason: "record unreadable", JobState: JobStateUnknown}
+		return row
+	}
+	row.Record, row.Exists = rec, rev != 0
+	if row.Consumer, err = r.list.TaskConsumer(ctx, s.ID); err != nil {
+		row.Err = err
+	}
+	row.Judgement = Judge(s, row.Consumer, rec, row.Exists, r.now(), cfg)
+	return row
+}
+
+func (r *Reconciler) count(sum *Summary, j Judgement) {
+	switch j.Verdict {
+	case VerdictOrphan:
+		sum.Orphans++
+	case VerdictGrace:
+		sum.Grace++
+	case VerdictKeep:
+		sum.Kept++
+	case VerdictBusy:
+		sum.Busy++
+	}
+}
+
+// reportOrphan counts and logs an orphan, whether or not it is removed.
+func (r *Reconciler) reportOrphan(ctx context.Context, row Row) {
+	r.metrics.Orphan(ctx)
+	if row.Judgement.Remove {
+		return // act logs the removal
+	}
+	r.log.Warn().Ctx(ctx).Int64("job_id", int64(row.Stream.ID)).Str("stream", row.Stream.Info.Config.Name).
+		Uint64("messages", row.Stream.Info.State.Msgs).Str("reason", row.Judgement.Reason).
+		Msg("orphan job stream: the service has never heard of this job (enable --sweep-orphans to delete such streams)")
+}
+
+// act removes one stream through Handler.Sweep, with its own span and log
+// line, as an event's cleanup has.
+func (r *Reconciler) act(ctx context.Context, row *Row, sum *Summary) {
+	j := row.Judgement
+	ctx, span := r.tracer.Start(ctx, "reconcile "+row.Stream.Info.Config.Name, trace.WithAttributes(
+		attribute.Int64("job.id", int64(row.Stream.ID)), attribute.String("queue_janitor.verdict", string(j.Verdict)),
+		attribute.String("queue_janitor.job_state", j.JobState)))
+	defer span.End()
+	out, err := r.h.Sweep(ctx, SweepRequest{ID: row.Stream.ID, Judged: row.Record, JudgedExists: row.Exists,
+		Fence: j.Fence, Trigger: TriggerReconciler})
+	row.Outcome, row.Err = &out, err
+	level := zerolog.InfoLevel
+	switch {
+	case errors.Is(err, ErrRecordChanged) || errors.Is(err, ErrJobBusy):
+		level, row.Err = zerolog.DebugLevel, nil // an event got there first: nothing to do
+	case err != nil:
+		level = zerolog.WarnLevel
+		span.RecordError(err)
+		span.SetStatus(codes.Error, err.Error())
+	default:
+		if j.Verdict == VerdictOrphan {
+			sum.OrphansRemoved++
+		} else {
+			sum.Cleaned++
+		}
+		if out.Removal != nil {
+			sum.MessagesDiscarded += out.Removal.MessagesDiscarded
+			r.metrics.Discarded(ctx, string(events.DecisionCleanup), out.Removal.MessagesDiscarded)
+		}
+		r.metrics.Swept(ctx, string(j.Verdict))
+	}
+	span.SetAttributes(attribute.String("queue_janitor.result", out.Result))
+	r.log.WithLevel(level).Ctx(ctx).Func(func(e *zerolog.Event) {
+		e.Int64("job_id", int64(row.Stream.ID)).Str("stream", row.Stream.Info.Config.Name).Str("job_state", j.JobState).
+			Str("verdict", string(j.Verdict)).Str("reason", j.Reason).Str("result", out.Result)
+		if rm := out.Removal; rm != nil {
+			e.Strs("deleted", rm.Deleted).Uint64("messages_discarded", rm.MessagesDiscarded)
+			if len(rm.Kept) > 0 {
+				e.Strs("kept", rm.Kept)
+			}
+		}
+		if err != nil {
+			e.Err(err)
+		}
+	}).Msg("reconciler acted")
+}
+
+// sweeperLease is the value under SweeperLeaseKey.
+type sweeperLease struct {
+	Owner string    `json:"owner"`
+	Until time.Time `json:"until"`
+}
+
+// Run sweeps every interval while it holds the sweeper lease, until ctx is
+// done. A replica that does not hold the lease waits for the next interval
+// and tries again; the holder renews the lease during a long pass and stops
+// the pass if it lost it.
+func (r *Reconciler) Run(ctx context.Context, interval, leaseTTL time.Duration) {
+	if interval <= 0 {
+		<-ctx.Done()
+		return
+	}
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		held, err := r.acquire(ctx, leaseTTL)
+		if err != nil {
+			r.log.Warn().Err(err).Msg("reconciler: could not read the sweeper lease; skipping this pass")
+			continue
+		}
+		if !held {
+			continue
+		}
+		sum, err := r.sweep(ctx, leaseTTL)
+		e := r.log.Info()
+		if err != nil {
+			e = r.log.Warn().Err(err)
+		}
+		if sum.Cleaned+sum.OrphansRemoved+sum.Orphans+sum.Errors == 0 && err == nil {
+			e = r.log.Debug()
+		}
+		e.Int("seen", sum.Seen).Int("cleaned", sum.Cleaned).Int("orphans", sum.Orphans).
+			Int("orphans_removed", sum.OrphansRemoved).Int("grace", sum.Grace).Int("kept", sum.Kept).Int("busy", sum.Busy).
+			Int("errors", sum.Errors).Uint64("messages_discarded", sum.MessagesDiscarded).Dur("took", sum.Took).
+			Msg("reconciler pass")
+	}
+}
+
+// sweep is one pass under the sweeper lease, renewed every third of its TTL.
+func (r *Reconciler) sweep(ctx context.Context, ttl time.Duration) (Summary, error) {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	renewed := r.now()
+	sum, err := r.Pass(ctx, PassOptions{Row: func(Row) {
+		if r.now().Sub(renewed) < ttl/3 {
+			return
+		}
+		renewed = r.now()
+		if held, err := r.acquire(ctx, ttl); err != nil || !held {
+			cancel(fmt.Errorf("lost the sweeper lease (%v)", err))
+		}
+	}})
+	if cause := context.Cause(ctx); err != nil && cause != nil && !errors.Is(cause, context.Canceled) {
+		err = cause
+	}
+	return sum, err
+}
+
+// acquire takes or renews the sweeper lease; false means another replica
+// holds it.
+func (r *Reconciler) acquire(ctx context.Context, ttl time.Duration) (bool, error) {
+	for range 3 {
+		var cur sweeperLease
+		var rev uint64
+		if err := r.leases.GetJSON(ctx, SweeperLeaseKey, &cur, &rev); err != nil {
+			return false, err
+		}
+		now := r.now()
+		if rev != 0 && cur.Owner != r.h.cfg.Owner && now.Before(cur.Until) {
+			return false, nil
+		}
+		_, err := r.leases.PutJSON(ctx, SweeperLeaseKey, sweeperLease{Owner: r.h.cfg.Owner, Until: now.Add(ttl)}, rev)
+		if errors.Is(err, queue.ErrConflict) {
+			continue
+		}
+		return err == nil, err
+	}
+	return false, fmt.Errorf("sweeper lease kept changing")
+}

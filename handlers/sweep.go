@@ -1,0 +1,100 @@
+package handlers
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/example/queue-janitor/events"
+	"github.com/example/queue-janitor/queue"
+)
+
+// Triggers of a removal that no event asked for, as QueueResult.Trigger.
+const (
+	TriggerReconciler = "reconciler"
+	TriggerOperator   = "operator"
+)
+
+// Announce says which event a sweep emits.
+type Announce int
+
+// What a sweep announces.
+const (
+	AnnounceCleaned Announce = iota
+	AnnounceFlushed
+)
+
+// SweepRequest is a removal that no status event asked for: the
+// reconciler's, or an operator's.
+type SweepRequest struct {
+	ID queue.JobID
+	// Judged is the record the decision was taken on; the sweep goes ahead
+	// only if the record is still the same (same newest event, same state).
+	Judged       queue.Record
+	JudgedExists bool
+	// Fence bounds what may be removed.
+	Fence queue.Fence
+	// Trigger is TriggerReconciler or TriggerOperator.
+	Trigger  string
+	Announce Announce
+}
+
+// ErrRecordChanged is returned by Sweep when the job's record moved on after
+// the decision (a new event arrived): the decision must be taken again.
+var ErrRecordChanged = errors.New("the job's record changed since the decision")
+
+// Sweep removes a job's queue as the reconciler or an operator decided,
+// through the same lease, fence, record and announcement as an event's
+// cleanup. It returns ErrRecordChanged or ErrJobBusy when it must not act
+// now.
+func (h *Handler) Sweep(ctx context.Context, req SweepRequest) (events.Outcome, error) {
+	for {
+		rec, rev, err := h.records.Get(ctx, req.ID)
+		if err != nil {
+			return events.Outcome{Decision: events.DecisionCleanup}, err
+		}
+		if (rev != 0) != req.JudgedExists || rec.EventID != req.Judged.EventID || rec.State != req.Judged.State {
+			return events.Outcome{Decision: events.DecisionIgnore, Result: "record_changed"}, ErrRecordChanged
+		}
+		if rec.HeldBy(h.cfg.Owner, h.now()) {
+			return events.Outcome{Decision: events.DecisionIgnore, Result: "busy"},
+				fmt.Errorf("%w (lease held by %s)", ErrJobBusy, rec.Lease.Owner)
+		}
+		started := h.now()
+		claimed := rec
+		claimed.Lease = &queue.Lease{Owner: h.cfg.Owner, Until: started.Add(h.cfg.Lease)}
+		rev, err = h.records.Put(ctx, req.ID, claimed, rev)
+		if errors.Is(err, queue.ErrConflict) {
+			continue
+		}
+		out := events.Outcome{Decision: events.DecisionCleanup}
+		if req.Announce == AnnounceFlushed {
+			out.Decision = events.DecisionFlush
+		}
+		if err != nil {
+			return out, err
+		}
+		fence := req.Fence
+		fence.ValidUntil = claimed.Lease.Until.Add(-h.cfg.Lease / 4)
+		removal, err := h.q.Remove(ctx, req.ID, fence)
+		out.Removal = &removal
+		if err != nil {
+			h.release(ctx, req.ID, claimed, rev)
+			return out, err
+		}
+		if err := h.finish(ctx, req.ID, claimed, rev); err != nil {
+			return out, err
+		}
+		out.Result = resultOf(removal)
+		out.Note = "removed by the " + req.Trigger
+		res := events.QueueResult{
+			JobID: req.ID, Status: events.Status(rec.Status), CauseEventID: rec.EventID, Outcome: out.Result,
+			Removal: removal, Trigger: req.Trigger, Attempt: rec.Attempt,
+			DurationMS: float64(h.now().Sub(started).Microseconds()) / 1000,
+		}
+		if req.Announce == AnnounceFlushed {
+			return out, h.emit.Flushed(ctx, res)
+		}
+		return out, h.emit.Cleaned(ctx, res)
+	}
+}

@@ -89,8 +89,8 @@ func TestOneTraceFromTransitionToAnswer(t *testing.T) {
 					t.Errorf("no %q span under the event span; under it: %v", name, spanNames(below))
 				}
 			}
-			if n := countSpans(below, "jetstream.delete_consumer"); n != 2 {
-				t.Errorf("%d delete_consumer spans, want 2 (task and dead-letter consumer)", n)
+			if n := countSpans(below, "jetstream.delete_consumer"); n != 1 {
+				t.Errorf("%d delete_consumer spans, want 1 (the dead-letter consumer; the task consumer goes with its stream)", n)
 			}
 			pub := findSpan(below, "publish job.queue.cleaned.1")
 			if !strings.Contains(got.TraceParent, pub.SpanContext().SpanID().String()) {

@@ -23,7 +23,7 @@ var (
 )
 
 // binary builds cmd/queue-janitor once per test run.
-func binary(t *testing.T) string {
+func binary(t testing.TB) string {
 	t.Helper()
 	buildOnce.Do(func() {
 		// Shared by every test of the run, so not a t.TempDir.

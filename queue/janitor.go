@@ -83,116 +83,129 @@ type Removal struct {
 	// StreamFound says whether the stream existed when it was looked at.
 	StreamFound bool `json:"stream_found"`
 	// Deleted lists what this call deleted, as "stream NAME" and
-	// "consumer STREAM/NAME".
+	// "consumer STREAM/NAME". The task consumer goes with its stream and is
+	// listed when the stream had consumers at the lookup just before.
 	Deleted []string `json:"deleted"`
 	// Kept lists what was found but left alone, with the fence's reason.
 	Kept []string `json:"kept,omitempty"`
 	// MessagesDiscarded is how many messages the deleted stream held.
 	MessagesDiscarded uint64 `json:"messages_discarded"`
 	// ConsumersRemoved counts consumers deleted, including those that went
-	// with the stream (counted on the assumption that the task consumer was
-	// among the stream's consumers, as the backend always creates it).
+	// with the stream (as its lookup counted them).
 	ConsumersRemoved int `json:"consumers_removed"`
 }
 
 // Removed reports whether anything was deleted.
 func (r Removal) Removed() bool { return len(r.Deleted) > 0 }
 
-// Remove deletes the job's task consumer, task stream and dead-letter
-// consumer, each only if fence allows it. The shared advisory stream itself
-// is never deleted. Resources that are already gone count as clean.
+// Remove deletes the job's task stream (its task consumer goes with it) and
+// its dead-letter consumer on the shared advisory stream, each only if fence
+// allows it. The shared advisory stream itself is never deleted. Resources
+// that are already gone count as clean.
 //
-// It returns [ErrAuthorityExpired] when fence.ValidUntil passed before a
-// delete, and otherwise the first error that retries did not overcome; the
-// Removal then reports what was done before it.
+// It looks both resources up at once, then deletes both at once: two round
+// trips for the whole job. It returns [ErrAuthorityExpired] when
+// fence.ValidUntil passed before the deletes, and otherwise the first error
+// that retries did not overcome; the Removal then reports what was done.
 func (j *Janitor) Remove(ctx context.Context, id JobID, fence Fence) (Removal, error) {
 	if !id.Valid() {
 		return Removal{}, fmt.Errorf("remove: %w: %d", ErrInvalidJobID, id)
 	}
 	r := Removal{Stream: j.names.StreamName(id), Deleted: []string{}}
-	if err := j.removeStream(ctx, id, fence, &r); err != nil {
-		return r, err
-	}
-	if err := j.removeDeadLetterConsumer(ctx, id, fence, &r); err != nil {
-		return r, err
-	}
-	return r, nil
-}
+	adv, dlq := j.names.AdvisoryStream, j.names.DeadLetterConsumerName(id)
 
-func (j *Janitor) removeStream(ctx context.Context, id JobID, fence Fence, r *Removal) error {
-	info, err := j.StreamInfo(ctx, r.Stream)
-	if err != nil || info == nil {
-		return err
+	var sinfo *jetstream.StreamInfo
+	var dinfo *jetstream.ConsumerInfo
+	if err := both(
+		func() (err error) { sinfo, err = j.StreamInfo(ctx, r.Stream); return err },
+		func() (err error) { dinfo, err = j.ConsumerInfo(ctx, adv, dlq); return err },
+	); err != nil {
+		return r, err
 	}
-	r.StreamFound = true
-	if ok, why := fence.Allows(info.Created, info.Config.Metadata); !ok {
-		r.Kept = append(r.Kept, fmt.Sprintf("stream %s: %s", r.Stream, why))
-		return nil
+	dropStream, dropDLQ := false, false
+	if sinfo != nil {
+		r.StreamFound = true
+		if ok, why := fence.Allows(sinfo.Created, sinfo.Config.Metadata); ok {
+			dropStream = true
+		} else {
+			r.Kept = append(r.Kept, fmt.Sprintf("stream %s: %s", r.Stream, why))
+		}
 	}
-	consumer := j.names.ConsumerName(id)
-	deleted, err := j.deleteConsumer(ctx, r.Stream, consumer, fence)
-	if err != nil {
-		return err
+	if dinfo != nil {
+		if ok, why := fence.Allows(dinfo.Created, dinfo.Config.Metadata); ok {
+			dropDLQ = true
+		} else {
+			r.Kept = append(r.Kept, fmt.Sprintf("consumer %s/%s: %s", adv, dlq, why))
+		}
 	}
-	if deleted {
-		r.Deleted = append(r.Deleted, "consumer "+r.Stream+"/"+consumer)
-		r.ConsumersRemoved++
+	if !dropStream && !dropDLQ {
+		return r, nil
 	}
 	if err := j.checkAuthority(fence); err != nil {
+		return r, err
+	}
+	var streamGone, dlqDeleted bool
+	err := both(
+		func() (err error) {
+			if dropStream {
+				streamGone, err = j.deleteStream(ctx, r.Stream)
+			}
+			return err
+		},
+		func() (err error) {
+			if dropDLQ {
+				dlqDeleted, err = j.deleteConsumer(ctx, adv, dlq)
+			}
+			return err
+		},
+	)
+	if dropStream && streamGone {
+		if n := sinfo.State.Consumers; n > 0 {
+			// They went with the stream; the backend's one is the task consumer.
+			r.Deleted = append(r.Deleted, "consumer "+r.Stream+"/"+j.names.ConsumerName(id))
+			r.ConsumersRemoved += n
+		}
+		r.Deleted = append(r.Deleted, "stream "+r.Stream)
+		r.MessagesDiscarded = sinfo.State.Msgs
+	}
+	if dlqDeleted {
+		r.Deleted = append(r.Deleted, "consumer "+adv+"/"+dlq)
+		r.ConsumersRemoved++
+	}
+	return r, err
+}
+
+// both runs a and b concurrently and returns the first error.
+func both(a, b func() error) error {
+	errB := make(chan error, 1)
+	go func() { errB <- b() }()
+	errA := a()
+	if err := <-errB; errA == nil {
 		return err
 	}
-	attrs := []attribute.KeyValue{attribute.String("jetstream.stream", r.Stream)}
-	var gone bool
-	err = j.retry.do(ctx, "jetstream.delete_stream", attrs, func(ctx context.Context) error {
-		err := j.js.DeleteStream(ctx, r.Stream)
+	return errA
+}
+
+// deleteStream deletes a stream; false means it was already gone.
+func (j *Janitor) deleteStream(ctx context.Context, stream string) (bool, error) {
+	attrs := []attribute.KeyValue{attribute.String("jetstream.stream", stream)}
+	deleted := true
+	err := j.retry.do(ctx, "jetstream.delete_stream", attrs, func(ctx context.Context) error {
+		err := j.js.DeleteStream(ctx, stream)
 		if errors.Is(err, jetstream.ErrStreamNotFound) {
-			gone = true
+			deleted = false
 			return nil
 		}
 		return err
 	})
 	if err != nil {
-		return fmt.Errorf("delete stream %q: %w", r.Stream, err)
+		return false, fmt.Errorf("delete stream %q: %w", stream, err)
 	}
-	if !gone {
-		r.Deleted = append(r.Deleted, "stream "+r.Stream)
-		r.MessagesDiscarded = info.State.Msgs
-		// The stream's other consumers went with it. The count from the
-		// stream info includes the task consumer, which the backend always
-		// creates and which was deleted (or found gone) just above.
-		if others := info.State.Consumers; others > 0 {
-			r.ConsumersRemoved += others - 1
-		}
-	}
-	return nil
-}
-
-func (j *Janitor) removeDeadLetterConsumer(ctx context.Context, id JobID, fence Fence, r *Removal) error {
-	stream, name := j.names.AdvisoryStream, j.names.DeadLetterConsumerName(id)
-	info, err := j.ConsumerInfo(ctx, stream, name)
-	if err != nil || info == nil {
-		return err
-	}
-	if ok, why := fence.Allows(info.Created, info.Config.Metadata); !ok {
-		r.Kept = append(r.Kept, fmt.Sprintf("consumer %s/%s: %s", stream, name, why))
-		return nil
-	}
-	deleted, err := j.deleteConsumer(ctx, stream, name, fence)
-	if err != nil {
-		return err
-	}
-	if deleted {
-		r.Deleted = append(r.Deleted, "consumer "+stream+"/"+name)
-		r.ConsumersRemoved++
-	}
-	return nil
+	return deleted, nil
 }
 
 // deleteConsumer deletes one consumer; false means it was already gone.
-func (j *Janitor) deleteConsumer(ctx context.Context, stream, name string, fence Fence) (bool, error) {
-	if err := j.checkAuthority(fence); err != nil {
-		return false, err
-	}
+func (j *Janitor) deleteConsumer(ctx context.Context, stream, name string) (bool, error) {
 	attrs := []attribute.KeyValue{attribute.String("jetstream.stream", stream), attribute.String("jetstream.consumer", name)}
 	deleted := true
 	err := j.retry.do(ctx, "jetstream.delete_consumer", attrs, func(ctx context.Context) error {

@@ -132,9 +132,10 @@ func TestRemoveWithExpiredAuthority(t *testing.T) {
 	}
 }
 
-// TestRemoveStopsWhenAuthorityExpiresMidway: the lease runs out after the
-// task consumer is deleted, so the stream is not.
-func TestRemoveStopsWhenAuthorityExpiresMidway(t *testing.T) {
+// TestAuthorityIsCheckedBeforeTheDeletes: the authority is checked once,
+// right before the deletes, which then run together: a lease that runs out
+// during them does not leave the job half removed.
+func TestAuthorityIsCheckedBeforeTheDeletes(t *testing.T) {
 	t.Parallel()
 	e := setup(t)
 	e.provision(1, 5, nil)
@@ -148,10 +149,11 @@ func TestRemoveStopsWhenAuthorityExpiresMidway(t *testing.T) {
 	}
 	r, err := e.janitor(WithClock(clock)).Remove(t.Context(), 1,
 		Fence{CreatedBefore: time.Now().Add(time.Hour), ValidUntil: start.Add(time.Minute)})
-	if !errors.Is(err, ErrAuthorityExpired) || !slices.Equal(r.Deleted, []string{"consumer job_1/job-1-consumer"}) {
-		t.Fatalf("Remove = %+v, %v; want ErrAuthorityExpired after the task consumer only", r, err)
+	want := []string{"consumer job_1/job-1-consumer", "stream job_1", "consumer advisories/job-1-dlq"}
+	if err != nil || !slices.Equal(r.Deleted, want) {
+		t.Fatalf("Remove = %+v, %v; want %q", r, err, want)
 	}
-	if e.streamMsgs("job_1") != 5 || !e.consumerExists("advisories", "job-1-dlq") {
-		t.Fatal("the stream or the dead-letter consumer was deleted after the authority expired")
+	if calls.Load() != 1 {
+		t.Errorf("the clock was read %d times, want once (one check before the deletes)", calls.Load())
 	}
 }

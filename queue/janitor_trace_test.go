@@ -35,7 +35,7 @@ func TestRemoveTracesEachActionAndAttempt(t *testing.T) {
 	root.End()
 
 	spans := sr.Ended()
-	wantActions := map[string]int{"jetstream.stream_info": 1, "jetstream.delete_consumer": 2,
+	wantActions := map[string]int{"jetstream.stream_info": 1, "jetstream.delete_consumer": 1,
 		"jetstream.delete_stream": 1, "jetstream.consumer_info": 1}
 	gotActions := map[string]int{}
 	for _, s := range spans {

@@ -38,13 +38,17 @@ func (n Names) TaskStreamConfig(id JobID, attempt *int64) jetstream.StreamConfig
 }
 
 // AdvisoryStreamConfig is the shared stream of max-deliveries advisories.
+// It carries one dead-letter consumer per live job, so it sets MaxConsumers:
+// nats-server 2.11+ caps a stream without one at 1,000 consumers, which a
+// backend with more live jobs would hit ("maximum consumers limit reached").
 func (n Names) AdvisoryStreamConfig() jetstream.StreamConfig {
 	return jetstream.StreamConfig{
-		Name:      n.AdvisoryStream,
-		Subjects:  []string{MaxDeliveriesAdvisoryPrefix + ">"},
-		Retention: jetstream.LimitsPolicy,
-		Storage:   jetstream.FileStorage,
-		MaxAge:    24 * time.Hour,
+		Name:         n.AdvisoryStream,
+		Subjects:     []string{MaxDeliveriesAdvisoryPrefix + ">"},
+		Retention:    jetstream.LimitsPolicy,
+		Storage:      jetstream.FileStorage,
+		MaxAge:       24 * time.Hour,
+		MaxConsumers: 100_000,
 	}
 }
 

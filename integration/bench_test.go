@@ -5,6 +5,9 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"runtime"
@@ -108,12 +111,14 @@ func benchRound(b *testing.B, bin string, cfg benchConfig, res *benchResults) {
 	base := queue.JobID(1)
 	provisionMany(b, js, names, base, cfg.jobs, cfg.tasks)
 	cpu0 := svc.cpu(b)
+	profiled := svc.profile(b, 3*time.Second)
 	start := time.Now()
 	publishEvents(b, js, base, cfg.jobs, events.StatusRevoked)
 	gone.waitAll(b, names, base, cfg.jobs, 5*time.Minute)
 	res.stormService = append(res.stormService, time.Since(start))
 	res.cpuPerEvent = append(res.cpuPerEvent, (svc.cpu(b)-cpu0)/time.Duration(cfg.jobs))
 	res.peakRSS = append(res.peakRSS, svc.peakRSS(b))
+	profiled()
 
 	// The floor: the same deletes, directly, at the best concurrency found.
 	conc := bestConcurrency(b, js, names, base+queue.JobID(cfg.jobs), cfg.tasks)
@@ -345,12 +350,49 @@ func (w *goneWatcher) waitAll(b *testing.B, names queue.Names, first queue.JobID
 type process struct {
 	cmd  *exec.Cmd
 	logs *bytes.Buffer
+	addr string
+}
+
+// profile fetches a CPU profile of the service for d into QJ_BENCH_CPUPROFILE,
+// when set, in the background; wait blocks until it is written.
+func (p *process) profile(b *testing.B, d time.Duration) (wait func()) {
+	b.Helper()
+	out := os.Getenv("QJ_BENCH_CPUPROFILE")
+	if out == "" {
+		return func() {}
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		resp, err := http.Get(fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", p.addr, int(d.Seconds())))
+		if err != nil {
+			b.Error(err)
+			return
+		}
+		defer func() { _ = resp.Body.Close() }()
+		body, _ := io.ReadAll(resp.Body)
+		if err := os.WriteFile(out, body, 0o600); err != nil {
+			b.Error(err)
+		}
+	}()
+	return func() { <-done }
+}
+
+func freeAddrTB(tb testing.TB) string {
+	tb.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer func() { _ = ln.Close() }()
+	return ln.Addr().String()
 }
 
 func startProcess(b *testing.B, bin, url string) *process {
 	b.Helper()
 	p := &process{logs: &bytes.Buffer{}}
-	p.cmd = exec.Command(bin, "serve", "--nats-url", url, "--http-addr", "", "--log-level", "warn",
+	p.addr = freeAddrTB(b)
+	p.cmd = exec.Command(bin, "serve", "--nats-url", url, "--http-addr", p.addr, "--pprof", "--log-level", "warn",
 		"--log-format", "json", "--reconcile-interval", "0", "--clock-skew", "0")
 	p.cmd.Stdout, p.cmd.Stderr = p.logs, p.logs
 	if err := p.cmd.Start(); err != nil {

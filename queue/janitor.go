@@ -103,10 +103,16 @@ func (r Removal) Removed() bool { return len(r.Deleted) > 0 }
 // allows it. The shared advisory stream itself is never deleted. Resources
 // that are already gone count as clean.
 //
-// It looks both resources up at once, then deletes both at once: two round
-// trips for the whole job. It returns [ErrAuthorityExpired] when
-// fence.ValidUntil passed before the deletes, and otherwise the first error
-// that retries did not overcome; the Removal then reports what was done.
+// When the stream is there and the fence allows it, the stream and the
+// dead-letter consumer are deleted together: the backend creates that
+// consumer after the stream, for the same run, so it belongs to a run the
+// fence allows too (and the caller's lease on the job keeps a later run from
+// starting meanwhile). Otherwise the dead-letter consumer is looked up and
+// fenced on its own. Three JetStream API calls for a job with a queue.
+//
+// It returns [ErrAuthorityExpired] when fence.ValidUntil passed before the
+// deletes, and otherwise the first error that retries did not overcome; the
+// Removal then reports what was done.
 func (j *Janitor) Remove(ctx context.Context, id JobID, fence Fence) (Removal, error) {
 	if !id.Valid() {
 		return Removal{}, fmt.Errorf("remove: %w: %d", ErrInvalidJobID, id)
@@ -114,28 +120,30 @@ func (j *Janitor) Remove(ctx context.Context, id JobID, fence Fence) (Removal, e
 	r := Removal{Stream: j.names.StreamName(id), Deleted: []string{}}
 	adv, dlq := j.names.AdvisoryStream, j.names.DeadLetterConsumerName(id)
 
-	var sinfo *jetstream.StreamInfo
-	var dinfo *jetstream.ConsumerInfo
-	if err := both(
-		func() (err error) { sinfo, err = j.StreamInfo(ctx, r.Stream); return err },
-		func() (err error) { dinfo, err = j.ConsumerInfo(ctx, adv, dlq); return err },
-	); err != nil {
+	sinfo, err := j.StreamInfo(ctx, r.Stream)
+	if err != nil {
 		return r, err
 	}
 	dropStream, dropDLQ := false, false
 	if sinfo != nil {
 		r.StreamFound = true
 		if ok, why := fence.Allows(sinfo.Created, sinfo.Config.Metadata); ok {
-			dropStream = true
+			dropStream, dropDLQ = true, true
 		} else {
 			r.Kept = append(r.Kept, fmt.Sprintf("stream %s: %s", r.Stream, why))
 		}
 	}
-	if dinfo != nil {
-		if ok, why := fence.Allows(dinfo.Created, dinfo.Config.Metadata); ok {
-			dropDLQ = true
-		} else {
-			r.Kept = append(r.Kept, fmt.Sprintf("consumer %s/%s: %s", adv, dlq, why))
+	if !dropStream {
+		dinfo, err := j.ConsumerInfo(ctx, adv, dlq)
+		if err != nil {
+			return r, err
+		}
+		if dinfo != nil {
+			if ok, why := fence.Allows(dinfo.Created, dinfo.Config.Metadata); ok {
+				dropDLQ = true
+			} else {
+				r.Kept = append(r.Kept, fmt.Sprintf("consumer %s/%s: %s", adv, dlq, why))
+			}
 		}
 	}
 	if !dropStream && !dropDLQ {
@@ -145,7 +153,7 @@ func (j *Janitor) Remove(ctx context.Context, id JobID, fence Fence) (Removal, e
 		return r, err
 	}
 	var streamGone, dlqDeleted bool
-	err := both(
+	err = both(
 		func() (err error) {
 			if dropStream {
 				streamGone, err = j.deleteStream(ctx, r.Stream)

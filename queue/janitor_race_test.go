@@ -92,14 +92,24 @@ func TestRemoveWhenAnotherReplicaGetsThereFirst(t *testing.T) {
 				Deleted: []string{"consumer advisories/job-1-dlq"}},
 		},
 		{
-			name: "dead-letter consumer gone after its lookup",
+			name: "dead-letter consumer gone just before its delete",
 			hook: func(e *testEnv) hookedJS {
-				return hookedJS{afterConsumer: func(stream, name string) {
+				return hookedJS{beforeDeleteConsumer: func(stream, name string) {
 					byOther(e.t, func(ctx context.Context) error { return e.js.DeleteConsumer(ctx, stream, name) })
 				}}
 			},
 			want: Removal{Stream: "job_1", StreamFound: true, MessagesDiscarded: 6, ConsumersRemoved: 1,
 				Deleted: []string{"consumer job_1/job-1-consumer", "stream job_1"}},
+		},
+		{
+			name: "stream already gone, dead-letter consumer gone after its lookup",
+			hook: func(e *testEnv) hookedJS {
+				byOther(e.t, func(ctx context.Context) error { return e.js.DeleteStream(ctx, "job_1") })
+				return hookedJS{afterConsumer: func(stream, name string) {
+					byOther(e.t, func(ctx context.Context) error { return e.js.DeleteConsumer(ctx, stream, name) })
+				}}
+			},
+			want: Removal{Stream: "job_1", Deleted: []string{}},
 		},
 	}
 	for _, tt := range tests {

@@ -36,7 +36,7 @@ func TestRemoveTracesEachActionAndAttempt(t *testing.T) {
 
 	spans := sr.Ended()
 	wantActions := map[string]int{"jetstream.stream_info": 1, "jetstream.delete_consumer": 1,
-		"jetstream.delete_stream": 1, "jetstream.consumer_info": 1}
+		"jetstream.delete_stream": 1}
 	gotActions := map[string]int{}
 	for _, s := range spans {
 		if _, ok := wantActions[s.Name()]; !ok {

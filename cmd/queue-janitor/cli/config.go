@@ -35,6 +35,8 @@ type Config struct {
 	LogFormat string
 	// HTTPAddr is the health and metrics listener; "" turns it off.
 	HTTPAddr string
+	// Pprof serves /debug/pprof/ on the HTTP listener.
+	Pprof bool
 }
 
 // NATSConfig says how to reach and authenticate to NATS.

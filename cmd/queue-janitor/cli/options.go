@@ -100,4 +100,5 @@ func logFlags(f *flagSet, c *Config) {
 func httpFlags(f *flagSet, c *Config) {
 	f.group("Health and metrics")
 	f.String(&c.HTTPAddr, "http-addr", envPrefix+"HTTP_ADDR", "address of /healthz, /readyz and /metrics (empty: off)")
+	f.Bool(&c.Pprof, "pprof", envPrefix+"PPROF", "also serve Go's profiler at /debug/pprof/ on --http-addr (keep it off the public network)")
 }

@@ -95,7 +95,11 @@ func serve(ctx context.Context, cfg Config, log zerolog.Logger, tel *telemetry.T
 			"consumer": intake.Ready,
 			"kv":       svc.store.Ping,
 		}
-		if web, err = telemetry.Listen(cfg.HTTPAddr, telemetry.HealthHandler(checks, tel.MetricsHandler)); err != nil {
+		handler := telemetry.HealthHandler(checks, tel.MetricsHandler)
+		if cfg.Pprof {
+			handler = telemetry.WithPprof(handler)
+		}
+		if web, err = telemetry.Listen(cfg.HTTPAddr, handler); err != nil {
 			return fmt.Errorf("--http-addr %q: %w", cfg.HTTPAddr, err)
 		}
 		go func() {

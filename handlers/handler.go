@@ -243,14 +243,19 @@ func (h *Handler) act(ctx context.Context, k kind, ev events.JobStatus, rec queu
 		h.release(ctx, ev.JobID, next, rev)
 		return out, false, err
 	}
-	if err := h.finish(ctx, ev.JobID, next, rev); err != nil {
-		return out, false, err
-	}
 	out.Result = resultOf(removal)
 	if len(removal.Kept) > 0 {
 		out.Note = "kept resources of a later run"
 	}
-	return out, false, h.announce(ctx, k, ev, removal, out.Result, h.now().Sub(started))
+	// Answer first: the deletes are done and nothing more will be deleted,
+	// so the waiting backend may publish now. Then record. Should the
+	// process die in between, the redelivered event acts again under the
+	// fence, which keeps the new run's stream (created after the request).
+	announced := h.announce(ctx, k, ev, removal, out.Result, h.now().Sub(started))
+	if err := h.finish(ctx, ev.JobID, next, rev); err != nil {
+		return out, false, err
+	}
+	return out, false, announced
 }
 
 func resultOf(r queue.Removal) string {

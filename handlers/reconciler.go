@@ -95,8 +95,8 @@ type PassOptions struct {
 // Summary counts what a pass saw and did.
 type Summary struct {
 	Seen, Cleaned, Orphans, OrphansRemoved, Grace, Kept, Busy, Errors int
-	MessagesDiscarded                                                  uint64
-	Took                                                               time.Duration
+	MessagesDiscarded                                                 uint64
+	Took                                                              time.Duration
 }
 
 // Pass judges every job stream once and, unless DryRun, removes what the
@@ -268,14 +268,14 @@ func (r *Reconciler) Run(ctx context.Context, interval, leaseTTL time.Duration) 
 			continue
 		}
 		sum, err := r.sweep(ctx, leaseTTL)
-		e := r.log.Info()
-		if err != nil {
-			e = r.log.Warn().Err(err)
+		level := zerolog.InfoLevel
+		switch {
+		case err != nil:
+			level = zerolog.WarnLevel
+		case sum.Cleaned+sum.OrphansRemoved+sum.Orphans+sum.Errors == 0:
+			level = zerolog.DebugLevel // a quiet pass
 		}
-		if sum.Cleaned+sum.OrphansRemoved+sum.Orphans+sum.Errors == 0 && err == nil {
-			e = r.log.Debug()
-		}
-		e.Int("seen", sum.Seen).Int("cleaned", sum.Cleaned).Int("orphans", sum.Orphans).
+		r.log.WithLevel(level).Err(err).Int("seen", sum.Seen).Int("cleaned", sum.Cleaned).Int("orphans", sum.Orphans).
 			Int("orphans_removed", sum.OrphansRemoved).Int("grace", sum.Grace).Int("kept", sum.Kept).Int("busy", sum.Busy).
 			Int("errors", sum.Errors).Uint64("messages_discarded", sum.MessagesDiscarded).Dur("took", sum.Took).
 			Msg("reconciler pass")
@@ -293,7 +293,7 @@ func (r *Reconciler) sweep(ctx context.Context, ttl time.Duration) (Summary, err
 		}
 		renewed = r.now()
 		if held, err := r.acquire(ctx, ttl); err != nil || !held {
-			cancel(fmt.Errorf("lost the sweeper lease (%v)", err))
+			cancel(fmt.Errorf("lost the sweeper lease: %w", err))
 		}
 	}})
 	if cause := context.Cause(ctx); err != nil && cause != nil && !errors.Is(cause, context.Canceled) {

@@ -18,7 +18,7 @@ func TestMain(m *testing.M) {
 	}
 	if code == 0 {
 		if err := goleak.Find(); err != nil {
-			os.Stderr.WriteString("goleak: " + err.Error() + "\n")
+			_, _ = os.Stderr.WriteString("goleak: " + err.Error() + "\n")
 			code = 1
 		}
 	}

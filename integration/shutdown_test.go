@@ -23,8 +23,8 @@ var (
 )
 
 // binary builds cmd/queue-janitor once per test run.
-func binary(t testing.TB) string {
-	t.Helper()
+func binary(tb testing.TB) string {
+	tb.Helper()
 	buildOnce.Do(func() {
 		// Shared by every test of the run, so not a t.TempDir.
 		dir, err := os.MkdirTemp("", "queue-janitor-bin-") //nolint:usetesting // outlives any one test
@@ -39,7 +39,7 @@ func binary(t testing.TB) string {
 		}
 	})
 	if buildErr != nil {
-		t.Fatal(buildErr)
+		tb.Fatal(buildErr)
 	}
 	return binPath
 }

@@ -50,6 +50,10 @@ type NATSConfig struct {
 	TLSCAFile    string
 	TLSCertFile  string
 	TLSKeyFile   string
+	// InboxPrefix replaces _INBOX for replies and pulled messages, so that
+	// a least-privilege user can be allowed to subscribe to its own inboxes
+	// only ("" keeps _INBOX).
+	InboxPrefix string
 	// ConnectTimeout bounds the first connection.
 	ConnectTimeout time.Duration
 }
@@ -191,6 +195,8 @@ func (c NATSConfig) Validate(embedded bool) error {
 		return errors.New("--nats-password given without --nats-user")
 	case (c.TLSCertFile == "") != (c.TLSKeyFile == ""):
 		return errors.New("--nats-tls-cert and --nats-tls-key go together")
+	case c.InboxPrefix != "" && (strings.ContainsAny(c.InboxPrefix, "*> ") || strings.HasSuffix(c.InboxPrefix, ".")):
+		return fmt.Errorf("--nats-inbox-prefix %q: want a subject prefix without wildcards or a trailing dot", c.InboxPrefix)
 	case c.ConnectTimeout <= 0:
 		return errors.New("--nats-connect-timeout must be positive")
 	}

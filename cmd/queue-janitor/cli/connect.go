@@ -55,6 +55,9 @@ func connect(c NATSConfig, name string, log zerolog.Logger) (*nats.Conn, error) 
 		}
 		opts = append(opts, nats.UserCredentials(c.CredsFile))
 	}
+	if c.InboxPrefix != "" {
+		opts = append(opts, nats.CustomInboxPrefix(c.InboxPrefix))
+	}
 	if c.TLSCAFile != "" {
 		opts = append(opts, nats.RootCAs(c.TLSCAFile))
 	}

@@ -16,6 +16,7 @@ func connFlags(f *flagSet, c *Config) {
 	f.String(&c.NATS.TLSCAFile, "nats-tls-ca", "NATS_TLS_CA", "CA certificate file to verify the server")
 	f.String(&c.NATS.TLSCertFile, "nats-tls-cert", "NATS_TLS_CERT", "client certificate file (mutual TLS)")
 	f.String(&c.NATS.TLSKeyFile, "nats-tls-key", "NATS_TLS_KEY", "client key file (mutual TLS)")
+	f.String(&c.NATS.InboxPrefix, "nats-inbox-prefix", "NATS_INBOX_PREFIX", "prefix of reply subjects instead of _INBOX (lets permissions allow subscribing to <prefix>.> only)")
 	f.Duration(&c.NATS.ConnectTimeout, "nats-connect-timeout", "NATS_CONNECT_TIMEOUT", "timeout of the first connection")
 }
 

@@ -51,14 +51,15 @@ type command struct {
 
 func commands() map[string]command {
 	return map[string]command{
-		"serve":   {"run the service: consume job-status events and clean or flush job queues", runServe},
-		"demo":    {"replay the incident that motivated queue-janitor on an embedded NATS server", runDemo},
-		"version": {"print the version", runVersion},
-		"ls":      {"list job queues with what the service knows and would do", runLs},
-		"sweep":   {"run one reconciler pass now (--dry-run to only look)", runSweep},
-		"clean":   {"clean the queues of the given jobs now", runClean},
-		"flush":   {"flush a job's leftover queue now, as a restart would", runFlush},
-		"emit":    {"publish a job-status event, as the backend would", runEmit},
+		"serve":       {"run the service: consume job-status events and clean or flush job queues", runServe},
+		"demo":        {"replay the incident that motivated queue-janitor on an embedded NATS server", runDemo},
+		"version":     {"print the version", runVersion},
+		"ls":          {"list job queues with what the service knows and would do", runLs},
+		"sweep":       {"run one reconciler pass now (--dry-run to only look)", runSweep},
+		"clean":       {"clean the queues of the given jobs now", runClean},
+		"flush":       {"flush a job's leftover queue now, as a restart would", runFlush},
+		"emit":        {"publish a job-status event, as the backend would", runEmit},
+		"healthcheck": {"probe the local serve's /readyz (for container health checks)", runHealthcheck},
 	}
 }
 
@@ -108,7 +109,7 @@ Usage: queue-janitor <command> [flags]
 Commands:
 `)
 	for _, n := range names {
-		fmt.Fprintf(w, "  %-8s %s\n", n, cmds[n].summary)
+		fmt.Fprintf(w, "  %-12s %s\n", n, cmds[n].summary)
 	}
 	fmt.Fprintf(w, "\nRun 'queue-janitor <command> --help' for a command's flags and environment variables.\n")
 }

@@ -1,0 +1,458 @@
+package integration
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+
+	"github.com/example/queue-janitor/events"
+	"github.com/example/queue-janitor/integration/natstest"
+	"github.com/example/queue-janitor/queue"
+)
+
+// These tests start an embedded server from deploy/nats/nats-server.conf,
+// exactly the file the compose stack mounts, and show that the `janitor`
+// user it defines is enough for the service and no more.
+
+// deployEnv is a server from the deploy configuration, with a client
+// connected as the backend.
+func deployEnv(t *testing.T) (*confServer, *env) {
+	t.Helper()
+	srv := startConfServer(t, deployNATSConf)
+	nc, js := natstest.Connect(t, srv.URL(), nats.UserInfo(backendUser, backendPassword))
+	return srv, &env{t: t, url: srv.URL(), nc: nc, js: js, names: queue.DefaultNames()}
+}
+
+// janitorArgs runs the service as the janitor user.
+func janitorArgs(url string) []string {
+	return append(baseArgs(url), "--nats-user", janitorUser, "--nats-password", janitorPassword)
+}
+
+// syncBuffer is a bytes.Buffer safe for the service's log writes and the
+// test's reads.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// TestPermissionsJanitorUserRunsTheService: as the least-privilege janitor
+// user the service creates its event stream, consumer and bucket, cleans a
+// revoked job, flushes a restart, dead-letters an invalid event, and binds
+// to what exists after a restart of the process, without one permission
+// violation on the server or one asynchronous error in its log.
+func TestPermissionsJanitorUserRunsTheService(t *testing.T) {
+	t.Parallel()
+	srv, e := deployEnv(t)
+	for _, id := range []queue.JobID{1, 2, 3} {
+		e.provision(id, 20, events.Attempt(1))
+	}
+	cleaned := subscribe(t, e.nc, "job.queue.cleaned.*")
+	flushed := subscribe(t, e.nc, "job.queue.flushed.*")
+	dead := subscribe(t, e.nc, "job.deadletter.status")
+	logs := &syncBuffer{}
+	svc := startServe(t, e.js, janitorArgs(e.url), io.MultiWriter(zerolog.NewTestWriter(t), logs))
+	for _, name := range []string{"JOB_EVENTS", "KV_queue_janitor_jobs"} {
+		if !streamExists(t, e.js, name) {
+			t.Fatalf("the service did not create %s", name)
+		}
+	}
+
+	// Terminal cleanup.
+	e.emit(events.StatusEvent{JobID: 1, Status: events.StatusRevoked, Attempt: events.Attempt(1)})
+	eventually(t, 15*time.Second, "job 1 cleaned", func() bool { return cleaned.count() == 1 })
+	if streamExists(t, e.js, "job_1") || consumerExists(t, e.js, "advisories", "job-1-dlq") {
+		t.Error("job 1's stream or dead-letter consumer survived REVOKED")
+	}
+
+	// Restart flush, then the backend's new round.
+	e.emit(events.StatusEvent{JobID: 2, Status: events.StatusRestartRequested, Attempt: events.Attempt(2)})
+	eventually(t, 15*time.Second, "job 2 flushed", func() bool { return flushed.count() == 1 })
+	if streamExists(t, e.js, "job_2") {
+		t.Error("job 2's leftover stream survived restart_requested")
+	}
+	e.provision(2, 7, events.Attempt(2))
+
+	// A second process start binds to the stream, consumer and bucket.
+	if err := svc.stop(); err != nil {
+		t.Fatalf("stop: %v", err)
+	}
+	startServe(t, e.js, janitorArgs(e.url), io.MultiWriter(zerolog.NewTestWriter(t), logs))
+
+	// Dead letter, then a cleanup after it.
+	bad := &nats.Msg{Subject: "job.status.revoked", Data: []byte(`{not json`),
+		Header: nats.Header{"Content-Type": {events.ContentTypeCloudEventsJSON}}}
+	if _, err := e.js.PublishMsg(t.Context(), bad); err != nil {
+		t.Fatal(err)
+	}
+	e.emit(events.StatusEvent{JobID: 3, Status: events.StatusFailure, Attempt: events.Attempt(1)})
+	eventually(t, 15*time.Second, "dead letter and job 3 cleaned", func() bool {
+		return dead.count() == 1 && cleaned.count() == 2
+	})
+	if got := decodeEmitted(t, dead.all()[0]); got.DeadLetter.Reason != events.ReasonMalformed {
+		t.Errorf("dead-letter reason %q, want %q", got.DeadLetter.Reason, events.ReasonMalformed)
+	}
+	assertConsumerSettled(t, e.js, 4)
+
+	// The later run's stream and the shared streams are intact.
+	info, err := e.js.Stream(t.Context(), "job_2")
+	if err != nil {
+		t.Fatalf("job 2's new round: %v", err)
+	}
+	if n := info.CachedInfo().State.Msgs; n != 7 {
+		t.Errorf("job_2 holds %d tasks, want the new round's 7", n)
+	}
+	for _, keep := range []string{"advisories", "JOB_EVENTS", "KV_queue_janitor_jobs"} {
+		if !streamExists(t, e.js, keep) {
+			t.Errorf("stream %s is gone", keep)
+		}
+	}
+	if v := srv.log.violations(); len(v) > 0 {
+		t.Errorf("permission violations on the server:\n%s", strings.Join(v, "\n"))
+	}
+	if text := logs.String(); strings.Contains(text, "NATS asynchronous error") || strings.Contains(strings.ToLower(text), "permission") {
+		t.Errorf("the service logged a NATS or permission error:\n%s", text)
+	}
+}
+
+// TestPermissionsJanitorUserRunsTheReconciler: as the janitor user the
+// reconciler cleans a stream the backend recreated after the job ended and
+// sweeps an orphan, and the operator commands ls, sweep and flush work; no
+// permission violation on the server.
+func TestPermissionsJanitorUserRunsTheReconciler(t *testing.T) {
+	t.Parallel()
+	srv, e := deployEnv(t)
+	for id := queue.JobID(1); id <= 3; id++ {
+		e.provision(id, 10, events.Attempt(1))
+	}
+	e.provision(50, 3, nil) // a stream no event ever mentions
+	logs := &syncBuffer{}
+	startServe(t, e.js, append(janitorArgs(e.url), "--reconcile-interval", "300ms", "--reconcile-grace", "500ms",
+		"--reconcile-lease", "5s", "--orphan-idle", "1s", "--sweep-orphans"), io.MultiWriter(zerolog.NewTestWriter(t), logs))
+	for id := queue.JobID(2); id <= 3; id++ {
+		e.emit(events.StatusEvent{JobID: id, Status: events.StatusStarted, Attempt: events.Attempt(1)})
+	}
+	e.emit(events.StatusEvent{JobID: 1, Status: events.StatusRevoked, Attempt: events.Attempt(1)})
+	eventually(t, 15*time.Second, "job 1 cleaned", func() bool { return !streamExists(t, e.js, "job_1") })
+	e.provision(1, 5, events.Attempt(1)) // the backend recreates it after the end
+	eventually(t, 20*time.Second, "the recreated job_1 and the orphan job_50 removed by the reconciler", func() bool {
+		return !streamExists(t, e.js, "job_1") && !streamExists(t, e.js, "job_50")
+	})
+
+	auth := []string{"--nats-url", e.url, "--nats-user", janitorUser, "--nats-password", janitorPassword}
+	var out bytes.Buffer
+	runCLI(t, &out, append([]string{"ls"}, auth...)...)
+	assertContains(t, out.String(), "job_2", "job_3")
+	out.Reset()
+	runCLI(t, &out, append([]string{"sweep", "--dry-run"}, auth...)...)
+	out.Reset()
+	runCLI(t, &out, append([]string{"flush", "3", "--force"}, auth...)...)
+	if streamExists(t, e.js, "job_3") {
+		t.Error("flush 3 left job_3")
+	}
+	if !streamExists(t, e.js, "job_2") {
+		t.Error("job_2, a running job, was removed")
+	}
+	if v := srv.log.violations(); len(v) > 0 {
+		t.Errorf("permission violations on the server:\n%s", strings.Join(v, "\n"))
+	}
+	if text := logs.String(); strings.Contains(text, "NATS asynchronous error") || strings.Contains(strings.ToLower(text), "permission") {
+		t.Errorf("the service logged a NATS or permission error:\n%s", text)
+	}
+}
+
+// TestPermissionsEmitIsTheBackendsRight: `queue-janitor emit` publishes a
+// status event as the backend user; as the janitor user it is refused, so
+// the service cannot feed itself events.
+func TestPermissionsEmitIsTheBackendsRight(t *testing.T) {
+	t.Parallel()
+	srv, e := deployEnv(t)
+	ensureEventStream(t, e.js)
+	emit := []string{"emit", "--job", "7", "--status", "revoked", "--nats-url", e.url, "--nats-connect-timeout", "2s"}
+	var out bytes.Buffer
+	runCLI(t, &out, append(emit, "--nats-user", backendUser, "--nats-password", backendPassword)...)
+	out.Reset()
+	if err := runCLIErr(t, &out, append(emit, "--nats-user", janitorUser, "--nats-password", janitorPassword)...); err == nil {
+		t.Error("emit as the janitor user succeeded")
+	}
+	s, err := e.js.Stream(t.Context(), "JOB_EVENTS")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := s.CachedInfo().State.Msgs; n != 1 {
+		t.Errorf("JOB_EVENTS holds %d events, want the backend's 1", n)
+	}
+	if !loggedViolation(srv, "Publish", "job.status.revoked") {
+		t.Error("no publish violation for the janitor's emit")
+	}
+}
+
+// janitorClient connects as the janitor user, keeping the asynchronous
+// errors the server sends it.
+type janitorClient struct {
+	nc *nats.Conn
+	js jetstream.JetStream
+
+	mu   sync.Mutex
+	errs []error
+}
+
+func connectJanitor(t *testing.T, url string) *janitorClient {
+	t.Helper()
+	c := &janitorClient{}
+	nc, err := nats.Connect(url, nats.UserInfo(janitorUser, janitorPassword),
+		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
+			c.mu.Lock()
+			defer c.mu.Unlock()
+			c.errs = append(c.errs, err)
+		}))
+	if err != nil {
+		t.Fatalf("connect as janitor: %v", err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.nc, c.js = nc, js
+	return c
+}
+
+// permissionError is the asynchronous permission error naming subject, or
+// nil.
+func (c *janitorClient) permissionError(subject string) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, err := range c.errs {
+		if errors.Is(err, nats.ErrPermissionViolation) && strings.Contains(err.Error(), `"`+subject+`"`) {
+			return err
+		}
+	}
+	return nil
+}
+
+// TestPermissionsJanitorUserCannot: the same janitor user is refused what
+// the service must never do. Each refusal is checked three ways: the call
+// fails, the server logs a violation for the janitor on that subject, and
+// the resource is unchanged. A control case shows that the user can delete
+// a job's stream, so the refusals are not a blanket denial.
+func TestPermissionsJanitorUserCannot(t *testing.T) {
+	t.Parallel()
+	srv, e := deployEnv(t)
+	ctx := t.Context()
+	e.provision(1, 10, nil)
+	e.provision(2, 10, nil)
+	ensureEventStream(t, e.js)
+	e.emit(events.StatusEvent{JobID: 1, Status: events.StatusRevoked})
+	if _, err := e.js.CreateOrUpdateConsumer(ctx, "JOB_EVENTS", jetstream.ConsumerConfig{Durable: "queue-janitor"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "queue_janitor_jobs"}); err != nil {
+		t.Fatal(err)
+	}
+	j := connectJanitor(t, e.url)
+
+	msgs := func(stream string) uint64 {
+		t.Helper()
+		s, err := e.js.Stream(ctx, stream)
+		if err != nil {
+			t.Fatalf("stream %s: %v", stream, err)
+		}
+		return s.CachedInfo().State.Msgs
+	}
+	purge := func(stream string) func(context.Context) error {
+		return func(ctx context.Context) error {
+			s, err := j.js.Stream(ctx, stream) // stream info is allowed
+			if err != nil {
+				return err
+			}
+			return s.Purge(ctx)
+		}
+	}
+	tests := []struct {
+		name    string
+		subject string // the refused subject
+		do      func(ctx context.Context) error
+		intact  func(t *testing.T)
+	}{
+		{
+			name: "delete advisories", subject: "$JS.API.STREAM.DELETE.advisories",
+			do: func(ctx context.Context) error { return j.js.DeleteStream(ctx, "advisories") },
+			intact: func(t *testing.T) {
+				t.Helper()
+				if !streamExists(t, e.js, "advisories") || !consumerExists(t, e.js, "advisories", "job-1-dlq") {
+					t.Error("advisories or its consumer job-1-dlq is gone")
+				}
+			},
+		},
+		{
+			name: "delete the event stream", subject: "$JS.API.STREAM.DELETE.JOB_EVENTS",
+			do: func(ctx context.Context) error { return j.js.DeleteStream(ctx, "JOB_EVENTS") },
+			intact: func(t *testing.T) {
+				t.Helper()
+				if !streamExists(t, e.js, "JOB_EVENTS") {
+					t.Error("JOB_EVENTS is gone")
+				}
+			},
+		},
+		{
+			name: "delete the bucket", subject: "$JS.API.STREAM.DELETE.KV_queue_janitor_jobs",
+			do: func(ctx context.Context) error { return j.js.DeleteKeyValue(ctx, "queue_janitor_jobs") },
+			intact: func(t *testing.T) {
+				t.Helper()
+				if !streamExists(t, e.js, "KV_queue_janitor_jobs") {
+					t.Error("the bucket's stream is gone")
+				}
+			},
+		},
+		{
+			name: "delete its event consumer", subject: "$JS.API.CONSUMER.DELETE.JOB_EVENTS.queue-janitor",
+			do: func(ctx context.Context) error { return j.js.DeleteConsumer(ctx, "JOB_EVENTS", "queue-janitor") },
+			intact: func(t *testing.T) {
+				t.Helper()
+				if !consumerExists(t, e.js, "JOB_EVENTS", "queue-janitor") {
+					t.Error("the event consumer is gone")
+				}
+			},
+		},
+		{
+			name: "publish a task", subject: "job.1.tasks",
+			do: func(ctx context.Context) error {
+				if err := j.nc.Publish("job.1.tasks", []byte(`{"task":99}`)); err != nil {
+					return err
+				}
+				_, err := j.js.Publish(ctx, "job.1.tasks", []byte(`{"task":100}`))
+				return err
+			},
+			intact: func(t *testing.T) {
+				t.Helper()
+				if n := msgs("job_1"); n != 10 {
+					t.Errorf("job_1 holds %d tasks, want 10", n)
+				}
+			},
+		},
+		{
+			name: "publish a status event", subject: "job.status.revoked",
+			do: func(ctx context.Context) error {
+				msg, err := events.StatusEvent{JobID: 2, Status: events.StatusRevoked}.Msg(ctx, "job.status.")
+				if err != nil {
+					return err
+				}
+				_, err = j.js.PublishMsg(ctx, msg)
+				return err
+			},
+			intact: func(t *testing.T) {
+				t.Helper()
+				if n := msgs("JOB_EVENTS"); n != 1 {
+					t.Errorf("JOB_EVENTS holds %d events, want 1", n)
+				}
+			},
+		},
+		{
+			name: "purge a job stream", subject: "$JS.API.STREAM.PURGE.job_1",
+			do: purge("job_1"),
+			intact: func(t *testing.T) {
+				t.Helper()
+				if n := msgs("job_1"); n != 10 {
+					t.Errorf("job_1 holds %d tasks, want 10", n)
+				}
+			},
+		},
+		{
+			name: "purge the event stream", subject: "$JS.API.STREAM.PURGE.JOB_EVENTS",
+			do: purge("JOB_EVENTS"),
+			intact: func(t *testing.T) {
+				t.Helper()
+				if n := msgs("JOB_EVENTS"); n != 1 {
+					t.Errorf("JOB_EVENTS holds %d events, want 1", n)
+				}
+			},
+		},
+		{
+			name: "create a task stream", subject: "$JS.API.STREAM.CREATE.job_9",
+			do: func(ctx context.Context) error {
+				_, err := j.js.CreateStream(ctx, e.names.TaskStreamConfig(9, nil))
+				return err
+			},
+			intact: func(t *testing.T) {
+				t.Helper()
+				if streamExists(t, e.js, "job_9") {
+					t.Error("the janitor created job_9")
+				}
+			},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			ctx, cancel := context.WithTimeout(t.Context(), 2*time.Second)
+			defer cancel()
+			if err := tt.do(ctx); err == nil {
+				t.Errorf("%s succeeded as the janitor user", tt.name)
+			}
+			eventually(t, 5*time.Second, "the permission error for "+tt.subject, func() bool {
+				return j.permissionError(tt.subject) != nil
+			})
+			if !loggedViolation(srv, "Publish", tt.subject) {
+				t.Errorf("the server logged no publish violation by janitor on %s:\n%s",
+					tt.subject, strings.Join(srv.log.violations(), "\n"))
+			}
+			tt.intact(t)
+		})
+	}
+	t.Run("read tasks", func(t *testing.T) {
+		t.Parallel()
+		sub, err := j.nc.SubscribeSync("job.1.tasks")
+		if err == nil {
+			defer func() { _ = sub.Unsubscribe() }()
+		}
+		eventually(t, 5*time.Second, "the subscription violation", func() bool {
+			return loggedViolation(srv, "Subscription", "job.1.tasks")
+		})
+	})
+	t.Run("control: delete a job stream", func(t *testing.T) {
+		t.Parallel()
+		ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+		defer cancel()
+		if err := j.js.DeleteConsumer(ctx, "advisories", "job-2-dlq"); err != nil {
+			t.Errorf("delete job-2-dlq as janitor: %v", err)
+		}
+		if err := j.js.DeleteStream(ctx, "job_2"); err != nil {
+			t.Errorf("delete job_2 as janitor: %v", err)
+		}
+		if streamExists(t, e.js, "job_2") {
+			t.Error("job_2 still exists")
+		}
+	})
+}
+
+// loggedViolation reports whether the server logged a violation of kind
+// ("Publish" or "Subscription") by the janitor user on subject.
+func loggedViolation(srv *confServer, kind, subject string) bool {
+	for _, line := range srv.log.violations() {
+		if strings.Contains(line, "user:"+janitorUser) && strings.Contains(line, kind+" Violation - Subject \""+subject+"\"") {
+			return true
+		}
+	}
+	return false
+}

@@ -130,6 +130,7 @@ func TestRemoveWhenAnotherReplicaGetsThereFirst(t *testing.T) {
 		})
 	}
 }
+
 // TestConcurrentRemoves runs two replicas' Removes of the same job at once:
 // both succeed, the queue is gone, and every resource is reported deleted by
 // at least one of them. (Not exactly one: the server may answer two

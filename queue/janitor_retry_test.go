@@ -9,6 +9,9 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/codes"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 
 	"github.com/example/queue-janitor/integration/natstest"
 )
@@ -30,7 +33,9 @@ func TestRemoveRidesOutAServerRestart(t *testing.T) {
 	e := setup(t)
 	e.provision(1, 5, nil)
 	observer, retries := retryCounter()
-	j := NewJanitor(e.js, e.names, WithRetryPolicy(outagePolicy()), WithRetryObserver(observer))
+	sr := tracetest.NewSpanRecorder()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(sr))
+	j := NewJanitor(e.js, e.names, WithRetryPolicy(outagePolicy()), WithRetryObserver(observer), WithTracer(tp.Tracer("t")))
 
 	e.srv.Stop()
 	type result struct {
@@ -62,6 +67,52 @@ func TestRemoveRidesOutAServerRestart(t *testing.T) {
 	}
 	if retries.Load() < 1 {
 		t.Errorf("observer saw %d retries, want at least 1", retries.Load())
+	}
+	assertRetrySpans(t, sr.Ended(), "jetstream.stream_info")
+}
+
+// assertRetrySpans checks that op was tried more than once: each failed
+// attempt's span records its error and has an error status, the last
+// attempt succeeded, and the action's span counts the attempts.
+func assertRetrySpans(t *testing.T, spans []sdktrace.ReadOnlySpan, op string) {
+	t.Helper()
+	var attempts []sdktrace.ReadOnlySpan
+	var action sdktrace.ReadOnlySpan
+	for _, s := range spans {
+		switch s.Name() {
+		case op + " attempt":
+			attempts = append(attempts, s)
+		case op:
+			action = s
+		}
+	}
+	if action == nil || len(attempts) < 2 {
+		t.Fatalf("%s: %d attempt spans (and action span %v), want a retried call", op, len(attempts), action != nil)
+	}
+	for i, a := range attempts {
+		if a.Parent().SpanID() != action.SpanContext().SpanID() {
+			t.Errorf("attempt %d is not a child of %s", i+1, op)
+		}
+		failed := i < len(attempts)-1
+		hasErr := false
+		for _, ev := range a.Events() {
+			hasErr = hasErr || ev.Name == "exception"
+		}
+		if failed && (a.Status().Code != codes.Error || !hasErr) {
+			t.Errorf("failed attempt %d: status %v, recorded error %v; want Error and an exception event", i+1, a.Status().Code, hasErr)
+		}
+		if !failed && a.Status().Code == codes.Error {
+			t.Errorf("the last attempt failed: %v", a.Status())
+		}
+	}
+	var n int64 = -1
+	for _, kv := range action.Attributes() {
+		if kv.Key == "retry.attempts" {
+			n = kv.Value.AsInt64()
+		}
+	}
+	if n != int64(len(attempts)) {
+		t.Errorf("%s retry.attempts = %d, want %d", op, n, len(attempts))
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -110,8 +111,11 @@ func (r *Reconciler) Pass(ctx context.Context, opts PassOptions) (Summary, error
 	inv := telemetry.Inventory{Streams: map[string]int64{}, Messages: map[string]int64{}, Pending: map[string]int64{}}
 	cfg := r.cfg
 	cfg.SweepOrphans = cfg.SweepOrphans || opts.Orphans
-	err := r.list.JobStreams(ctx, func(s queue.JobStream) error {
-		row := r.judge(ctx, s, cfg)
+	// Streams are judged a batch at a time (a page of the listing), the
+	// batch's lookups concurrently; rows are handled in listing order.
+	// Memory stays bounded by the batch, however many streams there are.
+	handle := func(row Row) {
+		s := row.Stream
 		sum.Seen++
 		state := row.Judgement.JobState
 		inv.Streams[state]++
@@ -134,8 +138,23 @@ func (r *Reconciler) Pass(ctx context.Context, opts PassOptions) (Summary, error
 		if opts.Row != nil {
 			opts.Row(row)
 		}
+	}
+	batch := make([]queue.JobStream, 0, judgeBatch)
+	flush := func() {
+		for _, row := range r.judgeAll(ctx, batch, cfg) {
+			handle(row)
+		}
+		batch = batch[:0]
+	}
+	err := r.list.JobStreams(ctx, func(s queue.JobStream) error {
+		if batch = append(batch, s); len(batch) == judgeBatch {
+			flush()
+		}
 		return ctx.Err()
 	})
+	if err == nil {
+		flush()
+	}
 	sum.Took = r.now().Sub(started)
 	if err == nil {
 		inv.At = r.now()
@@ -147,6 +166,35 @@ func (r *Reconciler) Pass(ctx context.Context, opts PassOptions) (Summary, error
 	span.SetAttributes(attribute.Int("reconcile.seen", sum.Seen), attribute.Int("reconcile.cleaned", sum.Cleaned),
 		attribute.Int("reconcile.orphans", sum.Orphans), attribute.Int("reconcile.errors", sum.Errors))
 	return sum, err
+}
+
+// judgeBatch is how many streams are judged together, judgeWorkers how
+// many of their lookups run at once.
+const (
+	judgeBatch   = 256
+	judgeWorkers = 16
+)
+
+// judgeAll judges a batch concurrently and returns the rows in order.
+func (r *Reconciler) judgeAll(ctx context.Context, batch []queue.JobStream, cfg SweepConfig) []Row {
+	rows := make([]Row, len(batch))
+	next := make(chan int)
+	var wg sync.WaitGroup
+	for range min(judgeWorkers, len(batch)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range next {
+				rows[i] = r.judge(ctx, batch[i], cfg)
+			}
+		}()
+	}
+	for i := range batch {
+		next <- i
+	}
+	close(next)
+	wg.Wait()
+	return rows
 }
 
 func (r *Reconciler) judge(ctx context.Context, s queue.JobStream, cfg SweepConfig) Row {

@@ -407,18 +407,8 @@ func (g *historyGroup) publish(j *jobPlan, p pending) {
 
 // awaitFlushed waits for the flushed answer to restart event id.
 func (g *historyGroup) awaitFlushed(j *jobPlan, sub *nats.Subscription, id string) bool {
-	deadline := time.Now().Add(30 * time.Second)
-	for time.Now().Before(deadline) {
-		m, err := sub.NextMsg(time.Until(deadline))
-		if err != nil {
-			break
-		}
-		var ev struct {
-			Data events.QueueResult `json:"data"`
-		}
-		if json.Unmarshal(m.Data, &ev) == nil && ev.Data.CauseEventID == id {
-			return true
-		}
+	if _, ok := nextAnswer(sub, id, 30*time.Second); ok {
+		return true
 	}
 	j.fail("no job.queue.flushed for restart %s within 30s", id)
 	return false

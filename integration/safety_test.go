@@ -51,7 +51,17 @@ func (e *env) restartAndPublish(t *testing.T, id queue.JobID, attempt *int64, n 
 
 func awaitCause(t *testing.T, sub *nats.Subscription, cause string) events.QueueResult {
 	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
+	res, ok := nextAnswer(sub, cause, 15*time.Second)
+	if !ok {
+		t.Fatalf("no answer to event %s within 15s", cause)
+	}
+	return res
+}
+
+// nextAnswer reads sub until the answer (cleaned or flushed) caused by the
+// event cause arrives, or timeout passes.
+func nextAnswer(sub *nats.Subscription, cause string, timeout time.Duration) (events.QueueResult, bool) {
+	deadline := time.Now().Add(timeout)
 	for time.Now().Before(deadline) {
 		m, err := sub.NextMsg(time.Until(deadline))
 		if err != nil {
@@ -61,11 +71,10 @@ func awaitCause(t *testing.T, sub *nats.Subscription, cause string) events.Queue
 			Data events.QueueResult `json:"data"`
 		}
 		if json.Unmarshal(m.Data, &ev) == nil && ev.Data.CauseEventID == cause {
-			return ev.Data
+			return ev.Data, true
 		}
 	}
-	t.Fatalf("no answer to event %s within 15s", cause)
-	return events.QueueResult{}
+	return events.QueueResult{}, false
 }
 
 // assertRun checks that the job's stream holds exactly n messages.

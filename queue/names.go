@@ -6,7 +6,6 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"unicode/utf8"
 )
 
 // IDPlaceholder is the token in every name pattern that stands for the job id.
@@ -34,11 +33,11 @@ type JobID int64
 // [ErrInvalidJobID].
 func ParseJobID(s string) (JobID, error) {
 	if !jobIDPattern.MatchString(s) {
-		return 0, fmt.Errorf("%w: %q must match %s", ErrInvalidJobID, clip(s), jobIDPattern)
+		return 0, fmt.Errorf("%w: %.40q must match %s", ErrInvalidJobID, s, jobIDPattern)
 	}
 	n, err := strconv.ParseInt(s, 10, 64)
 	if err != nil {
-		return 0, fmt.Errorf("%w: %q does not fit in 64 bits", ErrInvalidJobID, clip(s))
+		return 0, fmt.Errorf("%w: %.40q does not fit in 64 bits", ErrInvalidJobID, s)
 	}
 	return JobID(n), nil
 }
@@ -171,17 +170,4 @@ func validSubject(s string) bool {
 		}
 	}
 	return true
-}
-
-// clip shortens untrusted input before it is quoted in an error message.
-func clip(s string) string {
-	const limit = 40
-	if len(s) <= limit {
-		return s
-	}
-	cut := limit
-	for cut > 0 && !utf8.RuneStart(s[cut]) {
-		cut--
-	}
-	return s[:cut] + "…"
 }

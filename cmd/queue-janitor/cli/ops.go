@@ -37,29 +37,27 @@ func opsFlags(name, args, about string, c *Config) *flagSet {
 }
 
 // openOps connects for an operator command. Its logs (retries, warnings)
-// go to stderr at warn level unless the flags say otherwise.
-func openOps(ctx context.Context, cfg Config, cio cmdIO) (*service, zerolog.Logger, *telemetry.Telemetry, error) {
+// go to stderr at warn level unless the flags say otherwise. done closes
+// the connection and flushes telemetry.
+func openOps(ctx context.Context, cfg Config, cio cmdIO) (svc *service, log zerolog.Logger, tel *telemetry.Telemetry, done func(), err error) {
 	if err := cfg.Validate(); err != nil {
-		return nil, zerolog.Nop(), nil, fmt.Errorf("%w: %w", ErrUsage, err)
+		return nil, zerolog.Nop(), nil, nil, fmt.Errorf("%w: %w", ErrUsage, err)
 	}
-	log, err := telemetry.NewLogger(cio.stderr, cfg.LogLevel, cfg.LogFormat)
-	if err != nil {
-		return nil, zerolog.Nop(), nil, fmt.Errorf("%w: %w", ErrUsage, err)
+	if log, err = telemetry.NewLogger(cio.stderr, cfg.LogLevel, cfg.LogFormat); err != nil {
+		return nil, zerolog.Nop(), nil, nil, fmt.Errorf("%w: %w", ErrUsage, err)
 	}
-	tel, err := setupTelemetry(ctx, cio, false)
-	if err != nil {
-		return nil, log, nil, err
+	if tel, err = setupTelemetry(ctx, cio, false); err != nil {
+		return nil, log, nil, nil, err
 	}
 	metrics, err := telemetry.NewMetrics(tel.MeterProvider)
-	if err != nil {
-		return nil, log, tel, err
+	if err == nil {
+		svc, err = openService(ctx, cfg, "cli-"+replicaID(), log, tel, metrics)
 	}
-	svc, err := openService(ctx, cfg, "cli-"+replicaID(), log, tel, metrics)
 	if err != nil {
 		shutdownTelemetry(ctx, tel, log)
-		return nil, log, nil, err
+		return nil, log, nil, nil, err
 	}
-	return svc, log, tel, nil
+	return svc, log, tel, func() { svc.close(); shutdownTelemetry(ctx, tel, log) }, nil
 }
 
 func opsDefaults() Config {
@@ -110,12 +108,11 @@ func runLs(ctx context.Context, args []string, cio cmdIO) error {
 	if !oneOf(sortBy, "job", "age", "messages", "pending") || (state != "" && !oneOf(state, "terminal", "live", "unknown")) {
 		return fmt.Errorf("%w: ls: --sort is job, age, messages or pending; --state is terminal, live or unknown", ErrUsage)
 	}
-	svc, log, tel, err := openOps(ctx, cfg, cio)
+	svc, log, tel, done, err := openOps(ctx, cfg, cio)
 	if err != nil {
 		return err
 	}
-	defer svc.close()
-	defer shutdownTelemetry(ctx, tel, log)
+	defer done()
 
 	now := time.Now()
 	var rows []lsRow
@@ -244,12 +241,11 @@ func runSweep(ctx context.Context, args []string, cio cmdIO) error {
 	if err := parseFlags(f, args, cio); err != nil {
 		return err
 	}
-	svc, log, tel, err := openOps(ctx, cfg, cio)
+	svc, log, tel, done, err := openOps(ctx, cfg, cio)
 	if err != nil {
 		return err
 	}
-	defer svc.close()
-	defer shutdownTelemetry(ctx, tel, log)
+	defer done()
 
 	progress := isTerminalWriter(cio.stderr)
 	verb := map[bool]string{true: "would ", false: ""}[dryRun]
@@ -356,12 +352,11 @@ func runRemove(ctx context.Context, args []string, cio cmdIO, name, argsText, ab
 	if err != nil {
 		return err
 	}
-	svc, log, tel, err := openOps(ctx, cfg, cio)
+	svc, _, _, done, err := openOps(ctx, cfg, cio)
 	if err != nil {
 		return err
 	}
-	defer svc.close()
-	defer shutdownTelemetry(ctx, tel, log)
+	defer done()
 
 	var failed []error
 	for _, id := range ids {

@@ -166,8 +166,25 @@ type Cluster struct {
 }
 
 // RunCluster starts n routed JetStream nodes and waits for a meta leader.
+// The cluster ports are picked free, then bound by the servers; should a
+// parallel test take one in between, it starts over with new ports.
 func RunCluster(tb testing.TB, n int, opts ...Option) *Cluster {
 	tb.Helper()
+	var lastErr error
+	for range 5 {
+		c, err := tryCluster(tb, n, opts)
+		if err == nil {
+			tb.Cleanup(c.stop)
+			c.WaitMetaLeader(tb, 30*time.Second)
+			return c
+		}
+		lastErr = err
+	}
+	tb.Fatalf("natstest: cluster of %d: %v", n, lastErr)
+	return nil
+}
+
+func tryCluster(tb testing.TB, n int, opts []Option) (*Cluster, error) {
 	ports := freePorts(tb, n)
 	routes := make([]string, n)
 	for i, p := range ports {
@@ -175,15 +192,30 @@ func RunCluster(tb testing.TB, n int, opts ...Option) *Cluster {
 	}
 	c := &Cluster{}
 	for i := range n {
-		o := func(o *server.Options) {
-			o.ServerName = fmt.Sprintf("n%d", i+1)
-			o.Cluster = server.ClusterOpts{Name: "qj-test", Host: "127.0.0.1", Port: ports[i]}
-			o.Routes = server.RoutesFromStr(strings.Join(routes, ","))
+		o := &server.Options{
+			Host: "127.0.0.1", Port: server.RANDOM_PORT, JetStream: true, StoreDir: tb.TempDir(),
+			NoLog: true, NoSigs: true, MaxPayload: 8 << 20,
+			ServerName: fmt.Sprintf("n%d", i+1),
+			Cluster:    server.ClusterOpts{Name: "qj-test", Host: "127.0.0.1", Port: ports[i]},
+			Routes:     server.RoutesFromStr(strings.Join(routes, ",")),
 		}
-		c.Servers = append(c.Servers, RunServer(tb, append([]Option{o}, opts...)...))
+		for _, opt := range opts {
+			opt(o)
+		}
+		s := &Server{opts: o, name: o.ServerName}
+		if err := s.boot(); err != nil {
+			c.stop()
+			return nil, err
+		}
+		c.Servers = append(c.Servers, s)
 	}
-	c.WaitMetaLeader(tb, 30*time.Second)
-	return c
+	return c, nil
+}
+
+func (c *Cluster) stop() {
+	for _, s := range c.Servers {
+		s.Stop()
+	}
 }
 
 // URLs is every client URL, comma-separated, for nats.Connect.

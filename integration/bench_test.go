@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"runtime"
@@ -15,6 +16,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -396,12 +398,36 @@ func startProcess(b *testing.B, bin, url string) *process {
 	p.cmd = exec.Command(bin, "serve", "--nats-url", url, "--http-addr", p.addr, "--pprof", "--log-level", "warn",
 		"--log-format", "json", "--reconcile-interval", "0", "--clock-skew", "0")
 	p.cmd.Stdout, p.cmd.Stderr = p.logs, p.logs
+	// Telemetry stays on while measuring: every span is created, batched and
+	// exported over OTLP/HTTP to a local sink that accepts and discards, as
+	// a collector would take them; /metrics is served as always.
+	sink := otlpSink(b)
+	p.cmd.Env = append(os.Environ(), "OTEL_TRACES_EXPORTER=otlp", "OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf",
+		"OTEL_EXPORTER_OTLP_ENDPOINT="+sink.URL, "OTEL_METRICS_EXPORTER=none")
 	if err := p.cmd.Start(); err != nil {
 		b.Fatal(err)
 	}
 	_, js := natstest.Connect(b, url)
 	eventually(b, 30*time.Second, "the service consuming", func() bool { return pullWaiting(js) > 0 })
 	return p
+}
+
+// otlpSink is an OTLP/HTTP endpoint that accepts every export; the count of
+// bytes it received shows that spans were really exported.
+func otlpSink(b *testing.B) *httptest.Server {
+	b.Helper()
+	var received atomic.Int64
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		n, _ := io.Copy(io.Discard, r.Body)
+		received.Add(n)
+		w.Header().Set("Content-Type", "application/x-protobuf")
+		w.WriteHeader(http.StatusOK)
+	}))
+	b.Cleanup(func() {
+		srv.Close()
+		b.Logf("OTLP sink received %d bytes of spans", received.Load())
+	})
+	return srv
 }
 
 func (p *process) stop(b *testing.B) {

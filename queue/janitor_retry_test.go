@@ -71,38 +71,41 @@ func TestRemoveRidesOutAServerRestart(t *testing.T) {
 	assertRetrySpans(t, sr.Ended(), "jetstream.stream_info")
 }
 
-// assertRetrySpans checks that op was tried more than once: each failed
-// attempt's span records its error and has an error status, the last
-// attempt succeeded, and the action's span counts the attempts.
+// assertRetrySpans checks that op was tried more than once: the first
+// attempt's failure is recorded on the action's span, each retry is a child
+// span "<op> retry" whose failure is recorded with an error status, the last
+// try succeeded, and the action's span counts the attempts.
 func assertRetrySpans(t *testing.T, spans []sdktrace.ReadOnlySpan, op string) {
 	t.Helper()
-	var attempts []sdktrace.ReadOnlySpan
+	var retries []sdktrace.ReadOnlySpan
 	var action sdktrace.ReadOnlySpan
 	for _, s := range spans {
 		switch s.Name() {
-		case op + " attempt":
-			attempts = append(attempts, s)
+		case op + " retry":
+			retries = append(retries, s)
 		case op:
 			action = s
 		}
 	}
-	if action == nil || len(attempts) < 2 {
-		t.Fatalf("%s: %d attempt spans (and action span %v), want a retried call", op, len(attempts), action != nil)
+	if action == nil || len(retries) < 1 {
+		t.Fatalf("%s: %d retry spans (and action span %v), want a retried call", op, len(retries), action != nil)
 	}
-	for i, a := range attempts {
+	if !hasException(action) {
+		t.Errorf("%s: the first attempt's failure is not recorded on the action's span", op)
+	}
+	if action.Status().Code == codes.Error {
+		t.Errorf("%s: the call succeeded in the end, but its span has an error status", op)
+	}
+	for i, a := range retries {
 		if a.Parent().SpanID() != action.SpanContext().SpanID() {
-			t.Errorf("attempt %d is not a child of %s", i+1, op)
+			t.Errorf("retry %d is not a child of %s", i+2, op)
 		}
-		failed := i < len(attempts)-1
-		hasErr := false
-		for _, ev := range a.Events() {
-			hasErr = hasErr || ev.Name == "exception"
-		}
-		if failed && (a.Status().Code != codes.Error || !hasErr) {
-			t.Errorf("failed attempt %d: status %v, recorded error %v; want Error and an exception event", i+1, a.Status().Code, hasErr)
+		failed := i < len(retries)-1
+		if failed && (a.Status().Code != codes.Error || !hasException(a)) {
+			t.Errorf("failed retry %d: status %v, recorded error %v; want Error and an exception event", i+2, a.Status().Code, hasException(a))
 		}
 		if !failed && a.Status().Code == codes.Error {
-			t.Errorf("the last attempt failed: %v", a.Status())
+			t.Errorf("the last retry failed: %v", a.Status())
 		}
 	}
 	var n int64 = -1
@@ -111,9 +114,18 @@ func assertRetrySpans(t *testing.T, spans []sdktrace.ReadOnlySpan, op string) {
 			n = kv.Value.AsInt64()
 		}
 	}
-	if n != int64(len(attempts)) {
-		t.Errorf("%s retry.attempts = %d, want %d", op, n, len(attempts))
+	if n != int64(len(retries)+1) {
+		t.Errorf("%s retry.attempts = %d, want %d", op, n, len(retries)+1)
 	}
+}
+
+func hasException(s sdktrace.ReadOnlySpan) bool {
+	for _, ev := range s.Events() {
+		if ev.Name == "exception" {
+			return true
+		}
+	}
+	return false
 }
 
 func TestRemoveStopsAtOnceOnAClosedConnection(t *testing.T) {

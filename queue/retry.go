@@ -97,7 +97,9 @@ func IsTransient(err error) bool {
 }
 
 // retrier runs one JetStream call under a [RetryPolicy], with a span for the
-// call and a child span for each attempt.
+// call. The first attempt runs in that span (its failure, if any, is recorded
+// there as an exception event); each retry gets a child span of its own,
+// "<op> retry", with retry.attempt and its error.
 type retrier struct {
 	policy   RetryPolicy
 	tracer   trace.Tracer
@@ -130,16 +132,23 @@ func (r retrier) do(ctx context.Context, op string, attrs []attribute.KeyValue, 
 	attempt := 0
 	operation := func() error {
 		attempt++
-		actx, aspan := r.tracer.Start(ctx, op+" attempt",
-			trace.WithAttributes(attribute.Int("retry.attempt", attempt)), trace.WithSpanKind(trace.SpanKindClient))
+		actx, aspan := ctx, span
+		if attempt > 1 {
+			actx, aspan = r.tracer.Start(ctx, op+" retry",
+				trace.WithAttributes(attribute.Int("retry.attempt", attempt)), trace.WithSpanKind(trace.SpanKindClient))
+		}
 		actx, cancel := context.WithTimeout(actx, r.policy.AttemptTimeout)
 		err := fn(actx)
 		cancel()
 		if err != nil {
-			aspan.RecordError(err)
-			aspan.SetStatus(codes.Error, err.Error())
+			aspan.RecordError(err, trace.WithAttributes(attribute.Int("retry.attempt", attempt)))
+			if attempt > 1 {
+				aspan.SetStatus(codes.Error, err.Error())
+			}
 		}
-		aspan.End()
+		if attempt > 1 {
+			aspan.End()
+		}
 		if err != nil && !IsTransient(err) {
 			return backoff.Permanent(err)
 		}

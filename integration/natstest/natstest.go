@@ -185,6 +185,7 @@ func RunCluster(tb testing.TB, n int, opts ...Option) *Cluster {
 }
 
 func tryCluster(tb testing.TB, n int, opts []Option) (*Cluster, error) {
+	tb.Helper()
 	ports := freePorts(tb, n)
 	routes := make([]string, n)
 	for i, p := range ports {

@@ -528,5 +528,14 @@ func (r *benchResults) markdown(cfg benchConfig) string {
 		ms(median(r.largeRaw)), ratio(median(r.largeService), median(r.largeRaw)))
 	fmt.Fprintf(&w, "| service CPU per event (storm) | %s | | | |\n", strconv.FormatFloat(float64(median(r.cpuPerEvent).Microseconds())/1000, 'f', 3, 64)+" ms")
 	fmt.Fprintf(&w, "| service peak RSS (storm) | %.1f MiB | | | < 64 MiB |\n", float64(medRSS(r.peakRSS))/(1<<20))
+	var per []string
+	var ratios []time.Duration // ratio × 1000, to reuse the median helper
+	for i := range r.stormService {
+		q := ratio(r.stormService[i], r.stormRaw[i])
+		per = append(per, fmt.Sprintf("%.2f×", q))
+		ratios = append(ratios, time.Duration(q*1000))
+	}
+	fmt.Fprintf(&w, "\nStorm ratio per round (service / raw, same server, same round): %s; median %.2f×.\n",
+		strings.Join(per, ", "), float64(median(ratios))/1000)
 	return w.String()
 }

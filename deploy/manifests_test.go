@@ -505,6 +505,7 @@ func TestManifestKubernetes(t *testing.T) {
 		}
 	}
 	c.checkEnvValues(t, "Deployment and ConfigMap", ctr.Args, env)
+	checkInboxPrefix(t, "Deployment and ConfigMap", env)
 
 	// NATS credentials: a file from a Secret.
 	creds := env["NATS_CREDS"]
@@ -897,6 +898,7 @@ func TestManifestCompose(t *testing.T) {
 		case user.Permissions == nil || user.Permissions.Publish == nil || slices.Contains(user.Permissions.Publish.Allow, ">"):
 			t.Errorf("%s: runs as %q, which is not the least-privilege user", name, user.Username)
 		}
+		checkInboxPrefix(t, name, env)
 		if dependsOn(s.DependsOn)[natsService] != "service_healthy" {
 			t.Errorf("%s: should wait for %s to be healthy", name, natsService)
 		}
@@ -1083,8 +1085,28 @@ func TestManifestNATSPermissions(t *testing.T) {
 			t.Errorf("janitor may publish %s", subject)
 		}
 	}
-	if !permits(janitor.Permissions.Subscribe, "_INBOX.abc.1") || permits(janitor.Permissions.Subscribe, id(cfg.Names.Subject)) {
-		t.Errorf("janitor subscribe permissions %+v: want its inbox only", janitor.Permissions.Subscribe)
+	sub := janitor.Permissions.Subscribe
+	if !permits(sub, "_INBOX_janitor.abc.1") || permits(sub, "_INBOX.abc.1") || permits(sub, id(cfg.Names.Subject)) {
+		t.Errorf("janitor subscribe permissions %+v: want its own inbox _INBOX_janitor.> only", sub)
+	}
+}
+
+// checkInboxPrefix: the service's inbox prefix is set, and the janitor
+// user of nats/nats-server.conf may subscribe to its replies there (and,
+// as TestManifestNATSPermissions checks, nowhere else).
+func checkInboxPrefix(t *testing.T, where string, env map[string]string) {
+	t.Helper()
+	opts, err := server.ProcessConfigFile("nats/nats-server.conf")
+	if err != nil {
+		t.Fatal(err)
+	}
+	janitor := confUser(opts, "janitor")
+	prefix := env["NATS_INBOX_PREFIX"]
+	switch {
+	case prefix == "":
+		t.Errorf("%s: NATS_INBOX_PREFIX is not set: replies would go to _INBOX, which the janitor user may not read", where)
+	case janitor == nil || janitor.Permissions == nil || !permits(janitor.Permissions.Subscribe, prefix+".abc.1"):
+		t.Errorf("%s: NATS_INBOX_PREFIX %q is not the inbox nats/nats-server.conf lets janitor read", where, prefix)
 	}
 }
 

@@ -39,6 +39,8 @@ const (
 	backendPassword = "backend-dev-password"
 	janitorUser     = "janitor"
 	janitorPassword = "janitor-dev-password"
+	// janitorInbox is the inbox prefix the janitor user may read.
+	janitorInbox = "_INBOX_janitor"
 )
 
 // confServer is a nats-server started from a configuration file.

@@ -34,7 +34,8 @@ func deployEnv(t *testing.T) (*confServer, *env) {
 
 // janitorArgs runs the service as the janitor user.
 func janitorArgs(url string) []string {
-	return append(baseArgs(url), "--nats-user", janitorUser, "--nats-password", janitorPassword)
+	return append(baseArgs(url), "--nats-user", janitorUser, "--nats-password", janitorPassword,
+		"--nats-inbox-prefix", janitorInbox)
 }
 
 // syncBuffer is a bytes.Buffer safe for the service's log writes and the
@@ -159,7 +160,8 @@ func TestPermissionsJanitorUserRunsTheReconciler(t *testing.T) {
 		return !streamExists(t, e.js, "job_1") && !streamExists(t, e.js, "job_50")
 	})
 
-	auth := []string{"--nats-url", e.url, "--nats-user", janitorUser, "--nats-password", janitorPassword}
+	auth := []string{"--nats-url", e.url, "--nats-user", janitorUser, "--nats-password", janitorPassword,
+		"--nats-inbox-prefix", janitorInbox}
 	var out bytes.Buffer
 	runCLI(t, &out, append([]string{"ls"}, auth...)...)
 	assertContains(t, out.String(), "job_2", "job_3")
@@ -192,7 +194,7 @@ func TestPermissionsEmitIsTheBackendsRight(t *testing.T) {
 	var out bytes.Buffer
 	runCLI(t, &out, append(emit, "--nats-user", backendUser, "--nats-password", backendPassword)...)
 	out.Reset()
-	if err := runCLIErr(t, &out, append(emit, "--nats-user", janitorUser, "--nats-password", janitorPassword)...); err == nil {
+	if err := runCLIErr(t, &out, append(emit, "--nats-user", janitorUser, "--nats-password", janitorPassword, "--nats-inbox-prefix", janitorInbox)...); err == nil {
 		t.Error("emit as the janitor user succeeded")
 	}
 	s, err := e.js.Stream(t.Context(), "JOB_EVENTS")
@@ -220,7 +222,7 @@ type janitorClient struct {
 func connectJanitor(t *testing.T, url string) *janitorClient {
 	t.Helper()
 	c := &janitorClient{}
-	nc, err := nats.Connect(url, nats.UserInfo(janitorUser, janitorPassword),
+	nc, err := nats.Connect(url, nats.UserInfo(janitorUser, janitorPassword), nats.CustomInboxPrefix(janitorInbox),
 		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
 			c.mu.Lock()
 			defer c.mu.Unlock()
@@ -428,6 +430,16 @@ func TestPermissionsJanitorUserCannot(t *testing.T) {
 		}
 		eventually(t, 5*time.Second, "the subscription violation", func() bool {
 			return loggedViolation(srv, "Subscription", "job.1.tasks")
+		})
+	})
+	t.Run("read other clients' replies", func(t *testing.T) {
+		t.Parallel()
+		sub, err := j.nc.SubscribeSync("_INBOX.>")
+		if err == nil {
+			defer func() { _ = sub.Unsubscribe() }()
+		}
+		eventually(t, 5*time.Second, "the subscription violation", func() bool {
+			return loggedViolation(srv, "Subscription", "_INBOX.>")
 		})
 	})
 	t.Run("control: delete a job stream", func(t *testing.T) {

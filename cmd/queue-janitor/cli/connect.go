@@ -32,6 +32,11 @@ func connect(c NATSConfig, name string, log zerolog.Logger) (*nats.Conn, error) 
 		}),
 		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
 			e := log.Warn().Err(err)
+			if errors.Is(err, nats.ErrPermissionViolation) {
+				// Requests then time out with nothing more to say: name the cause here.
+				e = log.Error().Err(err).Str("hint", "the NATS user lacks a permission the service needs: "+
+					"see deploy/README.md (Permissions); if it may subscribe to its own inbox only, set --nats-inbox-prefix (NATS_INBOX_PREFIX) to match")
+			}
 			if sub != nil {
 				e = e.Str("nats_subject", sub.Subject)
 			}

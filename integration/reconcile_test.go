@@ -2,11 +2,18 @@ package integration
 
 import (
 	"context"
+	"encoding/json"
+	"io"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/rs/zerolog"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+
+	"github.com/example/queue-janitor/cmd/queue-janitor/cli"
 
 	"github.com/example/queue-janitor/events"
 	"github.com/example/queue-janitor/handlers"
@@ -192,3 +199,100 @@ type nopEmitter struct{}
 
 func (nopEmitter) Cleaned(context.Context, events.QueueResult) error { return nil }
 func (nopEmitter) Flushed(context.Context, events.QueueResult) error { return nil }
+
+// TestReconcilerIsObserved: what the reconciler does is seen as an event's
+// cleanup is. Its removal has a span with the JetStream actions under it,
+// a log line naming what was deleted and why, and the same metrics; an
+// orphan it leaves is logged and counted; the triage gauges split the
+// streams it saw by job state.
+func TestReconcilerIsObserved(t *testing.T) {
+	t.Parallel()
+	e := setup(t)
+	e.provision(1, 30, events.Attempt(1)) // terminal, its event missed
+	e.provision(2, 40, events.Attempt(1)) // running
+	e.provision(7, 12, nil)               // never heard of: an orphan
+	one := int64(1)
+	if _, err := e.store(t).Put(t.Context(), 1, queue.Record{Attempt: &one, Time: time.Now(), EventID: "missed",
+		Status: "revoked", State: queue.StateTerminal}, 0); err != nil {
+		t.Fatal(err)
+	}
+	ensureEventStream(t, e.js)
+	e.emit(events.StatusEvent{JobID: 2, Status: events.StatusStarted, Attempt: events.Attempt(1)})
+
+	addr := freeAddr(t)
+	rec := tracetest.NewSpanRecorder()
+	logs := &syncBuffer{}
+	startServeHooks(t, e.js, append(baseArgs(e.url), "--http-addr", addr, "--reconcile-interval", "300ms",
+		"--reconcile-grace", "1s", "--reconcile-lease", "5s", "--orphan-idle", "1s"),
+		io.MultiWriter(zerolog.NewTestWriter(t), logs), cli.Hooks{SpanProcessors: []sdktrace.SpanProcessor{rec}})
+
+	eventually(t, 20*time.Second, "job_1 cleaned by the reconciler", func() bool { return !streamExists(t, e.js, "job_1") })
+	var text string
+	eventually(t, 10*time.Second, "a pass after the cleanup in the gauges", func() bool {
+		_, text = httpGet(t, "http://"+addr+"/metrics")
+		n, ok := metricValue(text, `queue_janitor_job_streams{job_state="terminal"}`)
+		return (!ok || n == 0) && strings.Contains(text, `queue_janitor_job_streams{job_state="live"}`)
+	})
+	for series, want := range map[string]float64{
+		`queue_janitor_reconciler_actions_total{verdict="clean"}`:  1,
+		`queue_janitor_messages_discarded_total{action="cleanup"}`: 30,
+		`queue_janitor_job_streams{job_state="live"}`:              1,
+		`queue_janitor_job_streams{job_state="unknown"}`:           1,
+		`queue_janitor_job_messages{job_state="live"}`:             40,
+		`queue_janitor_job_messages{job_state="unknown"}`:          12,
+		`queue_janitor_job_messages_pending{job_state="live"}`:     40,
+		`queue_janitor_job_messages_pending{job_state="unknown"}`:  12,
+	} {
+		if got, ok := metricValue(text, series); !ok || got != want {
+			t.Errorf("%s = %v (present %v), want %v", series, got, ok, want)
+		}
+	}
+	if got, ok := metricValue(text, `queue_janitor_reconciler_orphans_total`); !ok || got < 1 {
+		t.Errorf("queue_janitor_reconciler_orphans_total = %v (present %v), want at least 1", got, ok)
+	}
+	if t.Failed() {
+		t.Logf("/metrics:\n%s", grepLines(text, "queue_janitor"))
+	}
+
+	acted := logLines(t, logs.String(), "reconciler acted")
+	if len(acted) != 1 || acted[0]["job_id"] != float64(1) || acted[0]["verdict"] != "clean" ||
+		acted[0]["messages_discarded"] != float64(30) || acted[0]["reason"] == "" || acted[0]["trace_id"] == nil {
+		t.Errorf("reconciler acted lines = %v, want one for job 1 with its verdict, reason, discarded 30 and trace id", acted)
+	}
+	orphans := logLines(t, logs.String(), "orphan job stream")
+	if len(orphans) == 0 || orphans[0]["job_id"] != float64(7) || orphans[0]["messages"] != float64(12) {
+		t.Errorf("orphan lines = %v, want job 7's with its 12 messages", orphans)
+	}
+
+	span := findSpan(rec.Ended(), "reconcile job_1")
+	if span == nil {
+		t.Fatalf("no reconcile job_1 span; spans: %v", spanNames(rec.Ended()))
+	}
+	assertAttrs(t, span, map[string]string{"job.id": "1", "queue_janitor.verdict": "clean", "queue_janitor.result": "removed"})
+	below := descendants(rec.Ended(), span)
+	for _, name := range []string{"jetstream.stream_info", "jetstream.delete_stream", "kv.update", "publish job.queue.cleaned.1"} {
+		if findSpan(below, name) == nil {
+			t.Errorf("no %q span under the reconciler's span; under it: %v", name, spanNames(below))
+		}
+	}
+	e.assertRun(t, 2, 40)
+	if !streamExists(t, e.js, "job_7") {
+		t.Error("the orphan job_7 was deleted without --sweep-orphans")
+	}
+}
+
+// logLines decodes the JSON log lines whose message starts with msg.
+func logLines(t *testing.T, text, msg string) []map[string]any {
+	t.Helper()
+	var out []map[string]any
+	for _, line := range strings.Split(text, "\n") {
+		var m map[string]any
+		if json.Unmarshal([]byte(line), &m) != nil {
+			continue
+		}
+		if text, _ := m["message"].(string); strings.HasPrefix(text, msg) {
+			out = append(out, m)
+		}
+	}
+	return out
+}

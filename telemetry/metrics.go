@@ -35,7 +35,8 @@ type Metrics struct {
 type Inventory struct {
 	Streams  map[string]int64
 	Messages map[string]int64
-	// Pending counts messages not yet delivered to the task consumer.
+	// Pending counts tasks not yet done: the task consumer's pending plus
+	// ack-pending, or all of a stream's messages when it has no consumer.
 	Pending map[string]int64
 	At      time.Time
 }
@@ -86,7 +87,7 @@ func NewMetrics(mp metric.MeterProvider) (*Metrics, error) {
 		metric.WithUnit("{message}"))
 	must(e)
 	pending, e := m.Int64ObservableGauge("queue_janitor.job_messages.pending",
-		metric.WithDescription("Messages not yet delivered to the task consumer at the last reconciler pass, by job_state."),
+		metric.WithDescription("Tasks not yet done (consumer pending plus ack-pending) at the last reconciler pass, by job_state."),
 		metric.WithUnit("{message}"))
 	must(e)
 	if err != nil {

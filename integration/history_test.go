@@ -35,13 +35,14 @@ import (
 // stamp them on their streams (the exact fence), others send neither (the
 // time fence and the record's time order do all the work).
 //
-// Safety is checked on the server's own stream-deleted advisories: each
-// deletion of job_N is attributed to the run whose stream was there, and
-// must have been authorized by an event published before it (a terminal
-// status of that run or a later one, or a restart of a later run).
+// Safety is checked on the server's own stream- and consumer-deleted
+// advisories: each deletion of job_N, and of its dead-letter consumer
+// advisories/job-N-dlq, is attributed to the run whose resource was there,
+// and must have been authorized by an event published before it (a
+// terminal status of that run or a later one, or a restart of a later run).
 // Liveness is checked after quiescence: a job whose last event is terminal
 // has no stream and no consumers; any other job's stream holds exactly its
-// last run's tasks.
+// last run's tasks, with its task and dead-letter consumers.
 //
 // QJ_HISTORIES sets how many histories run (default 510; 10,000 or more for
 // a long run), QJ_HISTORY_SEED the base seed (default: from the clock;
@@ -156,7 +157,7 @@ type jobPlan struct {
 
 	mu        sync.Mutex
 	created   []time.Time // per run: the stream's server-side creation time
-	dlqMade   []time.Time // per run: when its dead-letter consumer was provisioned
+	dlqMade   []time.Time // per run: its dead-letter consumer's server-side creation time (zero: none)
 	published []published // every event publication, in order
 	problems  []string
 }
@@ -427,8 +428,7 @@ func (g *historyGroup) noteCreated(j *jobPlan, run int) {
 	defer j.mu.Unlock()
 	j.created = append(j.created, s.CachedInfo().Created)
 	if err == nil {
-		j.dlqMade = append(j.dlqMade, time.Now())
-		_ = c
+		j.dlqMade = append(j.dlqMade, c.CachedInfo().Created)
 	} else {
 		j.dlqMade = append(j.dlqMade, time.Time{})
 	}
@@ -448,27 +448,38 @@ func (g *historyGroup) quiesce() {
 	time.Sleep(200 * time.Millisecond) // let the last advisories arrive
 }
 
-// checkSafety attributes every deletion of a job's stream to the run whose
-// stream it was, and checks that an event published before it allowed it.
+// checkSafety attributes every deletion of a job's stream, and of its
+// dead-letter consumer on advisories, to the run whose resource it was (the
+// last one created before the deletion), and checks that an event published
+// before it allowed it.
 func (g *historyGroup) checkSafety(h *history) []string {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	var out []string
 	for _, j := range h.jobs {
-		for _, d := range g.deleted[g.names.StreamName(j.id)] {
-			run := -1
-			for r, c := range j.created {
-				if c.Before(d) {
-					run = r
+		for _, r := range []struct {
+			what    string
+			created []time.Time
+			deleted []time.Time
+		}{
+			{"stream", j.created, g.deleted[g.names.StreamName(j.id)]},
+			{"dead-letter consumer", j.dlqMade, g.deleted[g.names.AdvisoryStream+"/"+g.names.DeadLetterConsumerName(j.id)]},
+		} {
+			for _, d := range r.deleted {
+				run := -1
+				for i, c := range r.created {
+					if !c.IsZero() && c.Before(d) {
+						run = i
+					}
 				}
-			}
-			if run < 0 {
-				out = append(out, fmt.Sprintf("job %d: a stream was deleted at %s before any run created one", j.id, d.Format(time.RFC3339Nano)))
-				continue
-			}
-			if !j.authorized(run, d) {
-				out = append(out, fmt.Sprintf("SAFETY: job %d run %d's stream deleted at %s with no terminal of run ≥%d or restart of a later run published before",
-					j.id, run+1, d.Format("15:04:05.000000"), run+1))
+				if run < 0 {
+					out = append(out, fmt.Sprintf("job %d: a %s was deleted at %s before any run created one", j.id, r.what, d.Format(time.RFC3339Nano)))
+					continue
+				}
+				if !j.authorized(run, d) {
+					out = append(out, fmt.Sprintf("SAFETY: job %d run %d's %s deleted at %s with no terminal of run ≥%d or restart of a later run published before",
+						j.id, run+1, r.what, d.Format("15:04:05.000000"), run+1))
+				}
 			}
 		}
 	}
@@ -523,6 +534,12 @@ func (g *historyGroup) checkLiveness(h *history) []string {
 		}
 		if !consumerExists(g.t, g.js, stream, g.names.ConsumerName(j.id)) {
 			out = append(out, fmt.Sprintf("SAFETY: job %d's running run lost its task consumer", j.id))
+		}
+		j.mu.Lock()
+		hadDLQ := len(j.dlqMade) == len(j.runs) && !j.dlqMade[len(j.dlqMade)-1].IsZero()
+		j.mu.Unlock()
+		if hadDLQ && !consumerExists(g.t, g.js, g.names.AdvisoryStream, g.names.DeadLetterConsumerName(j.id)) {
+			out = append(out, fmt.Sprintf("SAFETY: job %d's running run lost its dead-letter consumer", j.id))
 		}
 	}
 	return out

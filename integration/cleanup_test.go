@@ -60,3 +60,39 @@ func TestTerminalStatusRemovesOnlyThatJob(t *testing.T) {
 		})
 	}
 }
+
+// TestTerminalStatusesAreConfigurable: by default SUCCESS leaves the queue
+// (the backend's drain owns finished jobs); with success added to
+// --terminal-statuses it is cleaned like REVOKED.
+func TestTerminalStatusesAreConfigurable(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name  string
+		args  []string
+		clean bool
+	}{
+		{"default", nil, false},
+		{"with success", []string{"--terminal-statuses", "revoked,failure,cancelled,success"}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			e := setup(t)
+			e.provision(1, 20, events.Attempt(1))
+			cleaned := subscribe(t, e.nc, "job.queue.cleaned.>")
+			e.startService(tc.args...)
+			e.emit(events.StatusEvent{JobID: 1, Status: events.StatusSuccess, Attempt: events.Attempt(1)})
+			e.waitSettled(t)
+			if tc.clean {
+				eventually(t, 10*time.Second, "cleaned event", func() bool { return cleaned.count() == 1 })
+				if streamExists(t, e.js, "job_1") || consumerExists(t, e.js, "advisories", "job-1-dlq") {
+					t.Error("SUCCESS did not clean job 1 with success among the terminal statuses")
+				}
+				return
+			}
+			e.assertRun(t, 1, 20)
+			if n := cleaned.count(); n != 0 {
+				t.Errorf("%d cleaned events for a SUCCESS that is not terminal", n)
+			}
+		})
+	}
+}

@@ -10,14 +10,17 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/rs/zerolog"
+	"go.opentelemetry.io/otel/codes"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/example/queue-janitor/cmd/queue-janitor/cli"
 	"github.com/example/queue-janitor/events"
+	"github.com/example/queue-janitor/integration/natstest"
 	"github.com/example/queue-janitor/queue"
 )
 
@@ -280,4 +283,106 @@ func TestReadinessFollowsNATS(t *testing.T) {
 	e.provision(9, 5, nil)
 	e.emit(events.StatusEvent{JobID: 9, Status: events.StatusRevoked})
 	eventually(t, 15*time.Second, "job 9 cleaned after the outage", func() bool { return !streamExists(t, e.js, "job_9") })
+}
+
+// TestTransientFailureIsRetriedAndTraced: the server refuses the service's
+// delete of job_1 (a permission it lacks for a while: each attempt times
+// out, as a request to an unresponsive server does) until a configuration
+// reload grants it. The cleanup still happens, inside the event's trace:
+// the delete_stream span records the first failure, each retry is a child
+// span with its error, the last one succeeds; the retries are counted.
+func TestTransientFailureIsRetriedAndTraced(t *testing.T) {
+	t.Parallel()
+	store := t.TempDir()
+	opts := func(refuse bool) *server.Options {
+		janitor := &server.Permissions{Publish: &server.SubjectPermission{Allow: []string{">"}}}
+		if refuse {
+			janitor.Publish.Deny = []string{"$JS.API.STREAM.DELETE.job_1"}
+		}
+		return &server.Options{Host: "127.0.0.1", Port: server.RANDOM_PORT, NoSigs: true, JetStream: true, StoreDir: store,
+			Users: []*server.User{{Username: "janitor", Password: "pw", Permissions: janitor}, {Username: "backend", Password: "pw"}}}
+	}
+	srv, err := server.NewServer(opts(true))
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.Start()
+	t.Cleanup(func() { srv.Shutdown(); srv.WaitForShutdown() })
+	if !srv.ReadyForConnections(10 * time.Second) {
+		t.Fatal("server not ready")
+	}
+	nc, js := natstest.Connect(t, srv.ClientURL(), nats.UserInfo("backend", "pw"))
+	e := &env{t: t, url: srv.ClientURL(), nc: nc, js: js, names: queue.DefaultNames()}
+	e.provision(1, 10, events.Attempt(1))
+	cleaned := subscribe(t, nc, "job.queue.cleaned.1")
+
+	addr := freeAddr(t)
+	rec := tracetest.NewSpanRecorder()
+	startServeHooks(t, js, append(baseArgs(e.url), "--nats-user", "janitor", "--nats-password", "pw", "--http-addr", addr,
+		"--retry-initial", "50ms", "--retry-max-interval", "200ms", "--retry-attempt-timeout", "300ms"),
+		zerolog.NewTestWriter(t), cli.Hooks{SpanProcessors: []sdktrace.SpanProcessor{rec}})
+	e.emit(events.StatusEvent{JobID: 1, Status: events.StatusRevoked, Attempt: events.Attempt(1)})
+
+	retries := func() float64 {
+		_, text := httpGet(t, "http://"+addr+"/metrics")
+		n, _ := metricValue(text, `queue_janitor_retries_total{operation="jetstream.delete_stream"}`)
+		return n
+	}
+	eventually(t, 15*time.Second, "the refused delete to be retried twice", func() bool { return retries() >= 2 })
+	if !streamExists(t, js, "job_1") {
+		t.Fatal("job_1 was deleted while the server refused it")
+	}
+	if err := srv.ReloadOptions(opts(false)); err != nil {
+		t.Fatalf("reload: %v", err)
+	}
+	eventually(t, 15*time.Second, "job 1 cleaned once the delete is allowed", func() bool { return cleaned.count() == 1 })
+	if streamExists(t, js, "job_1") {
+		t.Error("job_1 survived")
+	}
+
+	var process sdktrace.ReadOnlySpan
+	eventually(t, 10*time.Second, "the event span to end", func() bool {
+		process = findSpan(rec.Ended(), "process job.status.revoked")
+		return process != nil
+	})
+	below := descendants(rec.Ended(), process)
+	del := findSpan(below, "jetstream.delete_stream")
+	if del == nil {
+		t.Fatalf("no delete_stream span under the event span; under it: %v", spanNames(below))
+	}
+	if !hasExceptionEvent(del) {
+		t.Error("the first refused attempt is not recorded on the delete_stream span")
+	}
+	var tries []sdktrace.ReadOnlySpan
+	for _, s := range descendants(rec.Ended(), del) {
+		if s.Name() == "jetstream.delete_stream retry" {
+			tries = append(tries, s)
+		}
+	}
+	if len(tries) < 2 {
+		t.Fatalf("%d retry spans under delete_stream, want at least 2", len(tries))
+	}
+	for i, s := range tries {
+		last := i == len(tries)-1
+		if failed := s.Status().Code == codes.Error; failed == last || failed != hasExceptionEvent(s) {
+			t.Errorf("retry span %d of %d: status %v, exception recorded %v; want failures recorded and the last one ok",
+				i+1, len(tries), s.Status(), hasExceptionEvent(s))
+		}
+		if s.SpanContext().TraceID() != process.SpanContext().TraceID() {
+			t.Errorf("retry span %d is outside the event's trace", i+1)
+		}
+	}
+	if got := retries(); got < float64(len(tries)) {
+		t.Errorf("queue_janitor_retries_total for delete_stream = %v, want at least the %d retries traced", got, len(tries))
+	}
+}
+
+// hasExceptionEvent reports whether a span recorded an error.
+func hasExceptionEvent(s sdktrace.ReadOnlySpan) bool {
+	for _, ev := range s.Events() {
+		if ev.Name == "exception" {
+			return true
+		}
+	}
+	return false
 }

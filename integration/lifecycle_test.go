@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -260,22 +262,43 @@ func TestEventsWhileStoppedAreHandledAfterStart(t *testing.T) {
 }
 
 // TestOutageIsRiddenOut: the NATS server stops in the middle of a burst and
-// comes back on the same store; every cleanup still happens.
+// comes back on the same store; the JetStream calls in flight when it
+// stopped are retried, and every cleanup still happens.
 func TestOutageIsRiddenOut(t *testing.T) {
 	t.Parallel()
 	e := setup(t)
-	const jobs = 40
+	const jobs, batch = 40, 10
 	for id := queue.JobID(1); id <= jobs; id++ {
 		e.provision(id, 5, nil)
 	}
-	e.startService("--retry-initial", "20ms", "--retry-max-interval", "200ms")
-	for id := queue.JobID(1); id <= jobs; id++ {
-		e.emit(events.StatusEvent{JobID: id, Status: events.StatusRevoked})
-		if id == jobs/2 {
-			e.srv.Stop()
-			time.Sleep(time.Second)
-			e.srv.Restart(t)
+	addr := freeAddr(t)
+	e.startService("--retry-initial", "20ms", "--retry-max-interval", "200ms", "--retry-attempt-timeout", "500ms",
+		"--http-addr", addr)
+	retried := func() float64 {
+		_, text := httpGet(t, "http://"+addr+"/metrics")
+		return metricSum(text, "queue_janitor_retries_total")
+	}
+	// Stop the server right after a batch of events, while the service is
+	// working through it; until an outage has caught a call in flight (the
+	// service counts a retry while the server is down), use the next batch.
+	next, outages := queue.JobID(1), 0
+	for ; next+batch-1 <= jobs && retried() == 0; next += batch {
+		for id := next; id < next+batch; id++ {
+			e.emit(events.StatusEvent{JobID: id, Status: events.StatusRevoked})
 		}
+		e.srv.Stop()
+		outages++
+		for down := time.Now(); retried() == 0 && time.Since(down) < 2*time.Second; {
+			time.Sleep(50 * time.Millisecond)
+		}
+		e.srv.Restart(t)
+	}
+	if retried() == 0 {
+		t.Fatalf("%d outages and no JetStream call retried: none caught the service at work", outages)
+	}
+	t.Logf("%d outage(s) until one caught calls in flight; %v retries", outages, retried())
+	for id := next; id <= jobs; id++ {
+		e.emit(events.StatusEvent{JobID: id, Status: events.StatusRevoked})
 	}
 	eventually(t, 60*time.Second, "every job cleaned after the outage", func() bool {
 		for id := queue.JobID(1); id <= jobs; id++ {
@@ -290,4 +313,18 @@ func TestOutageIsRiddenOut(t *testing.T) {
 			t.Errorf("%s lost", keep)
 		}
 	}
+}
+
+// metricSum adds up every series of one metric in Prometheus text.
+func metricSum(text, name string) float64 {
+	var sum float64
+	for _, line := range strings.Split(text, "\n") {
+		if !strings.HasPrefix(line, name+"{") && !strings.HasPrefix(line, name+" ") {
+			continue
+		}
+		if v, err := strconv.ParseFloat(line[strings.LastIndexByte(line, ' ')+1:], 64); err == nil {
+			sum += v
+		}
+	}
+	return sum
 }

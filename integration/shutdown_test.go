@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -119,4 +120,88 @@ func (a *answerLog) count() int {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return len(a.byCause)
+}
+
+// TestSIGTERMWithEffectsStuck: SIGTERM while NATS is down and the effects
+// in flight are retrying. The process does not wait for them past
+// --shutdown-timeout: it exits 0 within that bound plus the margin the
+// deploy files allow for closing (15s), leaves the events unacked, and
+// after NATS and the service come back every job is cleaned, those it was
+// working on once their per-job leases (--lease) have expired.
+func TestSIGTERMWithEffectsStuck(t *testing.T) {
+	t.Parallel()
+	e := setup(t)
+	const jobs = 10
+	const shutdownTimeout, closeMargin = 2 * time.Second, 15 * time.Second
+	for id := queue.JobID(1); id <= jobs; id++ {
+		e.provision(id, 10, nil)
+	}
+	logs := &syncBuffer{}
+	cmd := exec.Command(binary(t), "serve", "--nats-url", e.url, "--http-addr", "", "--clock-skew", "0",
+		"--reconcile-interval", "0", "--shutdown-timeout", shutdownTimeout.String(), "--effect-timeout", "2m",
+		"--retry-max-elapsed", "5s", "--retry-attempt-timeout", "300ms", "--ack-wait", "5s", "--lease", "10s", "--log-format", "json")
+	cmd.Stdout, cmd.Stderr = logs, logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		if t.Failed() {
+			t.Logf("service output:\n%s", logs.String())
+		}
+	})
+	eventually(t, 30*time.Second, "the process consuming", func() bool { return pullWaiting(e.js) > 0 })
+
+	// Stop NATS under a burst until effects are caught retrying.
+	var id queue.JobID
+	for id = 1; id <= jobs && !strings.Contains(logs.String(), "transient NATS error; retrying"); id++ {
+		e.emit(events.StatusEvent{JobID: id, Status: events.StatusRevoked})
+		if id%5 == 0 {
+			e.srv.Stop()
+			for down := time.Now(); time.Since(down) < 2*time.Second && !strings.Contains(logs.String(), "retrying"); {
+				time.Sleep(50 * time.Millisecond)
+			}
+			if !strings.Contains(logs.String(), "retrying") {
+				e.srv.Restart(t)
+			}
+		}
+	}
+	if !strings.Contains(logs.String(), "transient NATS error; retrying") {
+		t.Fatal("no effect was caught in flight by the outages")
+	}
+	sent := time.Now()
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-exited:
+		var exitErr *exec.ExitError
+		if errors.As(err, &exitErr) {
+			t.Fatalf("exit status %d after SIGTERM, want 0", exitErr.ExitCode())
+		} else if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("exited 0 %s after SIGTERM with effects stuck (--shutdown-timeout %s)", time.Since(sent).Round(time.Millisecond), shutdownTimeout)
+	case <-time.After(shutdownTimeout + closeMargin):
+		t.Fatalf("still running %s after SIGTERM: the shutdown waited past its bound", shutdownTimeout+closeMargin)
+	}
+	if !strings.Contains(logs.String(), "shutdown: events still in flight") {
+		t.Error("the shutdown did not say that events in flight were left for redelivery")
+	}
+
+	e.srv.Restart(t)
+	for ; id <= jobs; id++ {
+		e.emit(events.StatusEvent{JobID: id, Status: events.StatusRevoked})
+	}
+	e.startService()
+	eventually(t, 60*time.Second, "every job cleaned after the restart and the leases' expiry", func() bool {
+		for id := queue.JobID(1); id <= jobs; id++ {
+			if streamExists(t, e.js, e.names.StreamName(id)) {
+				return false
+			}
+		}
+		return true
+	})
 }

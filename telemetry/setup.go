@@ -94,7 +94,7 @@ func Setup(ctx context.Context, cfg Config) (*Telemetry, error) {
 		return nil, fmt.Errorf("telemetry resource: %w", err)
 	}
 	t := &Telemetry{}
-	if strings.EqualFold(getenv("OTEL_SDK_DISABLED"), "true") {
+	if sdkDisabled(getenv) {
 		t.TracerProvider = noop.NewTracerProvider()
 		t.Exporters = append(t.Exporters, "traces:disabled")
 	} else if err := t.setupTraces(ctx, cfg, getenv, res); err != nil {
@@ -220,7 +220,17 @@ func durationBuckets() sdkmetric.Option {
 	))
 }
 
+// sdkDisabled applies OTEL_SDK_DISABLED, which turns off every signal's
+// export: traces become a no-op and no metrics are pushed by OTLP (the
+// service's own /metrics endpoint stays).
+func sdkDisabled(getenv func(string) string) bool {
+	return strings.EqualFold(strings.TrimSpace(getenv("OTEL_SDK_DISABLED")), "true")
+}
+
 func wantOTLPMetrics(getenv func(string) string) bool {
+	if sdkDisabled(getenv) {
+		return false
+	}
 	if v := getenv("OTEL_METRICS_EXPORTER"); v != "" {
 		return contains(strings.Split(strings.ToLower(v), ","), "otlp")
 	}

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/jwt/v2"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nkeys"
@@ -134,11 +135,126 @@ func tlsMode(t *testing.T) authMode {
 	}
 }
 
+// credsMode: decentralized JWT auth. The test builds the whole chain: an
+// operator the server trusts, a system account, an application account with
+// JetStream enabled (in operator mode JetStream needs account limits), and
+// users whose .creds files (user JWT and seed) the clients load. The server
+// resolves accounts from memory.
+func credsMode(t *testing.T) authMode {
+	t.Helper()
+	dir := t.TempDir()
+	operator, opPub := newNKey(t, nkeys.CreateOperator)
+	sign := func(c interface {
+		Encode(nkeys.KeyPair) (string, error)
+	}, kp nkeys.KeyPair) string {
+		t.Helper()
+		s, err := c.Encode(kp)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	// accountJWT is the operator-signed JWT of account pub.
+	accountJWT := func(pub, name string, edit func(*jwt.AccountClaims)) string {
+		t.Helper()
+		ac := jwt.NewAccountClaims(pub)
+		ac.Name = name
+		if edit != nil {
+			edit(ac)
+		}
+		return sign(ac, operator)
+	}
+	// credsFile writes a .creds file for a new user signed by account and
+	// returns its path and the user's public key.
+	credsFile := func(name string, account nkeys.KeyPair) (path, pub string) {
+		t.Helper()
+		kp, pub := newNKey(t, nkeys.CreateUser)
+		uc := jwt.NewUserClaims(pub)
+		uc.Name = name
+		seed, err := kp.Seed()
+		if err != nil {
+			t.Fatal(err)
+		}
+		creds, err := jwt.FormatUserConfig(sign(uc, account), seed)
+		if err != nil {
+			t.Fatal(err)
+		}
+		path = filepath.Join(dir, name+".creds")
+		if err := os.WriteFile(path, creds, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return path, pub
+	}
+
+	_, sysPub := newNKey(t, nkeys.CreateAccount)
+	sysJWT := accountJWT(sysPub, "SYS", nil)
+	app, appPub := newNKey(t, nkeys.CreateAccount)
+	backendCreds, _ := credsFile("backend", app)
+	janitorCreds, _ := credsFile("janitor", app)
+	revokedCreds, revokedPub := credsFile("revoked", app)
+	appJWT := accountJWT(appPub, "APP", func(ac *jwt.AccountClaims) {
+		ac.Limits.JetStreamLimits = jwt.JetStreamLimits{MemoryStorage: -1, DiskStorage: -1, Streams: -1, Consumer: -1}
+		ac.Revoke(revokedPub)
+	})
+	// A well-formed user of an account the server has never heard of.
+	stranger, _ := newNKey(t, nkeys.CreateAccount)
+	strangerCreds, _ := credsFile("stranger", stranger)
+	corrupt := filepath.Join(dir, "corrupt.creds")
+	if err := os.WriteFile(corrupt, []byte("-----BEGIN NATS USER JWT-----\nnot a jwt\n------END NATS USER JWT------\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	oc := jwt.NewOperatorClaims(opPub)
+	oc.Name = "OP"
+	oc.SystemAccount = sysPub
+	opJWT := sign(oc, operator)
+	opClaims, err := jwt.DecodeOperatorClaims(opJWT)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resolver := &server.MemAccResolver{}
+	for pub, j := range map[string]string{sysPub: sysJWT, appPub: appJWT} {
+		if err := resolver.Store(pub, j); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return authMode{
+		server: func(o *server.Options) {
+			o.TrustedOperators = []*jwt.OperatorClaims{opClaims}
+			o.SystemAccount = sysPub
+			o.AccountResolver = resolver
+		},
+		backend: []nats.Option{nats.UserCredentials(backendCreds)},
+		args:    []string{"--nats-creds", janitorCreds},
+		refused: []refusal{
+			{name: "unknown account", args: []string{"--nats-creds", strangerCreds}, want: []string{credentialsHint}},
+			{name: "revoked user", args: []string{"--nats-creds", revokedCreds}, want: []string{credentialsHint}},
+			{name: "no credentials", want: []string{credentialsHint}},
+			{name: "missing file", args: []string{"--nats-creds", filepath.Join(dir, "absent.creds")}, want: []string{"creds file", "absent.creds"}},
+			// nats.go reads the file while connecting; its error names the
+			// file and what is missing.
+			{name: "corrupt file", args: []string{"--nats-creds", corrupt}, want: []string{"corrupt.creds", "no nkey seed found"}},
+		},
+	}
+}
+
+// newNKey creates a key pair with create and returns it with its public key.
+func newNKey(t *testing.T, create func() (nkeys.KeyPair, error)) (nkeys.KeyPair, string) {
+	t.Helper()
+	kp, err := create()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, err := kp.PublicKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return kp, pub
+}
+
 // TestAuthModes: for each way of authenticating, the service started with
 // the right credentials cleans a revoked job, and started with wrong or
 // missing ones it stops at once with an error that says what to check.
-// Decentralized auth with a .creds file is documented in deploy/README.md
-// and not tested here: it needs an operator, account and user JWT chain.
 func TestAuthModes(t *testing.T) {
 	t.Parallel()
 	modes := map[string]func(*testing.T) authMode{
@@ -146,6 +262,7 @@ func TestAuthModes(t *testing.T) {
 		"token":         tokenMode,
 		"nkey":          nkeyMode,
 		"tls":           tlsMode,
+		"creds":         credsMode,
 	}
 	for name, mode := range modes {
 		t.Run(name, func(t *testing.T) {

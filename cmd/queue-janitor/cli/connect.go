@@ -10,6 +10,7 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nkeys"
 	"github.com/rs/zerolog"
 )
 
@@ -55,8 +56,8 @@ func connect(c NATSConfig, name string, log zerolog.Logger) (*nats.Conn, error) 
 		}
 		opts = append(opts, opt)
 	case c.CredsFile != "":
-		if _, err := os.Stat(c.CredsFile); err != nil {
-			return nil, fmt.Errorf("creds file: %w", err)
+		if err := checkCreds(c.CredsFile); err != nil {
+			return nil, err
 		}
 		opts = append(opts, nats.UserCredentials(c.CredsFile))
 	}
@@ -74,6 +75,22 @@ func connect(c NATSConfig, name string, log zerolog.Logger) (*nats.Conn, error) 
 		return nil, connectError(c.URL, err)
 	}
 	return nc, nil
+}
+
+// checkCreds reads a .creds file before connecting, so that a missing or
+// malformed file is reported as such rather than as a connection failure.
+func checkCreds(path string) error {
+	data, err := os.ReadFile(path) //nolint:gosec // the operator names the file
+	if err != nil {
+		return fmt.Errorf("NATS creds file: %w: set NATS_CREDS (or --nats-creds) to the file `nsc generate creds` wrote", err)
+	}
+	if _, err := nkeys.ParseDecoratedJWT(data); err != nil {
+		return fmt.Errorf("NATS creds file %s: no user JWT in it (%w): want the file `nsc generate creds` writes", path, err)
+	}
+	if _, err := nkeys.ParseDecoratedNKey(data); err != nil {
+		return fmt.Errorf("NATS creds file %s: no user seed in it (%w): want the file `nsc generate creds` writes", path, err)
+	}
+	return nil
 }
 
 func connectError(url string, err error) error {
@@ -105,6 +122,14 @@ func startEmbedded(c EmbeddedConfig) (*embedded, error) {
 	}
 	if port == 0 {
 		port = server.RANDOM_PORT
+	} else {
+		// The server reports a taken port only by never becoming ready; try
+		// the address first so that the error says what is wrong, at once.
+		ln, err := net.Listen("tcp", c.Listen)
+		if err != nil {
+			return nil, fmt.Errorf("embedded NATS cannot listen on %s: %w: is the port taken? try --embedded-listen 127.0.0.1:0", c.Listen, err)
+		}
+		_ = ln.Close()
 	}
 	e := &embedded{}
 	dir := c.StoreDir

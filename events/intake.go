@@ -180,6 +180,20 @@ func (in *Intake) Ready(context.Context) error {
 	return nil
 }
 
+// logBound says that events are being taken, or why none will arrive: a
+// consumer paused on the server stays paused across restarts.
+func (in *Intake) logBound(cons jetstream.Consumer) {
+	info := cons.CachedInfo()
+	if info != nil && info.Paused {
+		in.log.Warn().Str("stream", in.cfg.Stream).Str("consumer", in.cfg.Consumer).
+			Dur("paused_for", info.PauseRemaining).
+			Msg("event consumer is paused on the server: no events are delivered until it resumes " +
+				"(nats consumer resume " + in.cfg.Stream + " " + in.cfg.Consumer + ")")
+		return
+	}
+	in.log.Info().Str("stream", in.cfg.Stream).Str("consumer", in.cfg.Consumer).Msg("event consumer bound; taking events")
+}
+
 // Run ensures the event stream and consumer, then consumes until ctx is
 // done. At shutdown it stops taking events, naks any it received but did not
 // start, and waits up to ShutdownTimeout for events in flight; those still
@@ -207,6 +221,7 @@ func (in *Intake) Run(ctx context.Context) error {
 			return fmt.Errorf("consume %s/%s: %w", in.cfg.Stream, in.cfg.Consumer, err)
 		}
 		in.bound.Store(true)
+		in.logBound(cons)
 		select {
 		case <-ctx.Done():
 			in.shutdown(base, cc)

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"strconv"
 	"strings"
 	"time"
 
@@ -139,8 +140,12 @@ func (c Config) Validate() error {
 		return err
 	}
 	if c.Embedded.Enabled {
-		if _, _, err := net.SplitHostPort(c.Embedded.Listen); err != nil {
+		_, port, err := net.SplitHostPort(c.Embedded.Listen)
+		if err != nil {
 			return fmt.Errorf("--embedded-listen %q: want host:port: %w", c.Embedded.Listen, err)
+		}
+		if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
+			return fmt.Errorf("--embedded-listen %q: bad port %q: want a number from 0 (any free port) to 65535", c.Embedded.Listen, port)
 		}
 	}
 	if err := c.Names.Validate(); err != nil {

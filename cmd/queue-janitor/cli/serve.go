@@ -109,10 +109,15 @@ func serve(ctx context.Context, cfg Config, log zerolog.Logger, tel *telemetry.T
 		}()
 	}
 
+	// The reconciler stops with the intake: when the intake cannot start
+	// (no event stream to bind to, no consumer), serve returns its error at
+	// once instead of sweeping on with no events read.
+	reconcileCtx, stopReconciler := context.WithCancel(ctx)
+	defer stopReconciler()
 	reconcileDone := make(chan struct{})
 	go func() {
 		defer close(reconcileDone)
-		svc.reconciler(cfg, log, tel).Run(ctx, cfg.Reconcile.Interval, cfg.Reconcile.LeaseTTL)
+		svc.reconciler(cfg, log, tel).Run(reconcileCtx, cfg.Reconcile.Interval, cfg.Reconcile.LeaseTTL)
 	}()
 
 	e := log.Info().Str("replica", owner).Str("nats", svc.nc.ConnectedUrlRedacted()).
@@ -125,6 +130,7 @@ func serve(ctx context.Context, cfg Config, log zerolog.Logger, tel *telemetry.T
 	e.Msg("queue-janitor serving")
 
 	err = intake.Run(ctx)
+	stopReconciler()
 	<-reconcileDone
 	if web != nil {
 		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)

@@ -8,7 +8,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"os/exec"
 	"runtime"
@@ -16,7 +15,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -89,6 +87,9 @@ func benchEnv(b *testing.B, key string, def int) int {
 type benchResults struct {
 	stormService, stormRaw             []time.Duration
 	rawConcurrency                     []int
+	latencyStages                      stageSamples
+	handshakeStages                    stageSamples
+	handshakeLeftStages                stageSamples
 	latencyP50, latencyP90, latencyP99 []time.Duration
 	rawP50, rawP99                     []time.Duration
 	handshakeP50, handshakeP99         []time.Duration
@@ -112,13 +113,17 @@ func benchRound(b *testing.B, bin string, cfg benchConfig, res *benchResults) {
 	// Latency, one event at a time, and a raw delete's round trip.
 	latBase := queue.JobID(1)
 	var lat, raw []time.Duration
+	published := map[queue.JobID][2]time.Time{} // event published, stream seen gone
+	svc.sink.collecting.Store(true)
 	for i := range cfg.latency {
 		id := latBase + queue.JobID(i)
 		provisionMany(b, js, names, id, 1, 10)
 		start := time.Now()
 		publishEvents(b, js, id, 1, events.StatusRevoked)
 		gone.waitAll(b, names, id, 1, 30*time.Second)
-		lat = append(lat, time.Since(start))
+		seen := time.Now()
+		lat = append(lat, seen.Sub(start))
+		published[id] = [2]time.Time{start, seen}
 
 		rid := id + queue.JobID(cfg.latency)
 		provisionMany(b, js, names, rid, 1, 10)
@@ -127,6 +132,13 @@ func benchRound(b *testing.B, bin string, cfg benchConfig, res *benchResults) {
 			b.Fatal(err)
 		}
 		raw = append(raw, time.Since(start))
+	}
+	for i := range cfg.latency {
+		id := latBase + queue.JobID(i)
+		root, spans := svc.sink.event(b, "process job.status.revoked", id)
+		if st := latencyStages(published[id][0], published[id][1], root, spans); st != nil {
+			res.latencyStages.add(published[id][1].Sub(published[id][0]), st)
+		}
 	}
 	res.latencyP50 = append(res.latencyP50, percentile(lat, 50))
 	res.latencyP90 = append(res.latencyP90, percentile(lat, 90))
@@ -137,12 +149,21 @@ func benchRound(b *testing.B, bin string, cfg benchConfig, res *benchResults) {
 	// The restart handshake, without and with a leftover stream.
 	hsBase := latBase + queue.JobID(2*cfg.latency) + 1000
 	var plain, leftover []time.Duration
+	shake := func(id queue.JobID, into *[]time.Duration, stages *stageSamples) {
+		start, received := handshake(b, nc, js, id)
+		*into = append(*into, received.Sub(start))
+		root, spans := svc.sink.event(b, "process job.status.restart_requested", id)
+		if st := handshakeStages(start, received, root, spans, fmt.Sprintf("job.queue.flushed.%d", id)); st != nil {
+			stages.add(received.Sub(start), st)
+		}
+	}
 	for i := range cfg.latency {
-		plain = append(plain, handshake(b, nc, js, hsBase+queue.JobID(i)))
+		shake(hsBase+queue.JobID(i), &plain, &res.handshakeStages)
 		id := hsBase + queue.JobID(cfg.latency+i)
 		provisionMany(b, js, names, id, 1, 500)
-		leftover = append(leftover, handshake(b, nc, js, id))
+		shake(id, &leftover, &res.handshakeLeftStages)
 	}
+	svc.sink.collecting.Store(false)
 	res.handshakeP50 = append(res.handshakeP50, percentile(plain, 50))
 	res.handshakeP99 = append(res.handshakeP99, percentile(plain, 99))
 	res.handshakeLeftP50 = append(res.handshakeLeftP50, percentile(leftover, 50))
@@ -187,8 +208,9 @@ func benchRound(b *testing.B, bin string, cfg benchConfig, res *benchResults) {
 }
 
 // handshake is the backend's Start path: subscribe, publish
-// restart_requested, receive job.queue.flushed.
-func handshake(b *testing.B, nc *nats.Conn, js jetstream.JetStream, id queue.JobID) time.Duration {
+// restart_requested, receive job.queue.flushed. It returns when it
+// published and when the answer arrived.
+func handshake(b *testing.B, nc *nats.Conn, js jetstream.JetStream, id queue.JobID) (published, received time.Time) {
 	b.Helper()
 	sub, err := nc.SubscribeSync(fmt.Sprintf("job.queue.flushed.%d", id))
 	if err != nil {
@@ -200,7 +222,7 @@ func handshake(b *testing.B, nc *nats.Conn, js jetstream.JetStream, id queue.Job
 	if _, err := sub.NextMsg(30 * time.Second); err != nil {
 		b.Fatalf("job %d: no flushed: %v", id, err)
 	}
-	return time.Since(start)
+	return start, time.Now()
 }
 
 // provisionMany creates n jobs' queues with tasks each, in parallel.
@@ -354,6 +376,7 @@ type process struct {
 	cmd  *exec.Cmd
 	logs *bytes.Buffer
 	addr string
+	sink *otlpSink // where its spans go
 }
 
 // profile fetches a CPU profile of the service for d into QJ_BENCH_CPUPROFILE,
@@ -401,7 +424,8 @@ func startProcess(b *testing.B, bin, url string) *process {
 	// Telemetry stays on while measuring: every span is created, batched and
 	// exported over OTLP/HTTP to a local sink that accepts and discards, as
 	// a collector would take them; /metrics is served as always.
-	sink := otlpSink(b)
+	p.sink = newOTLPSink(b)
+	sink := p.sink
 	p.cmd.Env = append(os.Environ(), "OTEL_TRACES_EXPORTER=otlp", "OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf",
 		"OTEL_EXPORTER_OTLP_ENDPOINT="+sink.URL, "OTEL_METRICS_EXPORTER=none")
 	if err := p.cmd.Start(); err != nil {
@@ -410,24 +434,6 @@ func startProcess(b *testing.B, bin, url string) *process {
 	_, js := natstest.Connect(b, url)
 	eventually(b, 30*time.Second, "the service consuming", func() bool { return pullWaiting(js) > 0 })
 	return p
-}
-
-// otlpSink is an OTLP/HTTP endpoint that accepts every export; the count of
-// bytes it received shows that spans were really exported.
-func otlpSink(b *testing.B) *httptest.Server {
-	b.Helper()
-	var received atomic.Int64
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		n, _ := io.Copy(io.Discard, r.Body)
-		received.Add(n)
-		w.Header().Set("Content-Type", "application/x-protobuf")
-		w.WriteHeader(http.StatusOK)
-	}))
-	b.Cleanup(func() {
-		srv.Close()
-		b.Logf("OTLP sink received %d bytes of spans", received.Load())
-	})
-	return srv
 }
 
 func (p *process) stop(b *testing.B) {
@@ -537,5 +543,8 @@ func (r *benchResults) markdown(cfg benchConfig) string {
 	}
 	fmt.Fprintf(&w, "\nStorm ratio per round (service / raw, same server, same round): %s; median %.2f×.\n",
 		strings.Join(per, ", "), float64(median(ratios))/1000)
+	w.WriteString(r.latencyStages.markdown("Where the latency goes, event published → stream gone"))
+	w.WriteString(r.handshakeStages.markdown("Where the handshake goes, nothing left"))
+	w.WriteString(r.handshakeLeftStages.markdown("Where the handshake goes, leftover of 500 tasks"))
 	return w.String()
 }

@@ -90,6 +90,7 @@ type benchResults struct {
 	latencyStages                      stageSamples
 	handshakeStages                    stageSamples
 	handshakeLeftStages                stageSamples
+	largeStages                        stageSamples
 	latencyP50, latencyP90, latencyP99 []time.Duration
 	rawP50, rawP99                     []time.Duration
 	handshakeP50, handshakeP99         []time.Duration
@@ -206,10 +207,17 @@ func benchRound(b *testing.B, bin string, cfg benchConfig, res *benchResults) {
 	// One large queue, through the service and raw.
 	big := rawBase + queue.JobID(cfg.jobs) + 1000
 	provisionMany(b, js, names, big, 1, cfg.large)
+	svc.sink.collecting.Store(true)
 	start = time.Now()
 	publishEvents(b, js, big, 1, events.StatusRevoked)
 	gone.waitAll(b, names, big, 1, 5*time.Minute)
-	res.largeService = append(res.largeService, time.Since(start))
+	seen := time.Now()
+	res.largeService = append(res.largeService, seen.Sub(start))
+	root, spans := svc.sink.event(b, "process job.status.revoked", big)
+	svc.sink.collecting.Store(false)
+	if st := latencyStages(start, seen, root, spans); st != nil {
+		res.largeStages.add(seen.Sub(start), st)
+	}
 	provisionMany(b, js, names, big+1, 1, cfg.large)
 	start = time.Now()
 	if err := js.DeleteStream(context.Background(), names.StreamName(big+1)); err != nil {
@@ -557,5 +565,6 @@ func (r *benchResults) markdown(cfg benchConfig) string {
 	w.WriteString(r.latencyStages.markdown("Where the latency goes, event published → stream gone"))
 	w.WriteString(r.handshakeStages.markdown("Where the handshake goes, nothing left"))
 	w.WriteString(r.handshakeLeftStages.markdown("Where the handshake goes, leftover of 500 tasks"))
+	w.WriteString(r.largeStages.markdown(fmt.Sprintf("Where the large queue's time goes, one stream of %d messages", cfg.large)))
 	return w.String()
 }

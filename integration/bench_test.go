@@ -6,7 +6,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -423,20 +422,10 @@ func (p *process) profile(b *testing.B, d time.Duration) (wait func()) {
 	return func() { <-done }
 }
 
-func freeAddrTB(tb testing.TB) string {
-	tb.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	defer func() { _ = ln.Close() }()
-	return ln.Addr().String()
-}
-
 func startProcess(b *testing.B, bin, url string) *process {
 	b.Helper()
 	p := &process{logs: &bytes.Buffer{}}
-	p.addr = freeAddrTB(b)
+	p.addr = freeAddr(b)
 	p.cmd = exec.Command(bin, "serve", "--nats-url", url, "--http-addr", p.addr, "--pprof", "--log-level", "warn",
 		"--log-format", "json", "--reconcile-interval", "0", "--clock-skew", "0")
 	p.cmd.Stdout, p.cmd.Stderr = p.logs, p.logs

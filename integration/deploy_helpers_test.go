@@ -25,7 +25,6 @@ import (
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
-	"github.com/rs/zerolog"
 
 	"github.com/example/queue-janitor/cmd/queue-janitor/cli"
 )
@@ -128,12 +127,23 @@ func (l *serverLog) matching(substr string) []string {
 // at start.
 func serveOnce(t *testing.T, args []string, timeout time.Duration) error {
 	t.Helper()
+	return serveOnceEnv(t, args, func(string) string { return "" }, timeout)
+}
+
+// serveOnceEnv is serveOnce with an environment; the service's log is
+// shown when the test fails.
+func serveOnceEnv(t *testing.T, args []string, getenv func(string) string, timeout time.Duration) error {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), timeout)
 	defer cancel()
+	logs := &syncBuffer{}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("serve log:\n%s", logs.String())
+		}
+	})
 	done := make(chan error, 1)
-	go func() {
-		done <- cli.Run(ctx, args, func(string) string { return "" }, io.Discard, zerolog.NewTestWriter(t))
-	}()
+	go func() { done <- cli.Run(ctx, args, getenv, io.Discard, logs) }()
 	select {
 	case err := <-done:
 		return err

@@ -5,11 +5,8 @@ package integration
 // `serve --bind-event-stream` (binding to an event stream someone else owns).
 
 import (
-	"bufio"
-	"context"
 	"encoding/json"
 	"errors"
-	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -43,61 +40,6 @@ func embServeArgs(t *testing.T, listen, storeDir string) []string {
 		t.Fatalf("baseArgs changed shape: %q", base)
 	}
 	return append(args, "--embedded-nats", "--embedded-listen", listen, "--embedded-store-dir", storeDir)
-}
-
-// embFreeAddr is a loopback address with a port free a moment ago.
-func embFreeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	if err := ln.Close(); err != nil {
-		t.Fatal(err)
-	}
-	return addr
-}
-
-// embLogLine is the first JSON log line whose message starts with msg.
-func embLogLine(t *testing.T, logs string, msg string) map[string]any {
-	t.Helper()
-	sc := bufio.NewScanner(strings.NewReader(logs))
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		var line map[string]any
-		if json.Unmarshal(sc.Bytes(), &line) != nil {
-			continue
-		}
-		if m, _ := line["message"].(string); strings.HasPrefix(m, msg) {
-			return line
-		}
-	}
-	t.Fatalf("no log line %q in:\n%s", msg, logs)
-	return nil
-}
-
-// embRunOnce runs `queue-janitor serve` with args and getenv until it
-// returns; for configurations that must fail at start.
-func embRunOnce(t *testing.T, args []string, getenv func(string) string, timeout time.Duration) error {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(t.Context(), timeout)
-	defer cancel()
-	logs := &syncBuffer{}
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("serve log:\n%s", logs.String())
-		}
-	})
-	done := make(chan error, 1)
-	go func() { done <- cli.Run(ctx, args, getenv, io.Discard, logs) }()
-	select {
-	case err := <-done:
-		return err
-	case <-time.After(timeout + 30*time.Second):
-		t.Fatal("serve did not return after its context ended")
-		return nil
-	}
 }
 
 // embRecord reads job id's record from the service's bucket.
@@ -155,7 +97,7 @@ func TestServeEmbeddedNATS(t *testing.T) {
 			t.Run(tc.name, func(t *testing.T) {
 				t.Parallel()
 				start := time.Now()
-				err := embRunOnce(t, embServeArgs(t, tc.listen, t.TempDir()), func(string) string { return "" }, 40*time.Second)
+				err := serveOnceEnv(t, embServeArgs(t, tc.listen, t.TempDir()), func(string) string { return "" }, 40*time.Second)
 				if err == nil {
 					t.Fatalf("serve --embedded-listen %q returned no error", tc.listen)
 				}
@@ -175,7 +117,7 @@ func TestServeEmbeddedNATS(t *testing.T) {
 
 	t.Run("serves, persists and restarts", func(t *testing.T) {
 		t.Parallel()
-		listen := embFreeAddr(t)
+		listen := freeAddr(t)
 		storeDir := t.TempDir()
 		url := "nats://" + listen
 		args := embServeArgs(t, listen, storeDir)
@@ -203,7 +145,7 @@ func TestServeEmbeddedNATS(t *testing.T) {
 			t.Fatalf("a plain client cannot connect to --embedded-listen %s: %v", listen, err)
 		}
 		plain.Close()
-		started := embLogLine(t, logs1.String(), "embedded NATS JetStream server started")
+		started := firstLogLine(t, logs1.String(), "embedded NATS JetStream server started")
 		if started["url"] != url {
 			t.Errorf("log says the embedded server is at %v, want %s", started["url"], url)
 		}
@@ -376,7 +318,7 @@ func TestBindEventStream(t *testing.T) {
 				args := append(baseArgs(e.url), tc.extra...)
 				const timeout = 20 * time.Second
 				start := time.Now()
-				err := embRunOnce(t, args, func(k string) string { return tc.env[k] }, timeout)
+				err := serveOnceEnv(t, args, func(k string) string { return tc.env[k] }, timeout)
 				took := time.Since(start)
 				if err == nil {
 					t.Fatal("serve --bind-event-stream without the event stream returned no error")

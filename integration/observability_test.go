@@ -166,11 +166,11 @@ func assertAttrs(t *testing.T, s sdktrace.ReadOnlySpan, want map[string]string) 
 }
 
 // freeAddr is a loopback address with a port nobody listens on.
-func freeAddr(t *testing.T) string {
-	t.Helper()
+func freeAddr(tb testing.TB) string {
+	tb.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
 	addr := ln.Addr().String()
 	_ = ln.Close()

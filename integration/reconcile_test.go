@@ -296,3 +296,13 @@ func logLines(t *testing.T, text, msg string) []map[string]any {
 	}
 	return out
 }
+
+// firstLogLine is the first JSON log line whose message starts with msg.
+func firstLogLine(t *testing.T, text, msg string) map[string]any {
+	t.Helper()
+	lines := logLines(t, text, msg)
+	if len(lines) == 0 {
+		t.Fatalf("no log line %q in:\n%s", msg, text)
+	}
+	return lines[0]
+}

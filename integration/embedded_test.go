@@ -135,7 +135,7 @@ func TestServeEmbeddedNATS(t *testing.T) {
 		})
 		svc := startServe(t, js, args, logs1)
 
-		// The listen address is honoured: the client is connected there, a
+		// The listen address is honored: the client is connected there, a
 		// plain client can connect there, and the service says so.
 		if got := nc.ConnectedUrl(); got != url {
 			t.Errorf("backend client connected to %q, want %q", got, url)

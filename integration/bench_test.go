@@ -135,10 +135,7 @@ func benchRound(b *testing.B, bin string, cfg benchConfig, res *benchResults) {
 	}
 	for i := range cfg.latency {
 		id := latBase + queue.JobID(i)
-		root, spans := svc.sink.event(b, "process job.status.revoked", id)
-		if st := latencyStages(published[id][0], published[id][1], root, spans); st != nil {
-			res.latencyStages.add(published[id][1].Sub(published[id][0]), st)
-		}
+		res.latencyStages.record(b, svc.sink, "process job.status.revoked", id, published[id][0], published[id][1], goneStages)
 	}
 	res.latencyP50 = append(res.latencyP50, percentile(lat, 50))
 	res.latencyP90 = append(res.latencyP90, percentile(lat, 90))
@@ -164,15 +161,11 @@ func benchRound(b *testing.B, bin string, cfg benchConfig, res *benchResults) {
 	// The spans arrive with the exporter's batches, after the measurements.
 	for i := range 2 * cfg.latency {
 		id := hsBase + queue.JobID(i)
-		root, spans := svc.sink.event(b, "process job.status.restart_requested", id)
-		t := shaken[id]
 		stages := &res.handshakeStages
 		if i >= cfg.latency {
 			stages = &res.handshakeLeftStages
 		}
-		if st := handshakeStages(t[0], t[1], root, spans, fmt.Sprintf("job.queue.flushed.%d", id)); st != nil {
-			stages.add(t[1].Sub(t[0]), st)
-		}
+		stages.record(b, svc.sink, "process job.status.restart_requested", id, shaken[id][0], shaken[id][1], flushedStages)
 	}
 	svc.sink.collecting.Store(false)
 	res.handshakeP50 = append(res.handshakeP50, percentile(plain, 50))
@@ -212,11 +205,8 @@ func benchRound(b *testing.B, bin string, cfg benchConfig, res *benchResults) {
 	gone.waitAll(b, names, big, 1, 5*time.Minute)
 	seen := time.Now()
 	res.largeService = append(res.largeService, seen.Sub(start))
-	root, spans := svc.sink.event(b, "process job.status.revoked", big)
+	res.largeStages.record(b, svc.sink, "process job.status.revoked", big, start, seen, goneStages)
 	svc.sink.collecting.Store(false)
-	if st := latencyStages(start, seen, root, spans); st != nil {
-		res.largeStages.add(seen.Sub(start), st)
-	}
 	provisionMany(b, js, names, big+1, 1, cfg.large)
 	start = time.Now()
 	if err := js.DeleteStream(context.Background(), names.StreamName(big+1)); err != nil {

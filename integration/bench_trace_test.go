@@ -117,25 +117,55 @@ func (s *otlpSink) event(b *testing.B, name string, id queue.JobID) (root sinkSp
 	}
 }
 
-// stageSamples holds, per stage of a path, one duration per event.
+// stagePath is the critical path of one kind of event: the span whose end
+// the observer waits for, and the names of its five stages.
+type stagePath struct {
+	step  func(id queue.JobID) string
+	names [5]string
+}
+
+var (
+	// goneStages: event published → the server's stream-deleted advisory
+	// seen by the benchmark.
+	goneStages = stagePath{
+		step: func(queue.JobID) string { return "jetstream.delete_stream" },
+		names: [5]string{"publish and delivery to the service", "record read and lease (kv.get, kv.update)",
+			"fence (stream info)", "delete stream", "advisory reaches the observer"},
+	}
+	// flushedStages: restart_requested published → flushed received.
+	flushedStages = stagePath{
+		step: func(id queue.JobID) string { return fmt.Sprintf("publish job.queue.flushed.%d", id) },
+		names: [5]string{"publish and delivery to the service", "record read and lease (kv.get, kv.update)",
+			"fence and flush (stream info, deletes)", "publish flushed", "flushed reaches the backend"},
+	}
+)
+
+// stageSamples holds, per stage of one path, one duration per event.
 type stageSamples struct {
-	order  []string
-	byName map[string][]time.Duration
+	names  [5]string
+	stages [5][]time.Duration
 	totals []time.Duration
 }
 
-func (s *stageSamples) add(total time.Duration, stages [][2]any) {
-	if s.byName == nil {
-		s.byName = map[string][]time.Duration{}
+// record splits the time of the event span named event for job id, from
+// published to seen, along path: until the service starts handling it
+// (publish ack, delivery to the pull consumer), the record and lease, from
+// the fence to the step, the step, and from the step's end until the
+// observer saw its effect. The stages add up to the measured time.
+func (s *stageSamples) record(b *testing.B, sink *otlpSink, event string, id queue.JobID, published, seen time.Time, path stagePath) {
+	b.Helper()
+	root, spans := sink.event(b, event, id)
+	step, ok := first(spans, path.step(id))
+	if !ok {
+		b.Fatalf("job %d: no %q span under %q", id, path.step(id), event)
 	}
-	s.totals = append(s.totals, total)
-	for _, st := range stages {
-		name, d := st[0].(string), st[1].(time.Duration)
-		if _, seen := s.byName[name]; !seen {
-			s.order = append(s.order, name)
-		}
-		s.byName[name] = append(s.byName[name], d)
+	info, _ := first(spans, "jetstream.stream_info")
+	s.names = path.names
+	for i, d := range []time.Duration{root.start.Sub(published), info.start.Sub(root.start),
+		step.start.Sub(info.start), step.end.Sub(step.start), seen.Sub(step.end)} {
+		s.stages[i] = append(s.stages[i], d)
 	}
+	s.totals = append(s.totals, seen.Sub(published))
 }
 
 // first returns the earliest-starting span named name, or false.
@@ -148,42 +178,6 @@ func first(spans []sinkSpan, name string) (sinkSpan, bool) {
 		}
 	}
 	return out, found
-}
-
-// latencyStages splits one event's publish → stream-gone time along its
-// critical path: until the service starts handling it (publish ack,
-// delivery to the pull consumer), the record and fence before the delete,
-// the delete itself, and until the test saw the server's stream-deleted
-// advisory.
-func latencyStages(published, seen time.Time, root sinkSpan, spans []sinkSpan) [][2]any {
-	del, ok := first(spans, "jetstream.delete_stream")
-	if !ok {
-		return nil
-	}
-	info, _ := first(spans, "jetstream.stream_info")
-	return [][2]any{
-		{"publish and delivery to the service", root.start.Sub(published)},
-		{"record read and lease (kv.get, kv.update)", info.start.Sub(root.start)},
-		{"fence (stream info)", del.start.Sub(info.start)},
-		{"delete stream", del.end.Sub(del.start)},
-		{"advisory reaches the observer", seen.Sub(del.end)},
-	}
-}
-
-// handshakeStages splits restart_requested published → flushed received.
-func handshakeStages(published, received time.Time, root sinkSpan, spans []sinkSpan, answer string) [][2]any {
-	pub, ok := first(spans, "publish "+answer)
-	if !ok {
-		return nil
-	}
-	info, _ := first(spans, "jetstream.stream_info")
-	return [][2]any{
-		{"publish and delivery to the service", root.start.Sub(published)},
-		{"record read and lease (kv.get, kv.update)", info.start.Sub(root.start)},
-		{"fence and flush (stream info, deletes)", pub.start.Sub(info.start)},
-		{"publish flushed", pub.end.Sub(pub.start)},
-		{"flushed reaches the backend", received.Sub(pub.end)},
-	}
 }
 
 // markdown prints p50/p90/p99 per stage, and the stages of the slowest 1%
@@ -201,19 +195,16 @@ func (s *stageSamples) markdown(title string) string {
 	tail := idx[:max(1, len(idx)/100)]
 	fmt.Fprintf(&w, "\n%s (%d events, all rounds; from the service's exported spans):\n\n", title, len(s.totals))
 	fmt.Fprintf(&w, "| stage | p50 | p90 | p99 | median in the slowest 1%% (%d events) |\n|---|---|---|---|---|\n", len(tail))
-	for _, name := range s.order {
-		ds := s.byName[name]
+	row := func(name string, ds []time.Duration) {
 		var slow []time.Duration
 		for _, i := range tail {
 			slow = append(slow, ds[i])
 		}
 		fmt.Fprintf(&w, "| %s | %s | %s | %s | %s |\n", name, ms(percentile(ds, 50)), ms(percentile(ds, 90)), ms(percentile(ds, 99)), ms(median(slow)))
 	}
-	var slow []time.Duration
-	for _, i := range tail {
-		slow = append(slow, s.totals[i])
+	for n, name := range s.names {
+		row(name, s.stages[n])
 	}
-	fmt.Fprintf(&w, "| **total** | %s | %s | %s | %s |\n", ms(percentile(s.totals, 50)), ms(percentile(s.totals, 90)),
-		ms(percentile(s.totals, 99)), ms(median(slow)))
+	row("**total**", s.totals)
 	return w.String()
 }

@@ -300,3 +300,16 @@ func decodeEmitted(tb testing.TB, m *nats.Msg) emitted {
 	}
 	return e
 }
+
+// awaitJobsGone waits until the streams of jobs 1..n are all gone.
+func (e *env) awaitJobsGone(t *testing.T, n int, timeout time.Duration, what string) {
+	t.Helper()
+	eventually(t, timeout, what, func() bool {
+		for id := queue.JobID(1); id <= queue.JobID(n); id++ {
+			if streamExists(t, e.js, e.names.StreamName(id)) {
+				return false
+			}
+		}
+		return true
+	})
+}

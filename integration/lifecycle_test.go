@@ -251,14 +251,7 @@ func TestEventsWhileStoppedAreHandledAfterStart(t *testing.T) {
 		}
 	}
 	e.startService()
-	eventually(t, 15*time.Second, "all five cleaned", func() bool {
-		for id := queue.JobID(1); id <= 5; id++ {
-			if streamExists(t, e.js, e.names.StreamName(id)) {
-				return false
-			}
-		}
-		return true
-	})
+	e.awaitJobsGone(t, 5, 15*time.Second, "all five cleaned")
 }
 
 // TestOutageIsRiddenOut: the NATS server stops in the middle of a burst and
@@ -300,14 +293,7 @@ func TestOutageIsRiddenOut(t *testing.T) {
 	for id := next; id <= jobs; id++ {
 		e.emit(events.StatusEvent{JobID: id, Status: events.StatusRevoked})
 	}
-	eventually(t, 60*time.Second, "every job cleaned after the outage", func() bool {
-		for id := queue.JobID(1); id <= jobs; id++ {
-			if streamExists(t, e.js, e.names.StreamName(id)) {
-				return false
-			}
-		}
-		return true
-	})
+	e.awaitJobsGone(t, jobs, 60*time.Second, "every job cleaned after the outage")
 	for _, keep := range []string{"advisories", "JOB_EVENTS"} {
 		if !streamExists(t, e.js, keep) {
 			t.Errorf("%s lost", keep)

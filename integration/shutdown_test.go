@@ -1,7 +1,6 @@
 package integration
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"os"
@@ -57,54 +56,17 @@ func TestSIGTERMMidBurst(t *testing.T) {
 	}
 	answers := collectAnswers(t, e.nc)
 
-	var logs bytes.Buffer
-	cmd := exec.Command(binary(t), "serve", "--nats-url", e.url, "--http-addr", "", "--clock-skew", "0",
-		"--reconcile-interval", "0", "--shutdown-timeout", "10s", "--log-format", "json", "--concurrency", "4")
-	cmd.Stdout, cmd.Stderr = &logs, &logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		if t.Failed() {
-			t.Logf("service output:\n%s", logs.String())
-		}
-	})
-	before := 0
-	eventually(t, 30*time.Second, "the process consuming", func() bool { return pullWaiting(e.js) > before })
+	svc := startServeProcess(t, e, "--shutdown-timeout", "10s", "--concurrency", "4")
 
 	for id := queue.JobID(1); id <= jobs; id++ {
 		e.emit(events.StatusEvent{ID: fmt.Sprintf("revoke-%d", id), JobID: id, Status: events.StatusRevoked})
 	}
 	eventually(t, 30*time.Second, "a few cleanups", func() bool { return answers.count() >= 5 })
-	sent := time.Now()
-	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case err := <-exited:
-		var exitErr *exec.ExitError
-		if errors.As(err, &exitErr) {
-			t.Fatalf("exit status %d after SIGTERM, want 0", exitErr.ExitCode())
-		} else if err != nil {
-			t.Fatal(err)
-		}
-		t.Logf("exited 0 %s after SIGTERM, %d of %d jobs answered by then", time.Since(sent).Round(time.Millisecond), answers.count(), jobs)
-	case <-time.After(20 * time.Second):
-		t.Fatal("still running 20s after SIGTERM (shutdown bound 10s)")
-	}
+	took := svc.sigterm(t, 20*time.Second)
+	t.Logf("exited 0 %s after SIGTERM (--shutdown-timeout 10s), %d of %d jobs answered by then", took, answers.count(), jobs)
 
 	e.startService()
-	eventually(t, 30*time.Second, "every job cleaned after the restart", func() bool {
-		for id := queue.JobID(1); id <= jobs; id++ {
-			if streamExists(t, e.js, e.names.StreamName(id)) {
-				return false
-			}
-		}
-		return true
-	})
+	e.awaitJobsGone(t, jobs, 30*time.Second, "every job cleaned after the restart")
 	e.waitSettled(t)
 	if twice := answers.removedMoreThanOnce(); len(twice) > 0 {
 		t.Errorf("streams removed more than once: %v", twice)
@@ -136,23 +98,9 @@ func TestSIGTERMWithEffectsStuck(t *testing.T) {
 	for id := queue.JobID(1); id <= jobs; id++ {
 		e.provision(id, 10, nil)
 	}
-	logs := &syncBuffer{}
-	cmd := exec.Command(binary(t), "serve", "--nats-url", e.url, "--http-addr", "", "--clock-skew", "0",
-		"--reconcile-interval", "0", "--shutdown-timeout", shutdownTimeout.String(), "--effect-timeout", "2m",
-		"--retry-max-elapsed", "5s", "--retry-attempt-timeout", "300ms", "--ack-wait", "5s", "--lease", "10s", "--log-format", "json")
-	cmd.Stdout, cmd.Stderr = logs, logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		if t.Failed() {
-			t.Logf("service output:\n%s", logs.String())
-		}
-	})
-	eventually(t, 30*time.Second, "the process consuming", func() bool { return pullWaiting(e.js) > 0 })
+	svc := startServeProcess(t, e, "--shutdown-timeout", shutdownTimeout.String(), "--effect-timeout", "2m",
+		"--retry-max-elapsed", "5s", "--retry-attempt-timeout", "300ms", "--ack-wait", "5s", "--lease", "10s")
+	logs := svc.logs
 
 	// Stop NATS under a burst until effects are caught retrying.
 	var id queue.JobID
@@ -171,22 +119,8 @@ func TestSIGTERMWithEffectsStuck(t *testing.T) {
 	if !strings.Contains(logs.String(), "transient NATS error; retrying") {
 		t.Fatal("no effect was caught in flight by the outages")
 	}
-	sent := time.Now()
-	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case err := <-exited:
-		var exitErr *exec.ExitError
-		if errors.As(err, &exitErr) {
-			t.Fatalf("exit status %d after SIGTERM, want 0", exitErr.ExitCode())
-		} else if err != nil {
-			t.Fatal(err)
-		}
-		t.Logf("exited 0 %s after SIGTERM with effects stuck (--shutdown-timeout %s)", time.Since(sent).Round(time.Millisecond), shutdownTimeout)
-	case <-time.After(shutdownTimeout + closeMargin):
-		t.Fatalf("still running %s after SIGTERM: the shutdown waited past its bound", shutdownTimeout+closeMargin)
-	}
+	took := svc.sigterm(t, shutdownTimeout+closeMargin)
+	t.Logf("exited 0 %s after SIGTERM with effects stuck (--shutdown-timeout %s)", took, shutdownTimeout)
 	if !strings.Contains(logs.String(), "shutdown: events still in flight") {
 		t.Error("the shutdown did not say that events in flight were left for redelivery")
 	}
@@ -196,12 +130,58 @@ func TestSIGTERMWithEffectsStuck(t *testing.T) {
 		e.emit(events.StatusEvent{JobID: id, Status: events.StatusRevoked})
 	}
 	e.startService()
-	eventually(t, 60*time.Second, "every job cleaned after the restart and the leases' expiry", func() bool {
-		for id := queue.JobID(1); id <= jobs; id++ {
-			if streamExists(t, e.js, e.names.StreamName(id)) {
-				return false
-			}
+	e.awaitJobsGone(t, jobs, 60*time.Second, "every job cleaned after the restart and the leases' expiry")
+}
+
+// serveProcess is `queue-janitor serve` running as its own process.
+type serveProcess struct {
+	cmd    *exec.Cmd
+	logs   *syncBuffer
+	exited chan error
+}
+
+// startServeProcess runs the binary's serve against e's server with extra
+// flags, and waits until it consumes. It is killed at the end of the test,
+// and its output shown if the test failed.
+func startServeProcess(t *testing.T, e *env, extra ...string) *serveProcess {
+	t.Helper()
+	p := &serveProcess{logs: &syncBuffer{}, exited: make(chan error, 1)}
+	p.cmd = exec.Command(binary(t), append([]string{"serve", "--nats-url", e.url, "--http-addr", "", "--clock-skew", "0",
+		"--reconcile-interval", "0", "--log-format", "json"}, extra...)...)
+	p.cmd.Stdout, p.cmd.Stderr = p.logs, p.logs
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { p.exited <- p.cmd.Wait() }()
+	t.Cleanup(func() {
+		_ = p.cmd.Process.Kill()
+		if t.Failed() {
+			t.Logf("service output:\n%s", p.logs.String())
 		}
-		return true
 	})
+	eventually(t, 30*time.Second, "the process consuming", func() bool { return pullWaiting(e.js) > 0 })
+	return p
+}
+
+// sigterm sends SIGTERM and requires exit status 0 within bound; it returns
+// how long the process took.
+func (p *serveProcess) sigterm(t *testing.T, bound time.Duration) time.Duration {
+	t.Helper()
+	sent := time.Now()
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-p.exited:
+		var exitErr *exec.ExitError
+		if errors.As(err, &exitErr) {
+			t.Fatalf("exit status %d after SIGTERM, want 0", exitErr.ExitCode())
+		} else if err != nil {
+			t.Fatal(err)
+		}
+		return time.Since(sent).Round(time.Millisecond)
+	case <-time.After(bound):
+		t.Fatalf("still running %s after SIGTERM: the shutdown waited past its bound", bound)
+		return 0
+	}
 }

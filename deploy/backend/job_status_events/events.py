@@ -255,38 +255,27 @@ def build_status_event(
     subject = config.subject_prefix + token
     ce_type = config.type_prefix + "job.status." + token
     traceparent, tracestate = _trace(config)
+    # The context attributes, in both content modes.
+    attrs: Dict[str, object] = {
+        "specversion": SPEC_VERSION,
+        "id": event_id,
+        "source": config.source,
+        "type": ce_type,
+        "subject": str(job_id),
+    }
+    if when is not None:
+        attrs["time"] = when
+    trace: Dict[str, str] = {}
+    if traceparent is not None:
+        trace["traceparent"] = traceparent
+        if tracestate is not None:
+            trace["tracestate"] = tracestate
     if config.binary:
-        headers = {
-            "ce-specversion": SPEC_VERSION,
-            "ce-id": event_id,
-            "ce-source": config.source,
-            "ce-type": ce_type,
-            "ce-subject": str(job_id),
-        }
-        if when is not None:
-            headers["ce-time"] = when
-        if traceparent is not None:
-            headers["ce-traceparent"] = traceparent
-            if tracestate is not None:
-                headers["ce-tracestate"] = tracestate
+        headers = {"ce-" + k: str(v) for k, v in {**attrs, **trace}.items()}
         headers["Content-Type"] = CONTENT_TYPE_JSON
         body = _json(data)
     else:
-        event: Dict[str, object] = {
-            "specversion": SPEC_VERSION,
-            "id": event_id,
-            "source": config.source,
-            "type": ce_type,
-            "subject": str(job_id),
-        }
-        if when is not None:
-            event["time"] = when
-        event["datacontenttype"] = CONTENT_TYPE_JSON
-        if traceparent is not None:
-            event["traceparent"] = traceparent
-            if tracestate is not None:
-                event["tracestate"] = tracestate
-        event["data"] = data
+        event = {**attrs, "datacontenttype": CONTENT_TYPE_JSON, **trace, "data": data}
         headers = {"Content-Type": CONTENT_TYPE_STRUCTURED}
         body = _json(event)
     headers[MSG_ID_HEADER] = event_id

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import datetime as _dt
 import logging
-from typing import Awaitable, Callable, Dict, Optional
+from typing import Any, Awaitable, Callable, Dict, Optional
 
 from .events import EventConfig, StatusMessage, build_status_event
 
@@ -50,24 +50,11 @@ class StatusPublisher:
         self._retry_delay = retry_delay
         self._sleep = sleep
 
-    def build(
-        self,
-        job_id: int,
-        status: str,
-        *,
-        time: Optional[_dt.datetime] = None,
-        previous_status: Optional[str] = None,
-        attempt: Optional[int] = None,
-        dispatch_mode: Optional[str] = None,
-        reason: Optional[str] = None,
-        actor: Optional[str] = None,
-        event_id: Optional[str] = None,
-    ) -> StatusMessage:
-        """``build_status_event`` with this publisher's configuration."""
-        return build_status_event(
-            job_id, status, time=time, previous_status=previous_status, attempt=attempt,
-            dispatch_mode=dispatch_mode, reason=reason, actor=actor, config=self.config, event_id=event_id,
-        )
+    def build(self, job_id: int, status: str, **fields: Any) -> StatusMessage:
+        """``build_status_event`` with this publisher's configuration; ``fields``
+        are its keyword arguments (time, previous_status, attempt,
+        dispatch_mode, reason, actor, event_id)."""
+        return build_status_event(job_id, status, config=self.config, **fields)
 
     async def send(self, msg: StatusMessage) -> None:
         """Publish a built message, retrying it unchanged on failure."""
@@ -85,20 +72,9 @@ class StatusPublisher:
             await self._sleep(delay)
             delay *= 2
 
-    async def publish_status(
-        self,
-        job_id: int,
-        status: str,
-        *,
-        time: Optional[_dt.datetime] = None,
-        previous_status: Optional[str] = None,
-        attempt: Optional[int] = None,
-        dispatch_mode: Optional[str] = None,
-        reason: Optional[str] = None,
-        actor: Optional[str] = None,
-    ) -> StatusMessage:
-        """Build and publish one transition's event; returns what was sent."""
-        msg = self.build(job_id, status, time=time, previous_status=previous_status, attempt=attempt,
-                         dispatch_mode=dispatch_mode, reason=reason, actor=actor)
+    async def publish_status(self, job_id: int, status: str, **fields: Any) -> StatusMessage:
+        """Build and publish one transition's event (``fields`` as for
+        ``build``); returns what was sent."""
+        msg = self.build(job_id, status, **fields)
         await self.send(msg)
         return msg

@@ -44,9 +44,14 @@ type JobStatus struct {
 	ID     string
 	Source string
 	Type   string
-	// Time is when the transition happened; it is set for every terminal or
-	// restart event and may be zero for others.
+	// Time is when the transition happened, by the producer's clock; it is
+	// set for every terminal or restart event and may be zero for others.
+	// It is for display and lag: decisions use Stored.
 	Time time.Time
+	// Stored is when the event reached the event stream, in the NATS
+	// server's clock (the JetStream message timestamp). The intake sets it;
+	// events are ordered and streams fenced by it.
+	Stored time.Time
 	// JobID is the job, from both the `subject` attribute and data.job_id.
 	JobID queue.JobID
 	// Status is the new status, lower case.

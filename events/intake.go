@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"runtime/debug"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -66,8 +67,12 @@ type IntakeConfig struct {
 	MaxAge   time.Duration
 	// Consumer is the durable pull consumer shared by every replica.
 	Consumer string
-	// MaxDeliver bounds deliveries of one event; on the last one a failing
-	// event is dead-lettered instead of retried.
+	// MaxDeliver bounds deliveries of an event that keeps failing for a
+	// reason of its own (a panic, a permission the service lacks); on the
+	// last one it is dead-lettered instead of retried. The service counts
+	// them itself: the server's consumer redelivers without limit, so an
+	// event is never dropped by the server, and an event that fails only
+	// because NATS is unavailable is retried until it succeeds.
 	MaxDeliver int
 	// AckWait is how long the server waits for an ack before redelivering
 	// (the first step of the consumer's redelivery backoff).
@@ -81,6 +86,13 @@ type IntakeConfig struct {
 	ShutdownTimeout time.Duration
 	// MaxEventBytes bounds an event's size.
 	MaxEventBytes int
+	// MaxFuture bounds how far an event's time may lie ahead of when it
+	// reached the event stream; later ones are dead-lettered.
+	MaxFuture time.Duration
+	// MaxPark bounds how long an event waits, parked without holding a
+	// concurrency slot, for another claim on its job to end before it is
+	// handed back to the server.
+	MaxPark time.Duration
 }
 
 // DefaultIntakeConfig returns the contract's defaults.
@@ -92,11 +104,13 @@ func DefaultIntakeConfig() IntakeConfig {
 		MaxAge:          7 * 24 * time.Hour,
 		Consumer:        "queue-janitor",
 		MaxDeliver:      10,
-		AckWait:         30 * time.Second,
+		AckWait:         10 * time.Second,
 		Concurrency:     32,
 		EffectTimeout:   2 * time.Minute,
 		ShutdownTimeout: 30 * time.Second,
 		MaxEventBytes:   DefaultMaxEventBytes,
+		MaxFuture:       DefaultMaxFuture,
+		MaxPark:         2 * time.Minute,
 	}
 }
 
@@ -121,6 +135,10 @@ func (c IntakeConfig) Validate() error {
 		return fmt.Errorf("max event bytes %d: must be at least 1024", c.MaxEventBytes)
 	case c.Replicas < 1 || c.Replicas > 5:
 		return fmt.Errorf("event stream replicas %d: must be 1 to 5", c.Replicas)
+	case c.MaxFuture < 0:
+		return fmt.Errorf("max event future %s: must not be negative (0 turns the check off)", c.MaxFuture)
+	case c.MaxPark < 0:
+		return fmt.Errorf("max park %s: must not be negative", c.MaxPark)
 	}
 	return nil
 }
@@ -154,6 +172,11 @@ type Intake struct {
 	stopping atomic.Bool
 	bound    atomic.Bool
 	lost     chan struct{}
+	// parked counts events waiting for another claim on their job; halt is
+	// closed at shutdown to hand them back.
+	parked   sync.WaitGroup
+	halt     chan struct{}
+	haltOnce sync.Once
 }
 
 // NewIntake returns an Intake; call Run to start it.
@@ -169,6 +192,7 @@ func NewIntake(js jetstream.JetStream, cfg IntakeConfig, decoder Decoder, h Hand
 		log: deps.Logger, tracer: deps.Tracer, metrics: deps.Metrics,
 		dispatch: newDispatcher(cfg.Concurrency),
 		lost:     make(chan struct{}, 1),
+		halt:     make(chan struct{}),
 	}
 }
 
@@ -238,6 +262,7 @@ func (in *Intake) Run(ctx context.Context) error {
 func (in *Intake) shutdown(ctx context.Context, cc jetstream.ConsumeContext) {
 	in.stopping.Store(true)
 	in.bound.Store(false)
+	in.haltOnce.Do(func() { close(in.halt) })
 	cc.Drain()
 	ctx, cancel := context.WithTimeout(ctx, in.cfg.ShutdownTimeout)
 	defer cancel()
@@ -245,6 +270,7 @@ func (in *Intake) shutdown(ctx context.Context, cc jetstream.ConsumeContext) {
 	case <-cc.Closed():
 	case <-ctx.Done():
 	}
+	in.parked.Wait() // parked events are handed back at once
 	if !in.dispatch.wait(ctx) {
 		in.log.Warn().Dur("waited", in.cfg.ShutdownTimeout).
 			Msg("shutdown: events still in flight; they were not acked and will be redelivered")
@@ -295,7 +321,7 @@ func (in *Intake) Ensure(ctx context.Context) (jetstream.Consumer, error) {
 		Description:    "queue-janitor: shared by every replica",
 		AckPolicy:      jetstream.AckExplicitPolicy,
 		AckWait:        in.cfg.AckWait,
-		MaxDeliver:     in.cfg.MaxDeliver,
+		MaxDeliver:     -1, // the intake counts deliveries itself (see settle)
 		BackOff:        redeliveryBackoff(in.cfg.AckWait, in.cfg.MaxDeliver),
 		FilterSubjects: []string{in.cfg.Subject},
 		DeliverPolicy:  jetstream.DeliverAllPolicy,
@@ -343,16 +369,23 @@ func (in *Intake) receive(base context.Context, msg jetstream.Msg) {
 	received := time.Now()
 	// Decoding does no I/O (sdk-go's ToEvent ignores the context it is given).
 	ev, err := in.decoder.Decode(msg.Subject(), msg.Headers(), msg.Data()) //nolint:contextcheck // no I/O
+	if err == nil {
+		if meta, merr := msg.Metadata(); merr == nil {
+			ev.Stored = meta.Timestamp
+		}
+		err = checkFuture(ev, ev.Stored, in.cfg.MaxFuture)
+	}
 	key := ""
 	if err == nil {
 		key = ev.JobID.String()
 	}
-	in.dispatch.submit(key, func() { in.process(base, msg, ev, err, received) })
+	in.dispatch.submit(key, func() { in.process(base, msg, ev, err, received, 0) })
 }
 
 // process handles one message: it opens the consumer span (continuing the
 // producer's trace), runs the handler unless decoding failed, then settles.
-func (in *Intake) process(base context.Context, msg jetstream.Msg, ev JobStatus, decodeErr error, received time.Time) {
+// parked is how long the event has already waited for its job.
+func (in *Intake) process(base context.Context, msg jetstream.Msg, ev JobStatus, decodeErr error, received time.Time, parked time.Duration) {
 	ctx, cancel := context.WithTimeout(base, in.cfg.EffectTimeout)
 	defer cancel()
 	ctx = telemetry.WithRemoteParent(ctx, ev.TraceParent, ev.TraceState)
@@ -393,8 +426,45 @@ func (in *Intake) process(base context.Context, msg jetstream.Msg, ev JobStatus,
 		out, err = in.handle(ctx, ev)
 		stop()
 	}
+	var busy retryAfter
+	if errors.As(err, &busy) && parked < in.cfg.MaxPark && !in.stopping.Load() {
+		in.park(base, span, msg, ev, received, parked, busy)
+		return
+	}
 	in.settle(ctx, span, msg, meta, ev, out, err, received)
 }
+
+// park holds an event whose job another claim is acting on, without a
+// concurrency slot, until that claim's lease ends; then it is handled again.
+// The server is told it is in progress meanwhile; a shutdown hands it back.
+func (in *Intake) park(base context.Context, span trace.Span, msg jetstream.Msg, ev JobStatus, received time.Time,
+	parked time.Duration, busy retryAfter) {
+	wait := min(max(busy.RetryAfterDelay(), 0)+parkSlack, in.cfg.MaxPark-parked)
+	span.SetAttributes(attribute.String("queue_janitor.result", "parked"),
+		attribute.Int64("queue_janitor.parked_ms", wait.Milliseconds()))
+	in.log.Debug().Int64("job_id", int64(ev.JobID)).Str("event_id", ev.ID).Str("status", string(ev.Status)).
+		Int64("park_ms", wait.Milliseconds()).Str("reason", busy.Error()).Msg("event parked: another claim holds its job")
+	in.parked.Add(1)
+	go func() {
+		defer in.parked.Done()
+		stop := in.keepAlive(msg)
+		t := time.NewTimer(wait)
+		defer t.Stop()
+		select {
+		case <-in.halt:
+			stop()
+			_ = msg.Nak()
+			return
+		case <-t.C:
+		}
+		stop()
+		in.dispatch.submit(ev.JobID.String(), func() { in.process(base, msg, ev, nil, received, parked+wait) })
+	}()
+}
+
+// parkSlack is added to a lease's remaining time before trying again, so
+// that the retry finds it ended.
+const parkSlack = 100 * time.Millisecond
 
 // handle runs the handler, turning a panic into an error so that it is
 // retried (and eventually dead-lettered) rather than fatal.
@@ -430,11 +500,18 @@ func (in *Intake) keepAlive(msg jetstream.Msg) (stop func()) {
 // and where the event's log line, metrics and span status are written.
 func (in *Intake) settle(ctx context.Context, span trace.Span, msg jetstream.Msg, meta *jetstream.MsgMetadata,
 	ev JobStatus, out Outcome, err error, received time.Time) {
+	// Settling has its own deadline: the effect's may have run out, and a
+	// dead letter must still be published and the message settled.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), settleTimeout)
+	defer cancel()
 	var delivered uint64 = 1
 	if meta != nil {
 		delivered = meta.NumDelivered
 	}
-	lastTry := in.cfg.MaxDeliver > 0 && delivered >= uint64(in.cfg.MaxDeliver)
+	// An event that fails only because NATS or a claim is in the way is
+	// retried until it succeeds; only a failure of its own uses up its
+	// deliveries.
+	lastTry := in.cfg.MaxDeliver > 0 && delivered >= uint64(in.cfg.MaxDeliver) && !retryable(err)
 	var invalidErr *InvalidError
 	level := zerolog.InfoLevel
 	var settleErr error
@@ -451,7 +528,8 @@ func (in *Intake) settle(ctx context.Context, span trace.Span, msg jetstream.Msg
 		}
 		out = Outcome{Decision: DecisionDeadLetter, Result: string(reason)}
 		if dlErr := in.deadLetter(ctx, msg, meta, ev, reason, detail); dlErr != nil {
-			// Never drop an event we could not record: retry it later.
+			// Never drop an event we could not record: retry it later (the
+			// server redelivers without limit; see MaxDeliver).
 			out.Result = "retry"
 			err = fmt.Errorf("%w (dead-letter failed, will retry: %w)", err, dlErr)
 			settleErr = msg.NakWithDelay(nakDelay(delivered))
@@ -469,7 +547,12 @@ func (in *Intake) settle(ctx context.Context, span trace.Span, msg jetstream.Msg
 			out.Decision = decisionFor(ev)
 		}
 		out.Result = "retry"
-		settleErr = msg.NakWithDelay(nakDelay(delivered))
+		delay := nakDelay(delivered)
+		var busy retryAfter
+		if errors.As(err, &busy) {
+			delay = max(busy.RetryAfterDelay(), 0) + parkSlack
+		}
+		settleErr = msg.NakWithDelay(delay)
 		level = zerolog.WarnLevel
 	}
 
@@ -543,6 +626,18 @@ func (in *Intake) deadLetter(ctx context.Context, msg jetstream.Msg, meta *jetst
 		jobID = ev.JobID.String()
 	}
 	return in.pub.DeadLetter(ctx, jobID, DeadLetter{Reason: reason, Detail: detail, Original: orig})
+}
+
+// settleTimeout bounds settling one message: the dead letter and the ack.
+const settleTimeout = 10 * time.Second
+
+// retryable reports whether err says the event can succeed later without
+// any change to it: NATS unavailable, a claim in the way, an authority that
+// ran out.
+func retryable(err error) bool {
+	var busy retryAfter
+	return err != nil && !errors.Is(err, ErrInvalid) && (queue.IsTransient(err) || errors.As(err, &busy) ||
+		errors.Is(err, queue.ErrAuthorityExpired) || errors.Is(err, queue.ErrLeaseLost))
 }
 
 // decisionFor names the decision an event would get, for failures that

@@ -3,6 +3,7 @@ package events
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -11,6 +12,7 @@ import (
 	"github.com/cloudevents/sdk-go/v2/event"
 	"github.com/google/uuid"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
 	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
@@ -60,6 +62,9 @@ type QueueResult struct {
 	Outcome string `json:"outcome"`
 	queue.Removal
 	DurationMS float64 `json:"duration_ms"`
+	// EffectTime is when the effect finished (the replica's clock, UTC). An
+	// answer that arrives long after it is late, not new.
+	EffectTime time.Time `json:"effect_time,omitzero"`
 	// Trigger is empty for an answer to a status event, "reconciler" or
 	// "operator" for a removal no event asked for.
 	Trigger string `json:"trigger,omitempty"`
@@ -151,6 +156,7 @@ func (c PublisherConfig) Validate() error {
 // extension. It is safe for concurrent use.
 type Publisher struct {
 	nc     *nats.Conn
+	js     jetstream.JetStream
 	cfg    PublisherConfig
 	tracer trace.Tracer
 	now    func() time.Time
@@ -161,7 +167,8 @@ func NewPublisher(nc *nats.Conn, cfg PublisherConfig, tracer trace.Tracer) *Publ
 	if tracer == nil {
 		tracer = noop.NewTracerProvider().Tracer("")
 	}
-	return &Publisher{nc: nc, cfg: cfg, tracer: tracer, now: time.Now}
+	js, _ := jetstream.New(nc) // fails only for a nil connection
+	return &Publisher{nc: nc, js: js, cfg: cfg, tracer: tracer, now: time.Now}
 }
 
 // Cleaned emits job.queue.cleaned.{id}.
@@ -175,7 +182,12 @@ func (p *Publisher) Flushed(ctx context.Context, r QueueResult) error {
 }
 
 // DeadLetter emits a rejected event on the dead-letter subject and waits
-// until the server has it, so that the original may then be terminated.
+// until it is kept, so that the original may then be terminated: a stream
+// that captures the subject must acknowledge it. When no stream captures it
+// (the server says so at once), it is published on core NATS and confirmed
+// by a flush; the original then stays in the event stream, by its sequence,
+// until the stream's age limit. A publish the server refuses (a permission)
+// or does not answer is an error, and the original is retried later.
 func (p *Publisher) DeadLetter(ctx context.Context, jobID string, dl DeadLetter) error {
 	h := nats.Header{ReasonHeader: []string{string(dl.Reason)}}
 	return p.publish(ctx, p.cfg.DeadLetterSubject, TypeDeadLetter, jobID, dl, h, true)
@@ -226,6 +238,15 @@ func (p *Publisher) send(ctx context.Context, subject, typ, jobID string, data a
 	msg.Header.Set("Content-Type", ContentTypeCloudEventsJSON)
 	if traceparent != "" {
 		msg.Header.Set("traceparent", traceparent)
+	}
+	if confirm {
+		_, err := p.js.PublishMsg(ctx, msg)
+		if !errors.Is(err, jetstream.ErrNoStreamResponse) && !errors.Is(err, nats.ErrNoResponders) {
+			if err != nil {
+				return fmt.Errorf("publish %s on %q (a stream must acknowledge it): %w", typ, subject, err)
+			}
+			return nil
+		}
 	}
 	if err := p.nc.PublishMsg(msg); err != nil {
 		return fmt.Errorf("publish %s on %q: %w", typ, subject, err)

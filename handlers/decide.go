@@ -1,8 +1,6 @@
 package handlers
 
 import (
-	"time"
-
 	"github.com/example/queue-janitor/events"
 	"github.com/example/queue-janitor/queue"
 )
@@ -32,9 +30,14 @@ func (v verdict) String() string {
 	return [...]string{"act", "stale", "replay", "wait", "record", "ignore"}[v]
 }
 
-// compare orders an event against the newest event in the record: by attempt
-// when both carry one and they differ, else by transition time. It returns
-// -1 (older), 0 (same instant) or +1 (newer).
+// compare orders an event against the newest event in the record: by
+// attempt when both carry one and they differ, else by when each reached the
+// event stream (server time), else (a version 1 record, or an event that did
+// not come through the event stream) by transition time. It returns -1
+// (older), 0 (same instant) or +1 (newer).
+//
+// Server time orders the events of a backend that publishes each event
+// before the job's next transition exactly, whatever its clocks say.
 func compare(ev events.JobStatus, rec queue.Record) int {
 	if ev.HasAttempt && rec.Attempt != nil && ev.Attempt != *rec.Attempt {
 		if ev.Attempt < *rec.Attempt {
@@ -42,13 +45,17 @@ func compare(ev events.JobStatus, rec queue.Record) int {
 		}
 		return 1
 	}
+	if !ev.Stored.IsZero() && !rec.Stored.IsZero() {
+		return ev.Stored.Compare(rec.Stored)
+	}
 	return ev.Time.Compare(rec.Time)
 }
 
 // sameRestart reports whether ev is a restart request for the run that the
 // record's newest event, itself a restart request, already asked for: the
-// same event redelivered, or a second request for the same attempt. Such an
-// event must never flush again, or it would remove the new run's queue.
+// same event redelivered (or published again), or a second request for the
+// same attempt. Such an event must never flush again, or it would remove
+// the new run's queue.
 func sameRestart(ev events.JobStatus, rec queue.Record) bool {
 	if rec.Status != string(events.StatusRestartRequested) {
 		return false
@@ -58,22 +65,19 @@ func sameRestart(ev events.JobStatus, rec queue.Record) bool {
 		return true
 	case ev.HasAttempt && rec.Attempt != nil:
 		return ev.Attempt == *rec.Attempt
-	case !ev.HasAttempt && rec.Attempt == nil:
-		return ev.Time.Equal(rec.Time)
 	}
 	return false
 }
 
 // decide is the whole decision table. exists says whether the job has a
-// record; owner is this replica; now is the current time.
-func decide(k kind, ev events.JobStatus, rec queue.Record, exists bool, owner string, now time.Time) verdict {
+// record; busy whether another claim holds its lease.
+func decide(k kind, ev events.JobStatus, rec queue.Record, exists, busy bool) verdict {
 	if !exists {
 		if k == kindOther {
 			return recordIfTimed(ev)
 		}
 		return verdictAct
 	}
-	busy := rec.HeldBy(owner, now)
 	switch k {
 	case kindRestart:
 		if sameRestart(ev, rec) {
@@ -89,8 +93,7 @@ func decide(k kind, ev events.JobStatus, rec queue.Record, exists bool, owner st
 			return verdictStale
 		}
 	case kindTerminal:
-		c := compare(ev, rec)
-		if c < 0 {
+		if compare(ev, rec) < 0 {
 			return verdictStale
 		}
 		if ev.ID == rec.EventID && rec.Done {
@@ -109,7 +112,7 @@ func decide(k kind, ev events.JobStatus, rec queue.Record, exists bool, owner st
 }
 
 func recordIfTimed(ev events.JobStatus) verdict {
-	if ev.Time.IsZero() {
+	if ev.Time.IsZero() && ev.Stored.IsZero() {
 		return verdictIgnore // cannot be ordered against anything
 	}
 	return verdictRecord
@@ -117,13 +120,19 @@ func recordIfTimed(ev events.JobStatus) verdict {
 
 // fenceFor says which resources an acting event may remove: those of its own
 // run and earlier ones (terminal), or of earlier runs only (restart), created
-// before the event's time minus the clock-skew allowance.
-func fenceFor(k kind, ev events.JobStatus, rec queue.Record, skew time.Duration, validUntil time.Time) queue.Fence {
-	at := ev.Time
-	if k == kindRestart && sameRestart(ev, rec) && rec.Time.Before(at) {
-		at = rec.Time // resuming an earlier request for the same run
+// before the event reached the event stream, in server time. A restart that
+// resumes an earlier copy of the same request keeps the first copy's time,
+// so nothing created after the request's first claim (the new run's queue)
+// is ever flushed.
+func fenceFor(k kind, ev events.JobStatus, rec queue.Record) queue.Fence {
+	at, cut := ev.Stored, "the "+string(ev.Status)+" event reached NATS"
+	if k == kindRestart {
+		cut = "the restart request reached NATS"
+		if sameRestart(ev, rec) && !rec.Stored.IsZero() && (at.IsZero() || rec.Stored.Before(at)) {
+			at, cut = rec.Stored, "the restart request first reached NATS"
+		}
 	}
-	f := queue.Fence{CreatedBefore: at.Add(-skew), ValidUntil: validUntil}
+	f := queue.Fence{CreatedBefore: at, Cut: cut}
 	if ev.HasAttempt {
 		f.AttemptKnown, f.MaxAttempt = true, ev.Attempt
 		if k == kindRestart {
@@ -133,16 +142,17 @@ func fenceFor(k kind, ev events.JobStatus, rec queue.Record, skew time.Duration,
 	return f
 }
 
-// claim is the record that takes the job's lease for ev.
-func claim(k kind, ev events.JobStatus, rec queue.Record, lease queue.Lease) queue.Record {
+// claimRecord is the record that takes the job's lease for ev.
+func claimRecord(k kind, ev events.JobStatus, rec queue.Record, lease queue.Lease) queue.Record {
 	if k == kindRestart && sameRestart(ev, rec) {
-		next := rec // resume the recorded request: keep its identity
+		next := rec // resume the recorded request: keep its identity and time
 		next.Lease = &lease
 		return next
 	}
 	next := queue.Record{
 		Attempt:   rec.Attempt,
 		Time:      ev.Time,
+		Stored:    ev.Stored,
 		EventID:   ev.ID,
 		Status:    string(ev.Status),
 		State:     queue.StateTerminal,
@@ -163,7 +173,7 @@ func claim(k kind, ev events.JobStatus, rec queue.Record, lease queue.Lease) que
 // event changes, any lease stays with its holder.
 func recordRunning(ev events.JobStatus, rec queue.Record) queue.Record {
 	next := rec
-	next.Time, next.EventID, next.Status = ev.Time, ev.ID, string(ev.Status)
+	next.Time, next.Stored, next.EventID, next.Status = ev.Time, ev.Stored, ev.ID, string(ev.Status)
 	next.State, next.Done = queue.StateRunning, true
 	if ev.HasAttempt {
 		a := ev.Attempt

@@ -13,7 +13,7 @@ var t0 = time.Date(2026, 11, 28, 12, 0, 0, 0, time.UTC)
 func at(sec int) time.Time { return t0.Add(time.Duration(sec) * time.Second) }
 
 func ev(id string, status events.Status, attempt int64, sec int) events.JobStatus {
-	e := events.JobStatus{ID: id, JobID: 7, Status: status, Time: at(sec)}
+	e := events.JobStatus{ID: id, JobID: 7, Status: status, Time: at(sec), Stored: at(sec)}
 	if attempt >= 0 {
 		e.Attempt, e.HasAttempt = attempt, true
 	}
@@ -21,16 +21,25 @@ func ev(id string, status events.Status, attempt int64, sec int) events.JobStatu
 }
 
 func rec(id string, status events.Status, attempt int64, sec int, done bool) queue.Record {
-	r := queue.Record{EventID: id, Status: string(status), Time: at(sec), Done: done}
+	r := queue.Record{EventID: id, Status: string(status), Time: at(sec), Stored: at(sec), Done: done}
 	if attempt >= 0 {
 		r.Attempt = &attempt
 	}
 	return r
 }
 
+// leased gives r a lease of owner's that ends at untilSec in server time.
 func leased(r queue.Record, owner string, untilSec int) queue.Record {
-	r.Lease = &queue.Lease{Owner: owner, Until: at(untilSec)}
+	r.Lease = &queue.Lease{Owner: owner, Token: owner + "-token", TTL: 10 * time.Second}
+	r.At = at(untilSec - 10)
 	return r
+}
+
+// skewed is ev as produced by a clock off by offSec: its own time moves,
+// its arrival at the server does not.
+func skewed(e events.JobStatus, offSec int) events.JobStatus {
+	e.Time = e.Time.Add(time.Duration(offSec) * time.Second)
+	return e
 }
 
 func TestDecide(t *testing.T) {
@@ -59,7 +68,7 @@ func TestDecide(t *testing.T) {
 		{"terminal after running of same attempt acts", kindTerminal, ev("a", revoked, 1, 30), rec("b", started, 1, 20, true), true, verdictAct},
 		{"terminal while another replica holds the lease waits", kindTerminal, ev("a", revoked, 2, 30), leased(rec("b", restart, 2, 20, false), "other", 100), true, verdictWait},
 		{"expired lease of another replica is taken over", kindTerminal, ev("a", revoked, 2, 30), leased(rec("b", restart, 2, 20, false), "other", 29), true, verdictAct},
-		{"own lease does not block", kindTerminal, ev("a", revoked, 2, 30), leased(rec("b", restart, 2, 20, false), me, 100), true, verdictAct},
+		{"another claim of this same replica blocks too", kindTerminal, ev("a", revoked, 2, 30), leased(rec("b", restart, 2, 20, false), me, 100), true, verdictWait},
 		{"stale terminal is skipped even while leased", kindTerminal, ev("a", revoked, 1, 30), leased(rec("b", restart, 2, 20, false), "other", 100), true, verdictStale},
 
 		{"restart of a newer attempt acts", kindRestart, ev("a", restart, 3, 30), rec("b", revoked, 2, 20, true), true, verdictAct},
@@ -68,7 +77,7 @@ func TestDecide(t *testing.T) {
 		{"redelivered restart replays", kindRestart, ev("b", restart, 3, 30), rec("b", restart, 3, 30, true), true, verdictReplay},
 		{"same-attempt restart while first still leased waits", kindRestart, ev("c", restart, 3, 31), leased(rec("b", restart, 3, 30, false), "other", 100), true, verdictWait},
 		{"same-attempt restart after the first crashed resumes", kindRestart, ev("c", restart, 3, 31), leased(rec("b", restart, 3, 30, false), "other", 5), true, verdictAct},
-		{"untimed duplicate restart without attempts replays", kindRestart, ev("c", restart, -1, 30), rec("b", restart, -1, 30, true), true, verdictReplay},
+		{"the same restart published again without attempts replays", kindRestart, ev("b", restart, -1, 35), rec("b", restart, -1, 30, true), true, verdictReplay},
 		{"newer restart without attempts acts", kindRestart, ev("c", restart, -1, 40), rec("b", restart, -1, 30, true), true, verdictAct},
 		{"restart older than the terminal of its own run is stale", kindRestart, ev("a", restart, 2, 10), rec("b", revoked, 2, 20, true), true, verdictStale},
 		{"restart newer than a running status of the same run acts", kindRestart, ev("a", restart, 2, 30), rec("b", started, 2, 20, true), true, verdictAct},
@@ -76,11 +85,19 @@ func TestDecide(t *testing.T) {
 		{"newer running status is recorded", kindOther, ev("a", started, 3, 40), rec("b", restart, 3, 30, true), true, verdictRecord},
 		{"older running status is ignored", kindOther, ev("a", started, 2, 40), rec("b", restart, 3, 30, true), true, verdictIgnore},
 		{"running status during a lease is still recorded", kindOther, ev("a", started, 3, 40), leased(rec("b", restart, 3, 30, false), "other", 100), true, verdictRecord},
+
+		// Without attempts, order is arrival at the server; producer clocks
+		// ten minutes off either way change nothing.
+		{"late terminal from a clock ahead is still stale", kindTerminal, skewed(ev("a", revoked, -1, 5), 600), rec("b", restart, -1, 20, true), true, verdictStale},
+		{"restart from a clock behind a future-dated terminal acts", kindRestart, skewed(ev("a", restart, -1, 30), -600), rec("b", revoked, -1, 20, true), true, verdictAct},
+		{"terminal from a clock behind still acts", kindTerminal, skewed(ev("a", revoked, -1, 30), -600), rec("b", started, -1, 20, true), true, verdictAct},
+		{"version 1 record without server time: producer times order", kindTerminal, ev("a", revoked, -1, 5),
+			queue.Record{EventID: "b", Status: "restart_requested", Time: at(20), Done: true}, true, verdictStale},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			if got := decide(tc.kind, tc.ev, tc.rec, tc.exists, me, at(30)); got != tc.want {
+			if got := decide(tc.kind, tc.ev, tc.rec, tc.exists, tc.rec.LeaseLive(at(30))); got != tc.want {
 				t.Errorf("decide = %s, want %s", got, tc.want)
 			}
 		})
@@ -89,8 +106,6 @@ func TestDecide(t *testing.T) {
 
 func TestFenceFor(t *testing.T) {
 	t.Parallel()
-	skew := 2 * time.Second
-	until := at(90)
 	cases := []struct {
 		name        string
 		kind        kind
@@ -100,17 +115,20 @@ func TestFenceFor(t *testing.T) {
 		wantKnown   bool
 		wantMaxTrue int64
 	}{
-		{"terminal removes its own run", kindTerminal, ev("a", events.StatusRevoked, 4, 30), queue.Record{}, at(28), true, 4},
-		{"restart removes earlier runs only", kindRestart, ev("a", events.StatusRestartRequested, 4, 30), queue.Record{}, at(28), true, 3},
-		{"without attempt only time fences", kindTerminal, ev("a", events.StatusRevoked, -1, 30), queue.Record{}, at(28), false, 0},
+		{"terminal removes its own run", kindTerminal, ev("a", events.StatusRevoked, 4, 30), queue.Record{}, at(30), true, 4},
+		{"restart removes earlier runs only", kindRestart, ev("a", events.StatusRestartRequested, 4, 30), queue.Record{}, at(30), true, 3},
+		{"without attempt only time fences", kindTerminal, ev("a", events.StatusRevoked, -1, 30), queue.Record{}, at(30), false, 0},
+		{"the producer's clock plays no part", kindTerminal, skewed(ev("a", events.StatusRevoked, -1, 30), 600), queue.Record{}, at(30), false, 0},
 		{"resumed restart keeps the first request's time", kindRestart, ev("c", events.StatusRestartRequested, 4, 50),
-			rec("b", events.StatusRestartRequested, 4, 30, false), at(28), true, 3},
+			rec("b", events.StatusRestartRequested, 4, 30, false), at(30), true, 3},
+		{"redelivered restart keeps its first arrival", kindRestart, ev("b", events.StatusRestartRequested, -1, 50),
+			rec("b", events.StatusRestartRequested, -1, 30, true), at(30), false, 0},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			f := fenceFor(tc.kind, tc.ev, tc.rec, skew, until)
-			if !f.CreatedBefore.Equal(tc.wantBefore) || f.AttemptKnown != tc.wantKnown || f.MaxAttempt != tc.wantMaxTrue || !f.ValidUntil.Equal(until) {
+			f := fenceFor(tc.kind, tc.ev, tc.rec)
+			if !f.CreatedBefore.Equal(tc.wantBefore) || f.AttemptKnown != tc.wantKnown || f.MaxAttempt != tc.wantMaxTrue || f.Cut == "" {
 				t.Errorf("fence = %+v, want before %s known %v max %d", f, tc.wantBefore, tc.wantKnown, tc.wantMaxTrue)
 			}
 		})
@@ -123,15 +141,15 @@ func TestClaim(t *testing.T) {
 	prev := rec("b", events.StatusRestartRequested, 3, 30, false)
 	prev.CleanedAt = at(1)
 
-	got := claim(kindTerminal, ev("a", events.StatusRevoked, 3, 40), prev, lease)
+	got := claimRecord(kindTerminal, ev("a", events.StatusRevoked, 3, 40), prev, lease)
 	if got.EventID != "a" || got.State != queue.StateTerminal || got.Done || *got.Attempt != 3 || got.Lease.Owner != "me" || !got.CleanedAt.Equal(at(1)) {
 		t.Errorf("terminal claim = %+v", got)
 	}
-	resumed := claim(kindRestart, ev("c", events.StatusRestartRequested, 3, 50), prev, lease)
+	resumed := claimRecord(kindRestart, ev("c", events.StatusRestartRequested, 3, 50), prev, lease)
 	if resumed.EventID != "b" || !resumed.Time.Equal(at(30)) || resumed.Lease == nil {
 		t.Errorf("resumed restart must keep the first request's identity, got %+v", resumed)
 	}
-	noAttempt := claim(kindRestart, ev("d", events.StatusRestartRequested, -1, 60), rec("b", events.StatusRevoked, 3, 30, true), lease)
+	noAttempt := claimRecord(kindRestart, ev("d", events.StatusRestartRequested, -1, 60), rec("b", events.StatusRevoked, 3, 30, true), lease)
 	if noAttempt.Attempt == nil || *noAttempt.Attempt != 3 || noAttempt.State != queue.StateFlushed {
 		t.Errorf("a claim without attempt keeps the known attempt: %+v", noAttempt)
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"sync"
+	"time"
 
 	"github.com/example/queue-janitor/events"
 	"github.com/example/queue-janitor/queue"
@@ -19,7 +20,7 @@ type fakeQueue struct {
 	during func()
 }
 
-func (q *fakeQueue) Remove(_ context.Context, id queue.JobID, f queue.Fence) (queue.Removal, error) {
+func (q *fakeQueue) Remove(_ context.Context, id queue.JobID, f queue.Fence, _ queue.Authority) (queue.Removal, error) {
 	q.mu.Lock()
 	q.calls = append(q.calls, f)
 	during, r, err := q.during, q.removal, q.err
@@ -45,13 +46,17 @@ type fakeRecords struct {
 	mu   sync.Mutex
 	data map[queue.JobID][]byte
 	rev  map[queue.JobID]uint64
+	at   map[queue.JobID]time.Time
 	next uint64
+	// clock is the server's clock: revisions are stamped with it.
+	clock func() time.Time
 	// beforePut, when set, runs before each Put (to inject a conflict).
 	beforePut func()
 }
 
 func newFakeRecords() *fakeRecords {
-	return &fakeRecords{data: map[queue.JobID][]byte{}, rev: map[queue.JobID]uint64{}}
+	return &fakeRecords{data: map[queue.JobID][]byte{}, rev: map[queue.JobID]uint64{}, at: map[queue.JobID]time.Time{},
+		clock: time.Now}
 }
 
 func (s *fakeRecords) Get(_ context.Context, id queue.JobID) (queue.Record, uint64, error) {
@@ -63,7 +68,14 @@ func (s *fakeRecords) Get(_ context.Context, id queue.JobID) (queue.Record, uint
 			return rec, 0, err
 		}
 	}
+	rec.At = s.at[id]
 	return rec, s.rev[id], nil
+}
+
+func (s *fakeRecords) ServerNow(context.Context) (time.Time, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.clock(), nil
 }
 
 func (s *fakeRecords) Put(_ context.Context, id queue.JobID, rec queue.Record, rev uint64) (uint64, error) {
@@ -93,7 +105,7 @@ func (s *fakeRecords) put(id queue.JobID, rec queue.Record, rev uint64) (uint64,
 		return 0, err
 	}
 	s.next++
-	s.data[id], s.rev[id] = b, s.next
+	s.data[id], s.rev[id], s.at[id] = b, s.next, s.clock()
 	return s.next, nil
 }
 

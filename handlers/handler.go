@@ -21,20 +21,44 @@ import (
 	"github.com/example/queue-janitor/queue"
 )
 
-// ErrJobBusy is returned when another replica held the job's lease for
-// longer than the handler was willing to wait; the event should be retried.
-var ErrJobBusy = errors.New("another replica is acting on this job's queue")
+// ErrJobBusy is returned when another claim holds the job's lease; the
+// event should be retried once the lease ends (see [BusyError]).
+var ErrJobBusy = errors.New("another claim is acting on this job's queue")
+
+// BusyError says whose lease blocks the job and for how long. It wraps
+// [ErrJobBusy].
+type BusyError struct {
+	Holder string
+	// Ends is when the lease ends unless renewed, in server time.
+	Ends time.Time
+	// RetryAfter is how long until then.
+	RetryAfter time.Duration
+}
+
+func (e *BusyError) Error() string {
+	return fmt.Sprintf("%v (lease held by %s for %s more)", ErrJobBusy, e.Holder, e.RetryAfter.Round(time.Millisecond))
+}
+
+// RetryAfterDelay is how long to wait before handling the event again.
+func (e *BusyError) RetryAfterDelay() time.Duration { return e.RetryAfter }
+
+// Unwrap makes errors.Is(err, ErrJobBusy) true.
+func (e *BusyError) Unwrap() error { return ErrJobBusy }
 
 // Queue is what the handler needs of the job's JetStream resources.
 type Queue interface {
-	Remove(ctx context.Context, id queue.JobID, fence queue.Fence) (queue.Removal, error)
+	Remove(ctx context.Context, id queue.JobID, fence queue.Fence, auth queue.Authority) (queue.Removal, error)
 	StreamName(id queue.JobID) string
 }
 
 // Records is what the handler needs of the per-job record store.
 type Records interface {
+	// Get returns the record, its revision (0: none) and, in the record's
+	// At, the revision's server time.
 	Get(ctx context.Context, id queue.JobID) (queue.Record, uint64, error)
 	Put(ctx context.Context, id queue.JobID, rec queue.Record, rev uint64) (uint64, error)
+	// ServerNow is the NATS server's current time.
+	ServerNow(ctx context.Context) (time.Time, error)
 }
 
 // Emitter tells the backend that an effect is done.
@@ -47,31 +71,28 @@ type Emitter interface {
 type Config struct {
 	// Terminal lists the statuses whose queue is cleaned.
 	Terminal []events.Status
-	// ClockSkew is how far the backend's clock (event times) and the NATS
-	// server's clock (stream creation times) may disagree. A stream created
-	// less than ClockSkew before the event is kept, in doubt.
-	ClockSkew time.Duration
-	// Lease is how long a replica may act on a job before another may take
-	// over; it must exceed the longest cleanup.
+	// Lease is how long a claim may act on a job, from its last renewal,
+	// before another may take over. It is renewed every third of its
+	// length while the effect runs; a holder stops sending requests a
+	// quarter of it before the end.
 	Lease time.Duration
-	// BusyWait is how long to wait for another replica's lease before
-	// handing the event back for a later retry.
-	BusyWait time.Duration
-	// Owner identifies this replica in leases; it must be unique per process.
+	// Owner identifies this replica in leases, for logs.
 	Owner string
 }
 
 // DefaultTerminal is the contract's default terminal set.
 var DefaultTerminal = []events.Status{events.StatusRevoked, events.StatusFailure, events.StatusCancelled}
 
+// DefaultLease is the default lease: a dead holder blocks its jobs for at
+// most this long.
+const DefaultLease = 12 * time.Second
+
 // DefaultConfig returns the defaults, with owner as the replica identity.
 func DefaultConfig(owner string) Config {
 	return Config{
-		Terminal:  append([]events.Status(nil), DefaultTerminal...),
-		ClockSkew: 2 * time.Second,
-		Lease:     time.Minute,
-		BusyWait:  15 * time.Second,
-		Owner:     owner,
+		Terminal: append([]events.Status(nil), DefaultTerminal...),
+		Lease:    DefaultLease,
+		Owner:    owner,
 	}
 }
 
@@ -89,12 +110,8 @@ func (c Config) Validate() error {
 		}
 	}
 	switch {
-	case c.ClockSkew < 0:
-		return errors.New("clock skew must not be negative")
 	case c.Lease < 4*time.Second:
 		return fmt.Errorf("lease %s: must be at least 4s", c.Lease)
-	case c.BusyWait <= 0:
-		return errors.New("busy wait must be positive")
 	case c.Owner == "":
 		return errors.New("owner must not be empty")
 	}
@@ -109,6 +126,7 @@ type Handler struct {
 	cfg      Config
 	terminal map[events.Status]bool
 	now      func() time.Time
+	renew    bool
 }
 
 var _ events.Handler = (*Handler)(nil)
@@ -116,12 +134,17 @@ var _ events.Handler = (*Handler)(nil)
 // Option configures a Handler.
 type Option func(*Handler)
 
-// WithClock replaces time.Now, for tests.
+// WithClock replaces time.Now, for tests. It measures the holder's own
+// deadlines; leases are judged in server time ([Records.ServerNow]).
 func WithClock(now func() time.Time) Option { return func(h *Handler) { h.now = now } }
+
+// WithoutRenewal turns off the background renewal of leases, for the model
+// checker, which renews claims as steps of its own.
+func WithoutRenewal() Option { return func(h *Handler) { h.renew = false } }
 
 // New returns a Handler. cfg must be valid.
 func New(q Queue, records Records, emit Emitter, cfg Config, opts ...Option) *Handler {
-	h := &Handler{q: q, records: records, emit: emit, cfg: cfg, terminal: map[events.Status]bool{}, now: time.Now}
+	h := &Handler{q: q, records: records, emit: emit, cfg: cfg, terminal: map[events.Status]bool{}, now: time.Now, renew: true}
 	for _, s := range cfg.Terminal {
 		h.terminal[s] = true
 	}
@@ -155,7 +178,8 @@ func decisionOf(k kind) events.Decision {
 }
 
 // Handle decides and carries out what ev asks. Errors are transient (retry
-// the event later) unless they wrap events.ErrInvalid.
+// the event later) unless they wrap events.ErrInvalid; a [BusyError] says
+// when to retry.
 func (h *Handler) Handle(ctx context.Context, ev events.JobStatus) (events.Outcome, error) {
 	k := h.kindOf(ev.Status)
 	if !ev.HasQueue() {
@@ -167,17 +191,16 @@ func (h *Handler) Handle(ctx context.Context, ev events.JobStatus) (events.Outco
 		// A backend waiting on the handshake still gets its answer.
 		return out, h.announce(ctx, k, ev, h.nothing(ev.JobID), events.OutcomeNothing, 0)
 	}
-	// The wait for another replica is bounded in real time, whatever the
-	// clock that judges leases says.
-	waited := time.NewTimer(h.cfg.BusyWait)
-	defer waited.Stop()
-	pause := 20 * time.Millisecond
 	for {
 		rec, rev, err := h.records.Get(ctx, ev.JobID)
 		if err != nil {
 			return events.Outcome{Decision: decisionOf(k)}, err
 		}
-		switch v := decide(k, ev, rec, rev != 0, h.cfg.Owner, h.now()); v {
+		busy, err := h.busy(ctx, rec)
+		if err != nil {
+			return events.Outcome{Decision: decisionOf(k)}, err
+		}
+		switch v := decide(k, ev, rec, rev != 0, busy != nil); v {
 		case verdictStale:
 			out := events.Outcome{Decision: events.DecisionStale, Result: "skipped", Note: staleNote(rec)}
 			if k == kindRestart {
@@ -200,15 +223,7 @@ func (h *Handler) Handle(ctx context.Context, ev events.JobStatus) (events.Outco
 				Note: "effect already done for this run; answering again"}
 			return out, h.announce(ctx, k, ev, h.nothing(ev.JobID), events.OutcomeAlreadyDone, 0)
 		case verdictWait:
-			select {
-			case <-waited.C:
-				return events.Outcome{Decision: decisionOf(k)}, fmt.Errorf("%w (lease held by %s until %s)", ErrJobBusy,
-					rec.Lease.Owner, rec.Lease.Until.UTC().Format(time.RFC3339))
-			case <-ctx.Done():
-				return events.Outcome{Decision: decisionOf(k)}, ctx.Err()
-			case <-time.After(pause):
-			}
-			pause = min(pause*2, 500*time.Millisecond)
+			return events.Outcome{Decision: decisionOf(k), Result: "busy"}, busy
 		case verdictAct:
 			out, retry, err := h.act(ctx, k, ev, rec, rev)
 			if retry {
@@ -219,14 +234,31 @@ func (h *Handler) Handle(ctx context.Context, ev events.JobStatus) (events.Outco
 	}
 }
 
+// busy returns a [BusyError] when the record holds a running lease, judged
+// in server time; nil otherwise. It asks the server for the time only when
+// there is a lease to judge.
+func (h *Handler) busy(ctx context.Context, rec queue.Record) (*BusyError, error) {
+	if rec.Lease == nil {
+		return nil, nil
+	}
+	now, err := h.records.ServerNow(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if !rec.LeaseLive(now) {
+		return nil, nil
+	}
+	ends := rec.LeaseEnds()
+	return &BusyError{Holder: rec.Lease.Owner, Ends: ends, RetryAfter: ends.Sub(now)}, nil
+}
+
 // act claims the job's lease, removes what the fence allows, records the
-// effect and announces it. retry is true when the claim lost a race and the
-// decision must be taken again.
+// effect and then announces it. retry is true when the claim lost a race and
+// the decision must be taken again.
 func (h *Handler) act(ctx context.Context, k kind, ev events.JobStatus, rec queue.Record, rev uint64) (events.Outcome, bool, error) {
 	started := h.now()
-	lease := queue.Lease{Owner: h.cfg.Owner, Until: started.Add(h.cfg.Lease)}
-	next := claim(k, ev, rec, lease)
-	rev, err := h.records.Put(ctx, ev.JobID, next, rev)
+	next := claimRecord(k, ev, rec, h.newLease(started))
+	c, err := h.take(ctx, ev.JobID, next, rev)
 	if errors.Is(err, queue.ErrConflict) {
 		return events.Outcome{}, true, nil
 	}
@@ -234,28 +266,27 @@ func (h *Handler) act(ctx context.Context, k kind, ev events.JobStatus, rec queu
 	if err != nil {
 		return out, false, err
 	}
-	// Stop starting deletes well before the lease ends, so that a replica
-	// taking over an expired lease never races this one.
-	validUntil := lease.Until.Add(-h.cfg.Lease / 4)
-	removal, err := h.q.Remove(ctx, ev.JobID, fenceFor(k, ev, rec, h.cfg.ClockSkew, validUntil))
+	removal, err := h.q.Remove(ctx, ev.JobID, fenceFor(k, ev, rec), c)
 	out.Removal = &removal
 	if err != nil {
-		h.release(ctx, ev.JobID, next, rev)
+		c.release(ctx)
 		return out, false, err
 	}
 	out.Result = resultOf(removal)
-	if len(removal.Kept) > 0 {
-		out.Note = "kept resources of a later run"
-	}
-	// Answer first: the deletes are done and nothing more will be deleted,
-	// so the waiting backend may publish now. Then record. Should the
-	// process die in between, the redelivered event acts again under the
-	// fence, which keeps the new run's stream (created after the request).
-	announced := h.announce(ctx, k, ev, removal, out.Result, h.now().Sub(started))
-	if err := h.finish(ctx, ev.JobID, next, rev); err != nil {
+	out.Note = noteOf(removal)
+	// Record first, then answer: an answer is never sent for an effect
+	// that is not recorded, so a request redelivered after its answer is
+	// answered again (already_done) and deletes nothing.
+	if err := c.finish(ctx, func(cur queue.Record) queue.Record {
+		cur.CleanedAt = h.now().UTC()
+		if cur.EventID == next.EventID {
+			cur.Done = true
+		}
+		return cur
+	}); err != nil {
 		return out, false, err
 	}
-	return out, false, announced
+	return out, false, h.announce(ctx, k, ev, removal, out.Result, h.now().Sub(started))
 }
 
 func resultOf(r queue.Removal) string {
@@ -268,44 +299,22 @@ func resultOf(r queue.Removal) string {
 	return events.OutcomeNothing
 }
 
-// finish marks the effect done and gives the lease back. When the record
-// moved on meanwhile (a newer status arrived), only the lease is released.
-func (h *Handler) finish(ctx context.Context, id queue.JobID, claimed queue.Record, rev uint64) error {
-	rec := claimed
-	for range 8 {
-		if rec.Lease == nil || rec.Lease.Owner != h.cfg.Owner {
-			return nil // the lease expired and was taken over; that replica finishes
-		}
-		next := rec
-		next.Lease = nil
-		next.CleanedAt = h.now().UTC()
-		if rec.EventID == claimed.EventID {
-			next.Done = true
-		}
-		_, err := h.records.Put(ctx, id, next, rev)
-		if !errors.Is(err, queue.ErrConflict) {
-			return err
-		}
-		if rec, rev, err = h.records.Get(ctx, id); err != nil {
-			return err
-		}
+// noteOf explains a removal in a few words, for the log.
+func noteOf(r queue.Removal) string {
+	switch {
+	case r.Confirmed == queue.ConfirmedGoneOnRetry:
+		return "a delete's reply was lost; the retry confirmed it gone"
+	case len(r.Kept) > 0:
+		return "kept what the fence judged a later run's: see kept"
 	}
-	return fmt.Errorf("record of job %d kept changing; could not mark the effect done", id)
-}
-
-// release gives the lease back after a failure, so that the retry need not
-// wait for it to expire. A failure here is harmless: the lease expires.
-func (h *Handler) release(ctx context.Context, id queue.JobID, claimed queue.Record, rev uint64) {
-	next := claimed
-	next.Lease = nil
-	_, _ = h.records.Put(context.WithoutCancel(ctx), id, next, rev)
+	return ""
 }
 
 // announce emits job.queue.cleaned or job.queue.flushed.
 func (h *Handler) announce(ctx context.Context, k kind, ev events.JobStatus, r queue.Removal, outcome string, took time.Duration) error {
 	res := events.QueueResult{
 		JobID: ev.JobID, Status: ev.Status, CauseEventID: ev.ID, Outcome: outcome, Removal: r,
-		DurationMS: float64(took.Microseconds()) / 1000,
+		DurationMS: float64(took.Microseconds()) / 1000, EffectTime: h.now().UTC(),
 	}
 	if ev.HasAttempt {
 		a := ev.Attempt

@@ -26,11 +26,11 @@ func setup(t *testing.T) *world {
 		now:     at(100),
 	}
 	cfg := DefaultConfig("me")
-	cfg.BusyWait = 200 * time.Millisecond
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	w.h = New(w.q, w.records, w.emit, cfg, WithClock(func() time.Time { return w.now }))
+	w.records.clock = func() time.Time { return w.now }
+	w.h = New(w.q, w.records, w.emit, cfg, WithClock(func() time.Time { return w.now }), WithoutRenewal())
 	return w
 }
 
@@ -172,7 +172,7 @@ func TestClaimConflictDecidesAgain(t *testing.T) {
 	w := setup(t)
 	// Another replica records restart 2 between our read and our claim.
 	w.records.beforePut = func() {
-		other := claim(kindRestart, ev("r2", events.StatusRestartRequested, 2, 60), queue.Record{}, queue.Lease{Owner: "other", Until: at(0)})
+		other := claimRecord(kindRestart, ev("r2", events.StatusRestartRequested, 2, 60), queue.Record{}, queue.Lease{Owner: "other", Until: at(0)})
 		other.Lease, other.Done = nil, true
 		if _, err := w.records.put(7, other, 0); err != nil {
 			t.Error(err)
@@ -195,8 +195,14 @@ func TestBusyJobIsHandedBack(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, err := w.h.Handle(t.Context(), ev("t2", events.StatusRevoked, 2, 70))
-	if !errors.Is(err, ErrJobBusy) {
-		t.Fatalf("err = %v, want ErrJobBusy", err)
+	var busy *BusyError
+	if !errors.Is(err, ErrJobBusy) || !errors.As(err, &busy) {
+		t.Fatalf("err = %v, want a BusyError", err)
+	}
+	// Written at server time 100 with a 10 s lease: whatever the holder's
+	// Until says, it ends at 110.
+	if busy.Holder != "other" || busy.RetryAfter != 10*time.Second {
+		t.Errorf("busy = %+v; want held by other for 10s more (until its lease ends in server time)", busy)
 	}
 	if n := len(w.q.removes()); n != 0 {
 		t.Errorf("Remove called while another replica held the lease")
@@ -245,10 +251,8 @@ func TestConfigValidate(t *testing.T) {
 	cases := map[string]func(*Config){
 		"no terminal statuses":   func(c *Config) { c.Terminal = nil },
 		"restart as terminal":    func(c *Config) { c.Terminal = []events.Status{events.StatusRestartRequested} },
-		"negative skew":          func(c *Config) { c.ClockSkew = -time.Second },
 		"short lease":            func(c *Config) { c.Lease = time.Second },
 		"no owner":               func(c *Config) { c.Owner = "" },
-		"non-positive busy wait": func(c *Config) { c.BusyWait = 0 },
 	}
 	if err := good.Validate(); err != nil {
 		t.Fatalf("default config invalid: %v", err)

@@ -47,8 +47,6 @@ type SweepConfig struct {
 	OrphanIdle time.Duration
 	// SweepOrphans removes orphans instead of only reporting them.
 	SweepOrphans bool
-	// ClockSkew is the allowance between event times and server times.
-	ClockSkew time.Duration
 }
 
 // Judgement is a verdict with its reason and, when Remove, the fence the
@@ -73,11 +71,16 @@ func JobStateOf(rec queue.Record, exists bool) string {
 }
 
 // Judge decides what the reconciler does with one job stream. consumer is
-// the job's task consumer, nil when missing or not looked up.
+// the job's task consumer, nil when missing or not looked up. Times are
+// judged in the server's clock: the listing's timestamp when it has one,
+// else now.
 func Judge(s queue.JobStream, consumer *jetstream.ConsumerInfo, rec queue.Record, exists bool, now time.Time, cfg SweepConfig) Judgement {
+	if !s.Info.TimeStamp.IsZero() {
+		now = s.Info.TimeStamp
+	}
 	state := JobStateOf(rec, exists)
 	j := Judgement{JobState: state, Verdict: VerdictKeep}
-	if rec.Lease != nil && now.Before(rec.Lease.Until) {
+	if rec.LeaseLive(now) {
 		j.Verdict, j.Reason = VerdictBusy, "replica "+rec.Lease.Owner+" is acting on it"
 		return j
 	}
@@ -86,34 +89,37 @@ func Judge(s queue.JobStream, consumer *jetstream.ConsumerInfo, rec queue.Record
 	case JobStateLive:
 		j.Reason = fmt.Sprintf("job is %s (last event %s)", rec.State, rec.Status)
 	case JobStateUnknown:
-		idle := now.Sub(LastActivity(s, consumer))
-		if idle < cfg.OrphanIdle {
-			j.Reason = fmt.Sprintf("unknown job, active %s ago", roundAge(idle))
+		cut := now.Add(-cfg.OrphanIdle)
+		if why := activity(s, consumer, now, cut); why != "" {
+			j.Reason = "unknown job, active: " + why
 			return j
 		}
 		j.Verdict, j.Remove = VerdictOrphan, cfg.SweepOrphans
-		j.Reason = fmt.Sprintf("unknown job, idle for %s", roundAge(idle))
-		j.Fence = queue.Fence{CreatedBefore: now.Add(-cfg.OrphanIdle)}
+		j.Reason = fmt.Sprintf("unknown job, idle for %s", roundAge(now.Sub(LastActivity(s, consumer))))
+		j.Fence = queue.Fence{CreatedBefore: cut, Cut: "the idle cut-off (--orphan-idle)", IdleSince: cut}
 	case JobStateTerminal:
 		if later, ok := stampedLater(s, rec); ok {
 			j.Reason = fmt.Sprintf("stream belongs to attempt %d, after the terminal attempt", later)
 			return j
 		}
-		since := now.Sub(rec.Time)
-		switch {
-		case since < cfg.Grace:
-			j.Verdict, j.Reason = VerdictGrace, fmt.Sprintf("job ended %s ago, grace %s", roundAge(since), cfg.Grace)
-			return j
-		case created.Before(rec.Time.Add(-cfg.ClockSkew)):
-			j.Reason = "job ended " + roundAge(since) + " ago; stream older than its terminal event"
-		case now.Sub(created) < cfg.Grace:
-			j.Verdict, j.Reason = VerdictGrace, fmt.Sprintf("created %s ago, after the job ended; grace %s", roundAge(now.Sub(created)), cfg.Grace)
-			return j
-		default:
-			j.Reason = "created after the job ended, with no restart since"
+		ended, endedCut := rec.Stored, "the job's "+rec.Status+" event reached NATS"
+		if ended.IsZero() {
+			ended, endedCut = rec.Time, "the job's "+rec.Status+" event (its own time)" // a version 1 record
+		}
+		if created.Before(ended) {
+			j.Reason = fmt.Sprintf("job ended (%s) %s ago; stream created before that", rec.Status, roundAge(now.Sub(ended)))
+			j.Fence = queue.Fence{CreatedBefore: ended, Cut: endedCut}
+		} else {
+			age := now.Sub(created)
+			if age < cfg.Grace {
+				j.Verdict, j.Reason = VerdictGrace, fmt.Sprintf("stream created %s ago, after the job ended (%s); grace %s (--reconcile-grace)",
+					roundAge(age), rec.Status, cfg.Grace)
+				return j
+			}
+			j.Reason = fmt.Sprintf("stream created %s ago, after the job ended (%s), with no restart since", roundAge(age), rec.Status)
+			j.Fence = queue.Fence{CreatedBefore: now.Add(-cfg.Grace), Cut: "the grace period's start (--reconcile-grace)"}
 		}
 		j.Verdict, j.Remove = VerdictClean, true
-		j.Fence = queue.Fence{CreatedBefore: now.Add(-cfg.Grace)}
 		if rec.Attempt != nil {
 			j.Fence.AttemptKnown, j.Fence.MaxAttempt = true, *rec.Attempt
 		}
@@ -122,7 +128,7 @@ func Judge(s queue.JobStream, consumer *jetstream.ConsumerInfo, rec queue.Record
 }
 
 // LastActivity is the latest of the stream's creation, its last message,
-// and its task consumer's last delivery and ack.
+// and its task consumer's creation, last delivery and ack.
 func LastActivity(s queue.JobStream, c *jetstream.ConsumerInfo) time.Time {
 	last := s.LastActivity()
 	if c != nil {
@@ -136,6 +142,17 @@ func LastActivity(s queue.JobStream, c *jetstream.ConsumerInfo) time.Time {
 		}
 	}
 	return last
+}
+
+// activity says why a job's queue is active since cut, or "" when idle.
+func activity(s queue.JobStream, c *jetstream.ConsumerInfo, now, cut time.Time) string {
+	if last := s.LastActivity(); last.After(cut) {
+		return "stream created or written " + roundAge(now.Sub(last)) + " ago"
+	}
+	if c != nil {
+		return queue.ConsumerActivity(c, cut)
+	}
+	return ""
 }
 
 // stampedLater reports a stamped attempt on the stream that is later than

@@ -1,6 +1,7 @@
 package handlers
 
 import (
+	"strings"
 	"testing"
 	"time"
 
@@ -23,7 +24,7 @@ func jobStream(createdSec, lastMsgSec int, stampedAttempt string) queue.JobStrea
 
 func TestJudge(t *testing.T) {
 	t.Parallel()
-	cfg := SweepConfig{Grace: 60 * time.Second, OrphanIdle: 600 * time.Second, ClockSkew: 2 * time.Second}
+	cfg := SweepConfig{Grace: 60 * time.Second, OrphanIdle: 600 * time.Second}
 	sweeping := cfg
 	sweeping.SweepOrphans = true
 	terminal := rec("t", events.StatusRevoked, 1, 1000, true)
@@ -43,7 +44,7 @@ func TestJudge(t *testing.T) {
 		wantRemove bool
 	}{
 		{"terminal, stream older, past grace", jobStream(900, 950, ""), nil, terminal, true, 1100, cfg, VerdictClean, true},
-		{"terminal, still in grace", jobStream(900, 950, ""), nil, terminal, true, 1030, cfg, VerdictGrace, false},
+		{"terminal, stream older than the end: at once, no grace", jobStream(900, 950, ""), nil, terminal, true, 1030, cfg, VerdictClean, true},
 		{"terminal, recreated after the end, young", jobStream(1050, 1050, ""), nil, terminal, true, 1100, cfg, VerdictGrace, false},
 		{"terminal, recreated after the end, past grace", jobStream(1050, 1050, ""), nil, terminal, true, 1200, cfg, VerdictClean, true},
 		{"terminal, but stamped with a later attempt", jobStream(900, 950, "2"), nil, terminal, true, 5000, cfg, VerdictKeep, false},
@@ -54,6 +55,10 @@ func TestJudge(t *testing.T) {
 		{"unknown and idle: swept when enabled", jobStream(100, 200, ""), nil, queue.Record{}, false, 1200, sweeping, VerdictOrphan, true},
 		{"unknown, consumer still advancing", jobStream(100, 200, ""), &jetstream.ConsumerInfo{Delivered: jetstream.SequenceInfo{Last: &delivered}},
 			queue.Record{}, false, 1600, sweeping, VerdictKeep, false},
+		{"unknown, a worker busy on a task for long", jobStream(100, 200, ""), &jetstream.ConsumerInfo{NumAckPending: 1},
+			queue.Record{}, false, 5000, sweeping, VerdictKeep, false},
+		{"unknown, a worker waiting for tasks", jobStream(100, 200, ""), &jetstream.ConsumerInfo{NumWaiting: 2},
+			queue.Record{}, false, 5000, sweeping, VerdictKeep, false},
 		{"leased by a replica", jobStream(900, 950, ""), nil, leased(terminal, "other", 2000), true, 1100, cfg, VerdictBusy, false},
 	}
 	for _, tc := range cases {
@@ -75,7 +80,15 @@ func TestJudgeFenceKeepsLaterAttempts(t *testing.T) {
 	terminal := rec("t", events.StatusRevoked, 3, 1000, true)
 	terminal.State = queue.StateTerminal
 	j := Judge(jobStream(900, 950, ""), nil, terminal, true, at(2000), SweepConfig{Grace: time.Minute})
-	if !j.Fence.AttemptKnown || j.Fence.MaxAttempt != 3 || !j.Fence.CreatedBefore.Equal(at(1940)) {
-		t.Errorf("fence = %+v, want attempts up to 3, created before now-grace", j.Fence)
+	if !j.Fence.AttemptKnown || j.Fence.MaxAttempt != 3 || !j.Fence.CreatedBefore.Equal(at(1000)) {
+		t.Errorf("fence = %+v, want attempts up to 3, created before the terminal event reached NATS", j.Fence)
+	}
+	j = Judge(jobStream(1500, 1500, ""), nil, terminal, true, at(2000), SweepConfig{Grace: time.Minute})
+	if !j.Fence.CreatedBefore.Equal(at(1940)) || !strings.Contains(j.Reason, "after the job ended") {
+		t.Errorf("judgement = %+v, want created before now-grace for a stream made after the end", j)
+	}
+	j = Judge(jobStream(900, 950, ""), nil, terminal, true, at(2000), SweepConfig{Grace: time.Minute})
+	if strings.Contains(j.Reason, "after the job ended") {
+		t.Errorf("reason %q: the stream was created before the job ended", j.Reason)
 	}
 }

@@ -290,8 +290,8 @@ type sweeperLease struct {
 	Until time.Time `json:"until"`
 }
 
-// Run sweeps every interval while it holds the sweeper lease, until ctx is
-// done. A replica that does not hold the lease waits for the next interval
+// Run sweeps at once and then every interval while it holds the sweeper
+// lease, until ctx is done. A replica that does not hold the lease waits for the next interval
 // and tries again; the holder renews the lease during a long pass and stops
 // the pass if it lost it.
 func (r *Reconciler) Run(ctx context.Context, interval, leaseTTL time.Duration) {
@@ -301,11 +301,15 @@ func (r *Reconciler) Run(ctx context.Context, interval, leaseTTL time.Duration) 
 	}
 	t := time.NewTicker(interval)
 	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
+	// The first pass runs at once, so that the triage gauges are set from
+	// the start rather than an interval later.
+	for first := true; ; first = false {
+		if !first {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
 		}
 		held, err := r.acquire(ctx, leaseTTL)
 		if err != nil {

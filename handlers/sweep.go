@@ -3,7 +3,6 @@ package handlers
 import (
 	"context"
 	"errors"
-	"fmt"
 
 	"github.com/example/queue-janitor/events"
 	"github.com/example/queue-janitor/queue"
@@ -44,53 +43,65 @@ type SweepRequest struct {
 var ErrRecordChanged = errors.New("the job's record changed since the decision")
 
 // Sweep removes a job's queue as the reconciler or an operator decided,
-// through the same lease, fence, record and announcement as an event's
-// cleanup. It returns ErrRecordChanged or ErrJobBusy when it must not act
-// now.
+// through the same claim, fence, record and announcement as an event's
+// cleanup. It returns ErrRecordChanged, or a [BusyError], when it must not
+// act now.
 func (h *Handler) Sweep(ctx context.Context, req SweepRequest) (events.Outcome, error) {
+	out := events.Outcome{Decision: events.DecisionCleanup}
+	if req.Announce == AnnounceFlushed {
+		out.Decision = events.DecisionFlush
+	}
 	for {
 		rec, rev, err := h.records.Get(ctx, req.ID)
 		if err != nil {
-			return events.Outcome{Decision: events.DecisionCleanup}, err
+			return out, err
 		}
 		if (rev != 0) != req.JudgedExists || rec.EventID != req.Judged.EventID || rec.State != req.Judged.State {
 			return events.Outcome{Decision: events.DecisionIgnore, Result: "record_changed"}, ErrRecordChanged
 		}
-		if rec.HeldBy(h.cfg.Owner, h.now()) {
-			return events.Outcome{Decision: events.DecisionIgnore, Result: "busy"},
-				fmt.Errorf("%w (lease held by %s)", ErrJobBusy, rec.Lease.Owner)
+		busy, err := h.busy(ctx, rec)
+		if err != nil {
+			return out, err
+		}
+		if busy != nil {
+			return events.Outcome{Decision: events.DecisionIgnore, Result: "busy"}, busy
 		}
 		started := h.now()
 		claimed := rec
-		claimed.Lease = &queue.Lease{Owner: h.cfg.Owner, Until: started.Add(h.cfg.Lease)}
-		rev, err = h.records.Put(ctx, req.ID, claimed, rev)
+		lease := h.newLease(started)
+		claimed.Lease = &lease
+		c, err := h.take(ctx, req.ID, claimed, rev)
 		if errors.Is(err, queue.ErrConflict) {
 			continue
 		}
-		out := events.Outcome{Decision: events.DecisionCleanup}
-		if req.Announce == AnnounceFlushed {
-			out.Decision = events.DecisionFlush
-		}
 		if err != nil {
 			return out, err
 		}
-		fence := req.Fence
-		fence.ValidUntil = claimed.Lease.Until.Add(-h.cfg.Lease / 4)
-		removal, err := h.q.Remove(ctx, req.ID, fence)
+		removal, err := h.q.Remove(ctx, req.ID, req.Fence, c)
 		out.Removal = &removal
 		if err != nil {
-			h.release(ctx, req.ID, claimed, rev)
+			c.release(ctx)
 			return out, err
 		}
-		if err := h.finish(ctx, req.ID, claimed, rev); err != nil {
+		if err := c.finish(ctx, func(cur queue.Record) queue.Record {
+			cur.CleanedAt = h.now().UTC()
+			return cur
+		}); err != nil {
 			return out, err
 		}
 		out.Result = resultOf(removal)
 		out.Note = "removed by the " + req.Trigger
+		if n := noteOf(removal); n != "" {
+			out.Note += "; " + n
+		}
 		res := events.QueueResult{
 			JobID: req.ID, Status: events.Status(rec.Status), CauseEventID: rec.EventID, Outcome: out.Result,
 			Removal: removal, Trigger: req.Trigger, Attempt: rec.Attempt,
-			DurationMS: float64(h.now().Sub(started).Microseconds()) / 1000,
+			DurationMS: float64(h.now().Sub(started).Microseconds()) / 1000, EffectTime: h.now().UTC(),
+		}
+		if res.Status == "" {
+			// No event known for the job: the answer names who acted.
+			res.Status, res.CauseEventID = events.Status(req.Trigger), req.Trigger+":"+lease.Token
 		}
 		if req.Announce == AnnounceFlushed {
 			return out, h.emit.Flushed(ctx, res)

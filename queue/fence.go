@@ -12,40 +12,58 @@ import (
 //
 // A resource whose metadata carries [AttemptMetadataKey] is judged by that
 // number alone (the exact fence): it may be removed only when its attempt is
-// at most MaxAttempt. Otherwise it is judged by its server-side creation time:
-// it may be removed only when it was created before CreatedBefore, which the
-// caller sets to the event's time minus the allowed clock skew, so that a
-// doubtful case keeps the queue.
+// at most MaxAttempt. Otherwise it is judged by its creation time, which the
+// server stamps: it may be removed only when it was created before
+// CreatedBefore, itself a server time (when the event reached the event
+// stream, or a time read from the server). No producer's clock takes part,
+// so a backend clock minutes off neither keeps a leftover nor exposes a new
+// run.
 type Fence struct {
-	// CreatedBefore is the instant before which a resource must have been
-	// created to be removable. The zero value removes nothing by time.
+	// CreatedBefore is the server time before which a resource must have
+	// been created to be removable. The zero value removes nothing by time.
 	CreatedBefore time.Time
+	// Cut says in words what CreatedBefore is, for the reason of a kept
+	// resource, e.g. "the restart request reached NATS".
+	Cut string
 	// MaxAttempt is the newest run whose resources may be removed. It is used
 	// only when AttemptKnown is true.
 	MaxAttempt int64
 	// AttemptKnown says whether MaxAttempt is meaningful.
 	AttemptKnown bool
-	// ValidUntil, when set, is the instant after which no delete may be
-	// started under this fence: the end of the caller's lease on the job.
-	ValidUntil time.Time
+	// IdleSince, when set, also requires the job's queue to show no activity
+	// since then (no message stored, delivered or acked, nothing awaiting an
+	// ack, no worker waiting): the reconciler's orphans are re-checked just
+	// before they are deleted.
+	IdleSince time.Time
 }
 
-// Allows reports whether a resource created at created with the given
-// metadata may be removed. When it may not, reason says why, for logs.
+// Allows reports whether a resource created at created (server time) with
+// the given metadata may be removed. When it may not, reason says why in
+// words an operator can act on.
 func (f Fence) Allows(created time.Time, metadata map[string]string) (ok bool, reason string) {
 	if raw, found := metadata[AttemptMetadataKey]; found && f.AttemptKnown {
 		attempt, err := strconv.ParseInt(raw, 10, 64)
 		if err == nil {
 			if attempt > f.MaxAttempt {
-				return false, fmt.Sprintf("belongs to attempt %d, later than %d", attempt, f.MaxAttempt)
+				return false, fmt.Sprintf("stamped %s=%d, a later run than attempt %d that this action may remove (attempt fence)",
+					AttemptMetadataKey, attempt, f.MaxAttempt)
 			}
 			return true, ""
 		}
 		// An unreadable stamp is ignored: the time fence still applies.
 	}
+	if f.CreatedBefore.IsZero() {
+		return false, "no server time to judge its creation by, and no attempt stamp (time fence)"
+	}
 	if !created.Before(f.CreatedBefore) {
-		return false, fmt.Sprintf("created %s, not before %s", created.UTC().Format(time.RFC3339Nano),
-			f.CreatedBefore.UTC().Format(time.RFC3339Nano))
+		cut := f.Cut
+		if cut == "" {
+			cut = "the cut-off"
+		}
+		return false, fmt.Sprintf("created %s, not before %s at %s (server times): it may belong to a later run (time fence)",
+			stamp(created), cut, stamp(f.CreatedBefore))
 	}
 	return true, ""
 }
+
+func stamp(t time.Time) string { return t.UTC().Format("2006-01-02T15:04:05.000Z07:00") }

@@ -15,22 +15,41 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/trace"
 )
 
-// ErrAuthorityExpired is returned by [Janitor.Remove] when the caller's right
-// to act ([Fence.ValidUntil]) ran out before a delete could be sent. Nothing
-// more was deleted; the caller should decide again from fresh state.
+// ErrAuthorityExpired is returned by [Janitor.Remove] when the caller's
+// right to act (its [Authority]) ran out before a request could be sent.
+// Nothing more was sent; the caller should decide again from fresh state.
 var ErrAuthorityExpired = errors.New("authority to act on the queue expired")
+
+// ErrLeaseLost is returned when a claim's lease on a job was taken over
+// (another claim wrote the record) before its effect could be recorded: the
+// other claim finishes the job's effect. Like [ErrAuthorityExpired] it calls
+// for handling the event again later.
+var ErrLeaseLost = errors.New("the claim's lease on the job was taken over")
+
+// Authority is a claim's right to send requests about a job's queue. The
+// janitor checks it before every request, retries included, and bounds each
+// request's deadline by it, so that no request of an effect is sent after
+// the claim that allowed it has ended.
+type Authority interface {
+	// Deadline is the instant from which no request may be sent. It may
+	// move later while the claim is renewed.
+	Deadline() time.Time
+}
 
 // Janitor removes a job's JetStream resources. It is safe for concurrent use.
 type Janitor struct {
-	js    jetstream.JetStream
-	names Names
-	retry retrier
-	now   func() time.Time
+	js     jetstream.JetStream
+	server Server
+	names  Names
+	retry  retrier
+	now    func() time.Time
+	abort  func()
 }
 
 // Option configures a [Janitor] or a [Store].
@@ -41,6 +60,8 @@ type options struct {
 	tracer   trace.Tracer
 	observer RetryObserver
 	now      func() time.Time
+	server   Server
+	abort    func()
 }
 
 // WithRetryPolicy replaces [DefaultRetryPolicy].
@@ -55,6 +76,16 @@ func WithRetryObserver(f RetryObserver) Option { return func(o *options) { o.obs
 // WithClock replaces time.Now, for tests.
 func WithClock(now func() time.Time) Option { return func(o *options) { o.now = now } }
 
+// WithServer replaces the JetStream calls that [Janitor.Remove] makes, for
+// the model checker.
+func WithServer(s Server) Option { return func(o *options) { o.server = s } }
+
+// WithAbort sets what the janitor calls when a delete got no reply in time:
+// it must discard the request if it has not left this process yet (close the
+// connection abruptly), so that it can never reach the server later, after
+// the claim's authority has ended. nil does nothing.
+func WithAbort(abort func()) Option { return func(o *options) { o.abort = abort } }
+
 func buildOptions(opts []Option) options {
 	o := options{policy: DefaultRetryPolicy(), now: time.Now}
 	for _, opt := range opts {
@@ -67,7 +98,14 @@ func buildOptions(opts []Option) options {
 // names. names must be valid (see [Names.Validate]).
 func NewJanitor(js jetstream.JetStream, names Names, opts ...Option) *Janitor {
 	o := buildOptions(opts)
-	return &Janitor{js: js, names: names, retry: newRetrier(o.policy, o.tracer, o.observer), now: o.now}
+	j := &Janitor{js: js, server: o.server, names: names, retry: newRetrier(o.policy, o.tracer, o.observer), now: o.now, abort: o.abort}
+	if j.server == nil {
+		j.server = jsServer{js: js}
+	}
+	if j.abort == nil {
+		j.abort = func() {}
+	}
+	return j
 }
 
 // Names returns the naming patterns the Janitor acts on.
@@ -93,7 +131,18 @@ type Removal struct {
 	// ConsumersRemoved counts consumers deleted, including those that went
 	// with the stream (as its lookup counted them).
 	ConsumersRemoved int `json:"consumers_removed"`
+	// Confirmed is [ConfirmedGoneOnRetry] when a delete's reply was lost
+	// and a later attempt found the resource gone: the lost request removed
+	// it, and the counts are those the fence read just before.
+	Confirmed string `json:"confirmed,omitempty"`
+	// Notes says what else happened, e.g. a stream that vanished between
+	// the lookup and the delete (removed by someone else).
+	Notes []string `json:"notes,omitempty"`
 }
+
+// ConfirmedGoneOnRetry marks a removal confirmed by absence: the first
+// delete got no reply, and the retry found the resource gone.
+const ConfirmedGoneOnRetry = "gone_on_retry"
 
 // Removed reports whether anything was deleted.
 func (r Removal) Removed() bool { return len(r.Deleted) > 0 }
@@ -106,36 +155,49 @@ func (r Removal) Removed() bool { return len(r.Deleted) > 0 }
 // When the stream is there and the fence allows it, the stream and the
 // dead-letter consumer are deleted together: the backend creates that
 // consumer after the stream, for the same run, so it belongs to a run the
-// fence allows too (and the caller's lease on the job keeps a later run from
+// fence allows too (and the caller's claim on the job keeps a later run from
 // starting meanwhile). Otherwise the dead-letter consumer is looked up and
 // fenced on its own. Three JetStream API calls for a job with a queue.
 //
-// It returns [ErrAuthorityExpired] when fence.ValidUntil passed before the
-// deletes, and otherwise the first error that retries did not overcome; the
-// Removal then reports what was done.
-func (j *Janitor) Remove(ctx context.Context, id JobID, fence Fence) (Removal, error) {
+// Every request is sent only while auth allows, with a deadline no later
+// than auth's. A delete that is retried first reads the resource again and
+// deletes it only if it is still the one the fence judged (same server-side
+// creation time); a delete whose reply was lost is reported as done when the
+// retry finds the resource gone ([ConfirmedGoneOnRetry]).
+//
+// It returns [ErrAuthorityExpired] when auth ran out first, and otherwise the
+// first error that retries did not overcome; the Removal then reports what
+// was done.
+func (j *Janitor) Remove(ctx context.Context, id JobID, fence Fence, auth Authority) (Removal, error) {
 	if !id.Valid() {
 		return Removal{}, fmt.Errorf("remove: %w: %d", ErrInvalidJobID, id)
 	}
 	r := Removal{Stream: j.names.StreamName(id), Deleted: []string{}}
 	adv, dlq := j.names.AdvisoryStream, j.names.DeadLetterConsumerName(id)
 
-	sinfo, err := j.StreamInfo(ctx, r.Stream)
+	sinfo, err := j.streamInfo(ctx, r.Stream, auth)
 	if err != nil {
 		return r, err
 	}
 	dropStream, dropDLQ := false, false
 	if sinfo != nil {
 		r.StreamFound = true
-		if ok, why := fence.Allows(sinfo.Created, sinfo.Config.Metadata); ok {
+		ok, why := fence.Allows(sinfo.Created, sinfo.Config.Metadata)
+		if ok && !fence.IdleSince.IsZero() {
+			ok, why, err = j.idle(ctx, id, sinfo, fence.IdleSince, auth)
+			if err != nil {
+				return r, err
+			}
+		}
+		if ok {
 			dropStream, dropDLQ = true, true
 		} else {
 			r.Kept = append(r.Kept, fmt.Sprintf("stream %s: %s", r.Stream, why))
 		}
 	}
+	var dinfo *jetstream.ConsumerInfo
 	if !dropStream {
-		dinfo, err := j.ConsumerInfo(ctx, adv, dlq)
-		if err != nil {
+		if dinfo, err = j.consumerInfo(ctx, adv, dlq, auth); err != nil {
 			return r, err
 		}
 		if dinfo != nil {
@@ -149,25 +211,26 @@ func (j *Janitor) Remove(ctx context.Context, id JobID, fence Fence) (Removal, e
 	if !dropStream && !dropDLQ {
 		return r, nil
 	}
-	if err := j.checkAuthority(fence); err != nil {
-		return r, err
-	}
-	var streamGone, dlqDeleted bool
+	var streamDone, dlqDone deletion
 	err = both(
 		func() (err error) {
 			if dropStream {
-				streamGone, err = j.deleteStream(ctx, r.Stream)
+				streamDone, err = j.deleteStream(ctx, r.Stream, sinfo.Created, auth)
 			}
 			return err
 		},
 		func() (err error) {
 			if dropDLQ {
-				dlqDeleted, err = j.deleteConsumer(ctx, adv, dlq)
+				var created time.Time // with the stream: not looked up, any one goes
+				if dinfo != nil {
+					created = dinfo.Created
+				}
+				dlqDone, err = j.deleteConsumer(ctx, adv, dlq, created, auth)
 			}
 			return err
 		},
 	)
-	if dropStream && streamGone {
+	if streamDone.removed() {
 		if n := sinfo.State.Consumers; n > 0 {
 			// They went with the stream; the backend's one is the task consumer.
 			r.Deleted = append(r.Deleted, "consumer "+r.Stream+"/"+j.names.ConsumerName(id))
@@ -176,11 +239,39 @@ func (j *Janitor) Remove(ctx context.Context, id JobID, fence Fence) (Removal, e
 		r.Deleted = append(r.Deleted, "stream "+r.Stream)
 		r.MessagesDiscarded = sinfo.State.Msgs
 	}
-	if dlqDeleted {
+	if dlqDone.removed() {
 		r.Deleted = append(r.Deleted, "consumer "+adv+"/"+dlq)
 		r.ConsumersRemoved++
 	}
+	r.note(streamDone, "stream "+r.Stream)
+	r.note(dlqDone, "consumer "+adv+"/"+dlq)
 	return r, err
+}
+
+// deletion is what became of one delete.
+type deletion int
+
+const (
+	notTried    deletion = iota
+	deleted              // the server answered that it deleted it
+	goneOnRetry          // a reply was lost, and a retry found it gone
+	vanished             // gone before any request of ours could have removed it
+	replaced             // a retry found another resource of the same name: kept
+)
+
+func (d deletion) removed() bool { return d == deleted || d == goneOnRetry }
+
+// note adds what a deletion says beyond Deleted.
+func (r *Removal) note(d deletion, what string) {
+	switch d {
+	case goneOnRetry:
+		r.Confirmed = ConfirmedGoneOnRetry
+		r.Notes = append(r.Notes, what+": the delete's reply was lost; a retry found it gone")
+	case vanished:
+		r.Notes = append(r.Notes, what+": gone before this service's delete reached it (removed by someone else)")
+	case replaced:
+		r.Kept = append(r.Kept, what+": recreated since the fence judged it (another creation time): a later run's, kept")
+	}
 }
 
 // both runs a and b concurrently and returns the first error.
@@ -194,58 +285,143 @@ func both(a, b func() error) error {
 	return errA
 }
 
-// deleteStream deletes a stream; false means it was already gone.
-func (j *Janitor) deleteStream(ctx context.Context, stream string) (bool, error) {
+// deleteStream deletes the stream the fence judged (created at created).
+func (j *Janitor) deleteStream(ctx context.Context, stream string, created time.Time, auth Authority) (deletion, error) {
 	attrs := []attribute.KeyValue{attribute.String("jetstream.stream", stream)}
-	deleted := true
-	err := j.retry.do(ctx, "jetstream.delete_stream", attrs, func(ctx context.Context) error {
-		err := j.js.DeleteStream(ctx, stream)
-		if errors.Is(err, jetstream.ErrStreamNotFound) {
-			deleted = false
-			return nil
-		}
-		return err
-	})
+	d, err := j.deleteOnce(ctx, "jetstream.delete_stream", attrs, auth,
+		func(ctx context.Context) (time.Time, bool, error) {
+			info, err := j.server.StreamInfo(ctx, stream)
+			if info == nil || err != nil {
+				return time.Time{}, false, err
+			}
+			return info.Created, true, nil
+		},
+		created,
+		func(ctx context.Context) error { return j.server.DeleteStream(ctx, stream) })
 	if err != nil {
-		return false, fmt.Errorf("delete stream %q: %w", stream, err)
+		return d, fmt.Errorf("delete stream %q: %w", stream, err)
 	}
-	return deleted, nil
+	return d, nil
 }
 
-// deleteConsumer deletes one consumer; false means it was already gone.
-func (j *Janitor) deleteConsumer(ctx context.Context, stream, name string) (bool, error) {
+// deleteConsumer deletes the consumer the fence judged (created at created;
+// zero when it was not looked up, as when it goes with its job's stream).
+func (j *Janitor) deleteConsumer(ctx context.Context, stream, name string, created time.Time, auth Authority) (deletion, error) {
 	attrs := []attribute.KeyValue{attribute.String("jetstream.stream", stream), attribute.String("jetstream.consumer", name)}
-	deleted := true
-	err := j.retry.do(ctx, "jetstream.delete_consumer", attrs, func(ctx context.Context) error {
-		err := j.js.DeleteConsumer(ctx, stream, name)
-		if isGone(err) {
-			deleted = false
+	d, err := j.deleteOnce(ctx, "jetstream.delete_consumer", attrs, auth,
+		func(ctx context.Context) (time.Time, bool, error) {
+			info, err := j.server.ConsumerInfo(ctx, stream, name)
+			if info == nil || err != nil {
+				return time.Time{}, false, err
+			}
+			return info.Created, true, nil
+		},
+		created,
+		func(ctx context.Context) error { return j.server.DeleteConsumer(ctx, stream, name) })
+	if err != nil {
+		return d, fmt.Errorf("delete consumer %q on stream %q: %w", name, stream, err)
+	}
+	return d, nil
+}
+
+// deleteOnce deletes one resource under auth, at most once in effect: a
+// retry first re-reads the resource (lookup) and goes on only if it is still
+// the one judged (same creation time, when known). A request that got no
+// reply may still have been applied: the connection is aborted so that it
+// cannot be sent later, and a retry that then finds the resource gone
+// reports goneOnRetry.
+func (j *Janitor) deleteOnce(ctx context.Context, op string, attrs []attribute.KeyValue, auth Authority,
+	lookup func(context.Context) (time.Time, bool, error), judged time.Time, del func(context.Context) error) (deletion, error) {
+	outcome, uncertain, attempt := notTried, false, 0
+	gone := func() deletion {
+		if uncertain {
+			return goneOnRetry
+		}
+		return vanished
+	}
+	err := j.retry.do(ctx, op, attrs, func(ctx context.Context) error {
+		attempt++
+		if attempt > 1 {
+			var created time.Time
+			var found bool
+			err := j.authorized(ctx, auth, func(ctx context.Context) (err error) {
+				created, found, err = lookup(ctx)
+				return err
+			})
+			if err != nil {
+				return err
+			}
+			if !found {
+				outcome = gone()
+				return nil
+			}
+			if !judged.IsZero() && !created.Equal(judged) {
+				outcome = replaced
+				return nil
+			}
+		}
+		err := j.authorized(ctx, auth, del)
+		switch {
+		case errors.Is(err, ErrGone):
+			outcome = gone()
 			return nil
+		case err == nil:
+			outcome = deleted
+			return nil
+		case mayHaveReached(err):
+			uncertain = true
+			j.abort()
 		}
 		return err
 	})
-	if err != nil {
-		return false, fmt.Errorf("delete consumer %q on stream %q: %w", name, stream, err)
+	return outcome, err
+}
+
+// authorized runs one request if auth still allows it, with a deadline no
+// later than auth's.
+func (j *Janitor) authorized(ctx context.Context, auth Authority, fn func(context.Context) error) error {
+	if auth == nil {
+		return fn(ctx)
 	}
-	return deleted, nil
+	deadline := auth.Deadline()
+	if !j.now().Before(deadline) {
+		return ErrAuthorityExpired
+	}
+	ctx, cancel := context.WithDeadline(ctx, deadline)
+	defer cancel()
+	err := fn(ctx)
+	if err != nil && !j.now().Before(deadline) {
+		// Cut short by the authority's end, not by the server.
+		return fmt.Errorf("%w (last request: %w)", ErrAuthorityExpired, err)
+	}
+	return err
+}
+
+// mayHaveReached reports whether a failed request may have been applied by
+// the server: it left this process and no answer came back.
+func mayHaveReached(err error) bool {
+	if errors.Is(err, nats.ErrNoResponders) || errors.Is(err, nats.ErrReconnectBufExceeded) ||
+		errors.Is(err, nats.ErrConnectionReconnecting) || errors.Is(err, nats.ErrDisconnected) {
+		return false // never sent, or nobody took it
+	}
+	var apiErr *jetstream.APIError
+	return !errors.As(err, &apiErr) // an API error is the server's answer: not applied
 }
 
 // StreamInfo returns the stream's info, or nil and no error when it does
 // not exist.
 func (j *Janitor) StreamInfo(ctx context.Context, stream string) (*jetstream.StreamInfo, error) {
+	return j.streamInfo(ctx, stream, nil)
+}
+
+func (j *Janitor) streamInfo(ctx context.Context, stream string, auth Authority) (*jetstream.StreamInfo, error) {
 	var info *jetstream.StreamInfo
 	attrs := []attribute.KeyValue{attribute.String("jetstream.stream", stream)}
 	err := j.retry.do(ctx, "jetstream.stream_info", attrs, func(ctx context.Context) error {
-		s, err := j.js.Stream(ctx, stream)
-		if errors.Is(err, jetstream.ErrStreamNotFound) {
-			info = nil
-			return nil
-		}
-		if err != nil {
+		return j.authorized(ctx, auth, func(ctx context.Context) (err error) {
+			info, err = j.server.StreamInfo(ctx, stream)
 			return err
-		}
-		info = s.CachedInfo()
-		return nil
+		})
 	})
 	if err != nil {
 		return nil, fmt.Errorf("stream info %q: %w", stream, err)
@@ -256,19 +432,17 @@ func (j *Janitor) StreamInfo(ctx context.Context, stream string) (*jetstream.Str
 // ConsumerInfo returns the consumer's info, or nil and no error when it or
 // its stream does not exist.
 func (j *Janitor) ConsumerInfo(ctx context.Context, stream, consumer string) (*jetstream.ConsumerInfo, error) {
+	return j.consumerInfo(ctx, stream, consumer, nil)
+}
+
+func (j *Janitor) consumerInfo(ctx context.Context, stream, consumer string, auth Authority) (*jetstream.ConsumerInfo, error) {
 	var info *jetstream.ConsumerInfo
 	attrs := []attribute.KeyValue{attribute.String("jetstream.stream", stream), attribute.String("jetstream.consumer", consumer)}
 	err := j.retry.do(ctx, "jetstream.consumer_info", attrs, func(ctx context.Context) error {
-		c, err := j.js.Consumer(ctx, stream, consumer)
-		if isGone(err) {
-			info = nil
-			return nil
-		}
-		if err != nil {
+		return j.authorized(ctx, auth, func(ctx context.Context) (err error) {
+			info, err = j.server.ConsumerInfo(ctx, stream, consumer)
 			return err
-		}
-		info = c.CachedInfo()
-		return nil
+		})
 	})
 	if err != nil {
 		return nil, fmt.Errorf("consumer info %q on stream %q: %w", consumer, stream, err)
@@ -276,14 +450,38 @@ func (j *Janitor) ConsumerInfo(ctx context.Context, stream, consumer string) (*j
 	return info, nil
 }
 
-func (j *Janitor) checkAuthority(fence Fence) error {
-	if !fence.ValidUntil.IsZero() && !j.now().Before(fence.ValidUntil) {
-		return ErrAuthorityExpired
+// idle re-checks, just before an orphan is deleted, that its queue shows no
+// activity since since: nothing stored, delivered or acked after it, nothing
+// awaiting an ack, no worker waiting on the task consumer.
+func (j *Janitor) idle(ctx context.Context, id JobID, s *jetstream.StreamInfo, since time.Time, auth Authority) (bool, string, error) {
+	if s.State.LastTime.After(since) {
+		return false, fmt.Sprintf("a message was stored at %s, after the idle cut-off %s (idle check)", stamp(s.State.LastTime), stamp(since)), nil
 	}
-	return nil
+	c, err := j.consumerInfo(ctx, s.Config.Name, j.names.ConsumerName(id), auth)
+	if err != nil || c == nil {
+		return err == nil, "", err
+	}
+	if why := ConsumerActivity(c, since); why != "" {
+		return false, why + " (idle check)", nil
+	}
+	return true, "", nil
 }
 
-// isGone reports whether err says the consumer or its stream does not exist.
-func isGone(err error) bool {
-	return errors.Is(err, jetstream.ErrConsumerNotFound) || errors.Is(err, jetstream.ErrStreamNotFound)
+// ConsumerActivity says why a task consumer is active since since, or ""
+// when it is idle: a delivery or ack after since, tasks awaiting an ack (a
+// worker busy on them), or workers waiting for tasks.
+func ConsumerActivity(c *jetstream.ConsumerInfo, since time.Time) string {
+	switch {
+	case c.NumAckPending > 0:
+		return fmt.Sprintf("%d tasks await a worker's ack", c.NumAckPending)
+	case c.NumWaiting > 0:
+		return fmt.Sprintf("%d workers wait for tasks", c.NumWaiting)
+	case c.Delivered.Last != nil && c.Delivered.Last.After(since):
+		return "a task was delivered at " + stamp(*c.Delivered.Last)
+	case c.AckFloor.Last != nil && c.AckFloor.Last.After(since):
+		return "a task was acked at " + stamp(*c.AckFloor.Last)
+	case c.Created.After(since):
+		return "the task consumer was created at " + stamp(c.Created)
+	}
+	return ""
 }

@@ -17,13 +17,13 @@ func TestRemoveExactFence(t *testing.T) {
 
 	// Attempt 3 is later than 2: kept, even though the time fence would
 	// allow it.
-	kept, err := j.Remove(t.Context(), 1, Fence{AttemptKnown: true, MaxAttempt: 2, CreatedBefore: time.Now().Add(time.Hour)})
+	kept, err := j.Remove(t.Context(), 1, Fence{AttemptKnown: true, MaxAttempt: 2, CreatedBefore: time.Now().Add(time.Hour)}, nil)
 	if err != nil {
 		t.Fatalf("Remove with MaxAttempt 2: %v", err)
 	}
 	if !kept.StreamFound || kept.Removed() || len(kept.Kept) != 2 ||
-		!strings.HasPrefix(kept.Kept[0], "stream job_1: belongs to attempt 3, later than 2") ||
-		!strings.HasPrefix(kept.Kept[1], "consumer advisories/job-1-dlq: belongs to attempt 3, later than 2") {
+		!strings.HasPrefix(kept.Kept[0], "stream job_1: stamped job_attempt=3, a later run than attempt 2") ||
+		!strings.HasPrefix(kept.Kept[1], "consumer advisories/job-1-dlq: stamped job_attempt=3, a later run than attempt 2") {
 		t.Fatalf("Removal = %+v; want both kept with the attempt as reason", kept)
 	}
 	if e.streamMsgs("job_1") != 4 || !e.consumerExists("job_1", "job-1-consumer") || !e.consumerExists("advisories", "job-1-dlq") {
@@ -32,7 +32,7 @@ func TestRemoveExactFence(t *testing.T) {
 
 	// Attempt 3 is at most 3: removed, even though the zero time fence
 	// would keep it.
-	r, err := j.Remove(t.Context(), 1, Fence{AttemptKnown: true, MaxAttempt: 3})
+	r, err := j.Remove(t.Context(), 1, Fence{AttemptKnown: true, MaxAttempt: 3}, nil)
 	if err != nil {
 		t.Fatalf("Remove with MaxAttempt 3: %v", err)
 	}
@@ -93,7 +93,7 @@ func TestRemoveTimeFence(t *testing.T) {
 				t.Fatalf("setup: stream created %s, dead-letter consumer %s: want one each side of %s", s, d, cut)
 			}
 
-			r, err := e.janitor().Remove(t.Context(), 1, Fence{CreatedBefore: cut})
+			r, err := e.janitor().Remove(t.Context(), 1, Fence{CreatedBefore: cut}, nil)
 			if err != nil {
 				t.Fatalf("Remove: %v", err)
 			}
@@ -114,6 +114,11 @@ func TestRemoveTimeFence(t *testing.T) {
 	}
 }
 
+// fixedAuthority is an Authority that ends at a fixed instant.
+type fixedAuthority time.Time
+
+func (a fixedAuthority) Deadline() time.Time { return time.Time(a) }
+
 func TestRemoveWithExpiredAuthority(t *testing.T) {
 	t.Parallel()
 	now := time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC)
@@ -123,7 +128,7 @@ func TestRemoveWithExpiredAuthority(t *testing.T) {
 			e := setup(t)
 			e.provision(1, 5, nil)
 			j := e.janitor(WithClock(func() time.Time { return now }))
-			r, err := j.Remove(t.Context(), 1, Fence{CreatedBefore: time.Now().Add(time.Hour), ValidUntil: validUntil})
+			r, err := j.Remove(t.Context(), 1, Fence{CreatedBefore: time.Now().Add(time.Hour)}, fixedAuthority(validUntil))
 			if !errors.Is(err, ErrAuthorityExpired) || r.Removed() {
 				t.Fatalf("Remove = %+v, %v; want ErrAuthorityExpired and nothing deleted", r, err)
 			}
@@ -134,28 +139,29 @@ func TestRemoveWithExpiredAuthority(t *testing.T) {
 	}
 }
 
-// TestAuthorityIsCheckedBeforeTheDeletes: the authority is checked once,
-// right before the deletes, which then run together: a lease that runs out
-// during them does not leave the job half removed.
-func TestAuthorityIsCheckedBeforeTheDeletes(t *testing.T) {
+// TestAuthorityIsCheckedBeforeEveryRequest: an authority that runs out
+// after the lookups stops the deletes; nothing is sent after it ended.
+func TestAuthorityIsCheckedBeforeEveryRequest(t *testing.T) {
 	t.Parallel()
 	e := setup(t)
 	e.provision(1, 5, nil)
 	start := time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC)
 	var calls atomic.Int64
 	clock := func() time.Time {
-		if calls.Add(1) == 1 {
+		if calls.Add(1) <= 1 { // the stream lookup's check
 			return start
 		}
 		return start.Add(time.Hour)
 	}
 	r, err := e.janitor(WithClock(clock)).Remove(t.Context(), 1,
-		Fence{CreatedBefore: time.Now().Add(time.Hour), ValidUntil: start.Add(time.Minute)})
-	want := []string{"consumer job_1/job-1-consumer", "stream job_1", "consumer advisories/job-1-dlq"}
-	if err != nil || !slices.Equal(r.Deleted, want) {
-		t.Fatalf("Remove = %+v, %v; want %q", r, err, want)
+		Fence{CreatedBefore: time.Now().Add(time.Hour)}, fixedAuthority(start.Add(time.Minute)))
+	if !errors.Is(err, ErrAuthorityExpired) || r.Removed() {
+		t.Fatalf("Remove = %+v, %v; want ErrAuthorityExpired and nothing deleted", r, err)
 	}
-	if calls.Load() != 1 {
-		t.Errorf("the clock was read %d times, want once (one check before the deletes)", calls.Load())
+	if e.streamMsgs("job_1") != 5 || !e.consumerExists("advisories", "job-1-dlq") {
+		t.Fatal("a delete was sent after the authority ended")
+	}
+	if calls.Load() < 2 {
+		t.Errorf("the authority was checked %d times, want before each request", calls.Load())
 	}
 }

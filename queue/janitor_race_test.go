@@ -89,7 +89,8 @@ func TestRemoveWhenAnotherReplicaGetsThereFirst(t *testing.T) {
 				}}
 			},
 			want: Removal{Stream: "job_1", StreamFound: true, ConsumersRemoved: 1,
-				Deleted: []string{"consumer advisories/job-1-dlq"}},
+				Deleted: []string{"consumer advisories/job-1-dlq"},
+				Notes:   []string{"stream job_1: gone before this service's delete reached it (removed by someone else)"}},
 		},
 		{
 			name: "dead-letter consumer gone just before its delete",
@@ -99,7 +100,8 @@ func TestRemoveWhenAnotherReplicaGetsThereFirst(t *testing.T) {
 				}}
 			},
 			want: Removal{Stream: "job_1", StreamFound: true, MessagesDiscarded: 6, ConsumersRemoved: 1,
-				Deleted: []string{"consumer job_1/job-1-consumer", "stream job_1"}},
+				Deleted: []string{"consumer job_1/job-1-consumer", "stream job_1"},
+				Notes:   []string{"consumer advisories/job-1-dlq: gone before this service's delete reached it (removed by someone else)"}},
 		},
 		{
 			name: "stream already gone, dead-letter consumer gone after its lookup",
@@ -109,7 +111,8 @@ func TestRemoveWhenAnotherReplicaGetsThereFirst(t *testing.T) {
 					byOther(e.t, func(ctx context.Context) error { return e.js.DeleteConsumer(ctx, stream, name) })
 				}}
 			},
-			want: Removal{Stream: "job_1", Deleted: []string{}},
+			want: Removal{Stream: "job_1", Deleted: []string{},
+				Notes: []string{"consumer advisories/job-1-dlq: gone before this service's delete reached it (removed by someone else)"}},
 		},
 	}
 	for _, tt := range tests {
@@ -119,7 +122,7 @@ func TestRemoveWhenAnotherReplicaGetsThereFirst(t *testing.T) {
 			e.provision(1, 6, nil)
 			js := tt.hook(e)
 			js.JetStream = e.js
-			r, err := NewJanitor(js, e.names, WithRetryPolicy(fastRetry())).Remove(t.Context(), 1, openFence())
+			r, err := NewJanitor(js, e.names, WithRetryPolicy(fastRetry())).Remove(t.Context(), 1, openFence(), nil)
 			if err != nil {
 				t.Fatalf("Remove: %v", err)
 			}
@@ -147,7 +150,7 @@ func TestConcurrentRemoves(t *testing.T) {
 		results := make([]Removal, len(janitors))
 		errs := make([]error, len(janitors))
 		for i, j := range janitors {
-			wg.Go(func() { results[i], errs[i] = j.Remove(t.Context(), 1, openFence()) })
+			wg.Go(func() { results[i], errs[i] = j.Remove(t.Context(), 1, openFence(), nil) })
 		}
 		wg.Wait()
 		all := slices.Concat(results[0].Deleted, results[1].Deleted)

@@ -44,7 +44,7 @@ func TestRemoveRidesOutAServerRestart(t *testing.T) {
 	}
 	done := make(chan result, 1)
 	go func() {
-		r, err := j.Remove(t.Context(), 1, openFence())
+		r, err := j.Remove(t.Context(), 1, openFence(), nil)
 		done <- result{r, err}
 	}()
 	// Restart only once the outage has been seen, so that the retry path is
@@ -141,7 +141,7 @@ func TestRemoveStopsAtOnceOnAClosedConnection(t *testing.T) {
 	// error would run into it.
 	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
 	defer cancel()
-	r, err := j.Remove(ctx, 1, openFence())
+	r, err := j.Remove(ctx, 1, openFence(), nil)
 	if !errors.Is(err, nats.ErrConnectionClosed) && !errors.Is(err, jetstream.ErrConnectionClosed) {
 		t.Fatalf("Remove = %v; want a closed-connection error", err)
 	}

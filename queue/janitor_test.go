@@ -9,10 +9,9 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 )
 
-// openFence allows every resource: created before an hour from now, with an
-// hour of authority left.
+// openFence allows every resource: created before an hour from now.
 func openFence() Fence {
-	return Fence{CreatedBefore: time.Now().Add(time.Hour), ValidUntil: time.Now().Add(time.Hour)}
+	return Fence{CreatedBefore: time.Now().Add(time.Hour)}
 }
 
 // removedJob1 is the report of a full removal of job 1 with default names.
@@ -39,7 +38,7 @@ func TestRemoveDeletesTheJobsQueue(t *testing.T) {
 	e := setup(t)
 	e.provision(1, 25, nil)
 
-	r, err := e.janitor().Remove(t.Context(), 1, openFence())
+	r, err := e.janitor().Remove(t.Context(), 1, openFence(), nil)
 	if err != nil {
 		t.Fatalf("Remove: %v", err)
 	}
@@ -67,7 +66,7 @@ func TestRemoveCountsConsumersThatGoWithTheStream(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	r, err := e.janitor().Remove(t.Context(), 1, openFence())
+	r, err := e.janitor().Remove(t.Context(), 1, openFence(), nil)
 	if err != nil {
 		t.Fatalf("Remove: %v", err)
 	}
@@ -90,7 +89,7 @@ func TestRemoveLeavesOtherStreamsAlone(t *testing.T) {
 	}
 	e.publish("archive.1", 3)
 
-	r, err := e.janitor().Remove(t.Context(), 1, openFence())
+	r, err := e.janitor().Remove(t.Context(), 1, openFence(), nil)
 	if err != nil {
 		t.Fatalf("Remove: %v", err)
 	}
@@ -124,7 +123,7 @@ func TestRemoveWhenNothingIsThere(t *testing.T) {
 			if tt.provision {
 				e.provision(2, 1, nil)
 			}
-			r, err := e.janitor().Remove(t.Context(), 1, openFence())
+			r, err := e.janitor().Remove(t.Context(), 1, openFence(), nil)
 			if err != nil {
 				t.Fatalf("Remove: %v", err)
 			}
@@ -144,12 +143,12 @@ func TestRemoveTwiceIsANoOp(t *testing.T) {
 	e := setup(t)
 	e.provision(1, 5, nil)
 	j := e.janitor()
-	first, err := j.Remove(t.Context(), 1, openFence())
+	first, err := j.Remove(t.Context(), 1, openFence(), nil)
 	if err != nil {
 		t.Fatalf("first Remove: %v", err)
 	}
 	assertRemoval(t, first, removedJob1(5, 2))
-	second, err := j.Remove(t.Context(), 1, openFence())
+	second, err := j.Remove(t.Context(), 1, openFence(), nil)
 	if err != nil {
 		t.Fatalf("second Remove: %v", err)
 	}
@@ -161,7 +160,7 @@ func TestRemoveRejectsInvalidJobID(t *testing.T) {
 	e := setup(t)
 	e.provision(1, 1, nil)
 	for _, id := range []JobID{0, -1} {
-		r, err := e.janitor().Remove(t.Context(), id, openFence())
+		r, err := e.janitor().Remove(t.Context(), id, openFence(), nil)
 		if !errors.Is(err, ErrInvalidJobID) || r.Removed() {
 			t.Errorf("Remove(%d) = %+v, %v; want ErrInvalidJobID", id, r, err)
 		}

@@ -29,7 +29,7 @@ func TestRemoveTracesEachActionAndAttempt(t *testing.T) {
 	t.Cleanup(func() { _ = tp.Shutdown(context.WithoutCancel(t.Context())) })
 
 	ctx, root := tp.Tracer("t").Start(t.Context(), "handle event")
-	if _, err := e.janitor(WithTracer(tp.Tracer("t"))).Remove(ctx, 1, openFence()); err != nil {
+	if _, err := e.janitor(WithTracer(tp.Tracer("t"))).Remove(ctx, 1, openFence(), nil); err != nil {
 		t.Fatalf("Remove: %v", err)
 	}
 	root.End()

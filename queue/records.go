@@ -13,7 +13,9 @@ import (
 )
 
 // RecordVersion is the version of [Record]'s encoding written by this code.
-const RecordVersion = 1
+// Version 2 added the event's server time (Stored) and per-claim lease
+// tokens judged in server time; version 1 records are still read.
+const RecordVersion = 2
 
 // ErrConflict is returned by [Store.Put] when the key's revision changed since
 // it was read: another replica updated the record. Re-read and decide again.
@@ -42,8 +44,14 @@ type Record struct {
 	// Attempt is the newest attempt seen; nil while the backend has sent
 	// none.
 	Attempt *int64 `json:"attempt,omitempty"`
-	// Time is the newest event's time (its transition time).
+	// Time is the newest event's time (its transition time) as the
+	// producer's clock gave it; for display only.
 	Time time.Time `json:"time"`
+	// Stored is when the newest event reached the event stream, in the
+	// NATS server's clock. Events are ordered, and streams fenced, by it.
+	// For a restart request it is the first copy's: the flush removes only
+	// what was created before the request reached the server.
+	Stored time.Time `json:"stored,omitzero"`
 	// EventID is the newest event's CloudEvents id.
 	EventID string `json:"event_id"`
 	// Status is the newest event's status, lower case.
@@ -54,20 +62,63 @@ type Record struct {
 	Done bool `json:"done"`
 	// CleanedAt is when the job's queue was last cleaned or flushed.
 	CleanedAt time.Time `json:"cleaned_at,omitzero"`
-	// Lease, while set and unexpired, gives its owner the sole right to act
+	// Lease, while set and unexpired, gives one claim the sole right to act
 	// on the job's queue.
 	Lease *Lease `json:"lease,omitempty"`
+
+	// At is the server time at which this revision of the record was
+	// written (the key-value entry's timestamp). [Store.Get] sets it; it is
+	// not part of the stored value.
+	At time.Time `json:"-"`
 }
 
-// Lease is a replica's time-bounded claim on a job's queue.
+// Lease is one claim's time-bounded right to act on a job's queue.
+//
+// Every claim has its own Token, so two claims never hold a job at once,
+// whether they come from two replicas or from the event intake and the
+// reconciler of one process. Expiry is judged in the NATS server's clock:
+// the lease runs for TTL from the server timestamp of the record revision
+// that wrote it ([Record.At]), so a replica whose clock runs ahead cannot
+// take over a lease that is still running.
 type Lease struct {
-	Owner string    `json:"owner"`
+	// Owner names the replica, for logs and `ls`.
+	Owner string `json:"owner"`
+	// Token identifies the claim.
+	Token string `json:"token,omitempty"`
+	// TTL is the lease's length from the revision's server time.
+	TTL time.Duration `json:"ttl,omitempty"`
+	// Until is when the holder expected it to end, by its own clock; for
+	// display, and for judging version 1 records that have no TTL.
 	Until time.Time `json:"until"`
 }
 
-// HeldBy reports whether the lease is held by someone other than owner at now.
-func (r Record) HeldBy(owner string, now time.Time) bool {
-	return r.Lease != nil && r.Lease.Owner != owner && now.Before(r.Lease.Until)
+// LeaseLive reports whether the record's lease is still running at
+// serverNow, a time read from the NATS server after the record was read.
+func (r Record) LeaseLive(serverNow time.Time) bool {
+	switch {
+	case r.Lease == nil:
+		return false
+	case r.Lease.TTL <= 0 || r.At.IsZero():
+		return serverNow.Before(r.Lease.Until) // a version 1 record
+	}
+	return serverNow.Before(r.At.Add(r.Lease.TTL))
+}
+
+// LeaseEnds is when a running lease ends, in server time.
+func (r Record) LeaseEnds() time.Time {
+	switch {
+	case r.Lease == nil:
+		return time.Time{}
+	case r.Lease.TTL <= 0 || r.At.IsZero():
+		return r.Lease.Until
+	}
+	return r.At.Add(r.Lease.TTL)
+}
+
+// HeldBy reports whether the record holds a running lease of a claim other
+// than token at serverNow.
+func (r Record) HeldBy(token string, serverNow time.Time) bool {
+	return r.LeaseLive(serverNow) && r.Lease.Token != token
 }
 
 // StoreConfig describes the key-value bucket of per-job records.
@@ -130,12 +181,37 @@ func (s *Store) Ping(ctx context.Context) error {
 func JobKey(id JobID) string { return "job." + id.String() }
 
 // Get returns the job's record and its revision; a job without a record gives
-// the zero Record and revision 0.
+// the zero Record and revision 0. The record's At is the revision's server
+// time.
 func (s *Store) Get(ctx context.Context, id JobID) (Record, uint64, error) {
 	var rec Record
 	var rev uint64
-	err := s.GetJSON(ctx, JobKey(id), &rec, &rev)
+	at, err := s.getJSON(ctx, JobKey(id), &rec, &rev)
+	rec.At = at
 	return rec, rev, err
+}
+
+// ServerNow returns the NATS server's current time, as the bucket's stream
+// info reports it. Leases are judged against it.
+func (s *Store) ServerNow(ctx context.Context) (time.Time, error) {
+	var now time.Time
+	attrs := []attribute.KeyValue{attribute.String("kv.bucket", s.kv.Bucket())}
+	err := s.retry.do(ctx, "kv.server_time", attrs, func(ctx context.Context) error {
+		st, err := s.kv.Status(ctx)
+		if err != nil {
+			return err
+		}
+		bs, ok := st.(*jetstream.KeyValueBucketStatus)
+		if !ok || bs.StreamInfo() == nil || bs.StreamInfo().TimeStamp.IsZero() {
+			return errors.New("the server reported no time with the bucket status (NATS 2.10 or later is needed)")
+		}
+		now = bs.StreamInfo().TimeStamp
+		return nil
+	})
+	if err != nil {
+		return time.Time{}, fmt.Errorf("read the server time: %w", err)
+	}
+	return now, nil
 }
 
 // Put writes the job's record if the key is still at revision rev (0: if it
@@ -148,8 +224,15 @@ func (s *Store) Put(ctx context.Context, id JobID, rec Record, rev uint64) (uint
 // GetJSON reads key into v and its revision into rev; a missing key leaves v
 // alone and sets rev to 0.
 func (s *Store) GetJSON(ctx context.Context, key string, v any, rev *uint64) error {
+	_, err := s.getJSON(ctx, key, v, rev)
+	return err
+}
+
+// getJSON is GetJSON that also returns the revision's server time.
+func (s *Store) getJSON(ctx context.Context, key string, v any, rev *uint64) (time.Time, error) {
+	var at time.Time
 	attrs := []attribute.KeyValue{attribute.String("kv.bucket", s.kv.Bucket()), attribute.String("kv.key", key)}
-	return s.retry.do(ctx, "kv.get", attrs, func(ctx context.Context) error {
+	err := s.retry.do(ctx, "kv.get", attrs, func(ctx context.Context) error {
 		e, err := s.kv.Get(ctx, key)
 		if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
 			*rev = 0
@@ -161,9 +244,10 @@ func (s *Store) GetJSON(ctx context.Context, key string, v any, rev *uint64) err
 		if err := json.Unmarshal(e.Value(), v); err != nil {
 			return fmt.Errorf("decode record %q at revision %d: %w", key, e.Revision(), err)
 		}
-		*rev = e.Revision()
+		*rev, at = e.Revision(), e.Created()
 		return nil
 	})
+	return at, err
 }
 
 // PutJSON writes v at key if the key is still at revision rev (0: absent).

@@ -109,6 +109,10 @@ func TestStorePutCompareAndSet(t *testing.T) {
 	}
 	got, rev, err := s.Get(ctx, 7)
 	second.V = RecordVersion
+	if got.At.IsZero() || time.Since(got.At) > time.Minute {
+		t.Errorf("At = %v; want the revision's server time, just now", got.At)
+	}
+	second.At = got.At
 	if err != nil || rev != rev2 || !reflect.DeepEqual(got, second) {
 		t.Fatalf("Get = %+v, %d, %v; want %+v at revision %d", got, rev, err, second, rev2)
 	}
@@ -156,10 +160,10 @@ func TestStoreWritesVersionedJSON(t *testing.T) {
 	if err := json.Unmarshal(entry.Value(), &raw); err != nil {
 		t.Fatal(err)
 	}
-	if raw["v"] != float64(1) || raw["event_id"] != "e1" || raw["state"] != "flushed" {
-		t.Errorf("stored %s; want v 1, event_id e1, state flushed", entry.Value())
+	if raw["v"] != float64(RecordVersion) || raw["event_id"] != "e1" || raw["state"] != "flushed" {
+		t.Errorf("stored %s; want v %d, event_id e1, state flushed", entry.Value(), RecordVersion)
 	}
-	for _, absent := range []string{"attempt", "lease", "cleaned_at"} {
+	for _, absent := range []string{"attempt", "lease", "cleaned_at", "stored", "At"} {
 		if _, ok := raw[absent]; ok {
 			t.Errorf("stored %s; want no %q when unset", entry.Value(), absent)
 		}
@@ -208,24 +212,33 @@ func TestStoreConcurrentCompareAndSet(t *testing.T) {
 	}
 }
 
+// TestRecordHeldBy: a lease is judged by its claim's token (the same
+// replica's other claims hold it too) and in server time: the revision's
+// timestamp plus the TTL, whatever the holder's own clock wrote in Until.
 func TestRecordHeldBy(t *testing.T) {
 	t.Parallel()
 	now := time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC)
+	at := now.Add(-5 * time.Second) // the revision's server time
 	tests := []struct {
 		name  string
 		lease *Lease
 		want  bool
 	}{
 		{"no lease", nil, false},
-		{"own unexpired lease", &Lease{Owner: "me", Until: now.Add(time.Minute)}, false},
-		{"other's unexpired lease", &Lease{Owner: "other", Until: now.Add(time.Minute)}, true},
-		{"other's lease ending now", &Lease{Owner: "other", Until: now}, false},
-		{"other's expired lease", &Lease{Owner: "other", Until: now.Add(-time.Minute)}, false},
+		{"this claim's lease", &Lease{Owner: "me", Token: "mine", TTL: time.Minute}, false},
+		{"another claim of this replica", &Lease{Owner: "me", Token: "other", TTL: time.Minute}, true},
+		{"another replica's lease", &Lease{Owner: "other", Token: "t", TTL: time.Minute}, true},
+		{"lease ending now", &Lease{Owner: "other", Token: "t", TTL: 5 * time.Second}, false},
+		{"expired lease", &Lease{Owner: "other", Token: "t", TTL: time.Second}, false},
+		{"holder's clock far ahead: judged in server time", &Lease{Owner: "other", Token: "t", TTL: time.Second, Until: now.Add(time.Hour)}, false},
+		{"holder's clock far behind: judged in server time", &Lease{Owner: "other", Token: "t", TTL: time.Minute, Until: now.Add(-time.Hour)}, true},
+		{"version 1 record: Until", &Lease{Owner: "other", Until: now.Add(time.Minute)}, true},
+		{"version 1 record: Until passed", &Lease{Owner: "other", Until: now}, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			if got := (Record{Lease: tt.lease}).HeldBy("me", now); got != tt.want {
+			if got := (Record{Lease: tt.lease, At: at}).HeldBy("mine", now); got != tt.want {
 				t.Fatalf("HeldBy = %v, want %v", got, tt.want)
 			}
 		})

@@ -74,18 +74,20 @@ var transientCodes = map[jetstream.ErrorCode]bool{
 // IsTransient reports whether err may go away on its own: timeouts, no
 // responders, a reconnecting connection, and JetStream's 503 answers
 // (including 10008 while a cluster elects a leader). A closed connection, a
-// permission error or a bad request are permanent.
+// permission error, a bad request and an expired authority
+// ([ErrAuthorityExpired]) are permanent.
 func IsTransient(err error) bool {
 	if err == nil {
 		return false
 	}
 	if errors.Is(err, nats.ErrConnectionClosed) || errors.Is(err, jetstream.ErrConnectionClosed) ||
-		errors.Is(err, context.Canceled) {
+		errors.Is(err, context.Canceled) || errors.Is(err, ErrAuthorityExpired) {
 		return false
 	}
 	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) ||
 		errors.Is(err, nats.ErrNoResponders) || errors.Is(err, jetstream.ErrNoStreamResponse) ||
 		errors.Is(err, nats.ErrConnectionReconnecting) || errors.Is(err, nats.ErrDisconnected) ||
+		errors.Is(err, nats.ErrReconnectBufExceeded) ||
 		errors.Is(err, jetstream.ErrServerShutdown) || errors.Is(err, jetstream.ErrConsumerLeadershipChanged) {
 		return true
 	}

@@ -26,9 +26,7 @@ type Config struct {
 
 	// TerminalStatuses is a comma-separated list of statuses to clean up on.
 	TerminalStatuses string
-	ClockSkew        time.Duration
 	Lease            time.Duration
-	BusyWait         time.Duration
 
 	Reconcile ReconcileConfig
 
@@ -100,9 +98,7 @@ func DefaultConfig() Config {
 		Records:  queue.StoreConfig{Bucket: "queue_janitor_jobs", Replicas: 1, TTL: 30 * 24 * time.Hour},
 
 		TerminalStatuses: "revoked,failure,cancelled",
-		ClockSkew:        2 * time.Second,
-		Lease:            time.Minute,
-		BusyWait:         15 * time.Second,
+		Lease:            handlers.DefaultLease,
 
 		Reconcile: ReconcileConfig{
 			Interval:   time.Minute,
@@ -129,7 +125,7 @@ func (c Config) Terminal() []events.Status {
 // Handler returns the decisions' configuration for replica owner.
 func (c Config) Handler(owner string) handlers.Config {
 	return handlers.Config{
-		Terminal: c.Terminal(), ClockSkew: c.ClockSkew, Lease: c.Lease, BusyWait: c.BusyWait, Owner: owner,
+		Terminal: c.Terminal(), Lease: c.Lease, Owner: owner,
 	}
 }
 
@@ -172,9 +168,6 @@ func (c Config) Validate() error {
 	}
 	if err := c.Handler("validate").Validate(); err != nil {
 		return fmt.Errorf("decisions: %w", err)
-	}
-	if c.Lease <= c.Retry.MaxElapsed {
-		return fmt.Errorf("--lease %s must exceed --retry-max-elapsed %s, or a slow delete could outlive its lease", c.Lease, c.Retry.MaxElapsed)
 	}
 	if c.Reconcile.Interval < 0 || c.Reconcile.Grace < 0 || c.Reconcile.OrphanIdle <= 0 || c.Reconcile.LeaseTTL <= 0 {
 		return errors.New("--reconcile-*: durations must not be negative (interval 0 turns the reconciler off)")

@@ -15,10 +15,14 @@ import (
 )
 
 // connect opens the NATS connection, reconnecting forever once it is up.
-// A failure to reach the server says what to check.
-func connect(c NATSConfig, name string, log zerolog.Logger) (*nats.Conn, error) {
+// A failure to reach the server says what to check. Nothing published while
+// the connection is down is buffered for later: such a publish fails at once
+// (and is retried by its caller), so that no request can reach the server
+// long after its sender gave up on it.
+func connect(c NATSConfig, name string, log zerolog.Logger, extra ...nats.Option) (*nats.Conn, error) {
 	opts := []nats.Option{
 		nats.Name(name),
+		nats.ReconnectBufSize(-1),
 		nats.Timeout(c.ConnectTimeout),
 		nats.MaxReconnects(-1),
 		nats.ReconnectWait(500 * time.Millisecond),
@@ -70,7 +74,7 @@ func connect(c NATSConfig, name string, log zerolog.Logger) (*nats.Conn, error) 
 	if c.TLSCertFile != "" {
 		opts = append(opts, nats.ClientCert(c.TLSCertFile, c.TLSKeyFile))
 	}
-	nc, err := nats.Connect(c.URL, opts...)
+	nc, err := nats.Connect(c.URL, append(opts, extra...)...)
 	if err != nil {
 		return nil, connectError(c.URL, err)
 	}

@@ -29,7 +29,6 @@ func opsFlags(name, args, about string, c *Config) *flagSet {
 	namesFlags(f, c)
 	recordFlags(f, c)
 	f.group("Judging (as the reconciler does)")
-	f.Duration(&c.ClockSkew, "clock-skew", envPrefix+"CLOCK_SKEW", "allowed clock difference between backend and NATS")
 	f.Duration(&c.Reconcile.Grace, "reconcile-grace", envPrefix+"RECONCILE_GRACE", "wait after a terminal event before cleaning a stream created after it")
 	f.Duration(&c.Reconcile.OrphanIdle, "orphan-idle", envPrefix+"ORPHAN_IDLE", "idle time after which a stream of an unknown job is an orphan")
 	logFlags(f, c)
@@ -393,7 +392,12 @@ func (s *service) removeNow(ctx context.Context, id queue.JobID, force bool, ann
 		return fmt.Errorf("the service knows this job as live (last event %s %s); if it really is over, use --force", rec.Status,
 			rec.Time.UTC().Format(time.RFC3339))
 	}
-	fence := queue.Fence{CreatedBefore: time.Now()}
+	// Everything that exists now, in the server's clock.
+	serverNow, err := s.store.ServerNow(ctx)
+	if err != nil {
+		return err
+	}
+	fence := queue.Fence{CreatedBefore: serverNow, Cut: "this command ran"}
 	if state == handlers.JobStateTerminal && rec.Attempt != nil && !force {
 		fence.AttemptKnown, fence.MaxAttempt = true, *rec.Attempt
 	}

@@ -44,7 +44,7 @@ func intakeFlags(f *flagSet, c *Config) {
 	f.Int(&c.Intake.Replicas, "event-stream-replicas", envPrefix+"EVENT_STREAM_REPLICAS", "replicas of the event stream when created")
 	f.Duration(&c.Intake.MaxAge, "event-max-age", envPrefix+"EVENT_MAX_AGE", "how long the event stream keeps events when created")
 	f.String(&c.Intake.Consumer, "consumer", envPrefix+"CONSUMER", "durable consumer shared by all replicas")
-	f.Int(&c.Intake.MaxDeliver, "max-deliver", envPrefix+"MAX_DELIVER", "deliveries of one event before it is dead-lettered")
+	f.Int(&c.Intake.MaxDeliver, "max-deliver", envPrefix+"MAX_DELIVER", "deliveries of an event that fails for a reason of its own before it is dead-lettered (failures of NATS itself are retried until they pass)")
 	f.Duration(&c.Intake.AckWait, "ack-wait", envPrefix+"ACK_WAIT", "redelivery wait for an event left unacknowledged")
 	f.Int(&c.Intake.Concurrency, "concurrency", envPrefix+"CONCURRENCY", "events handled at once per process (one at a time per job)")
 	f.Int(&c.Intake.MaxEventBytes, "max-event-bytes", envPrefix+"MAX_EVENT_BYTES", "largest accepted event (body and headers)")
@@ -63,9 +63,9 @@ func eventsFlags(f *flagSet, c *Config) {
 func decisionFlags(f *flagSet, c *Config) {
 	f.group("Decisions and safety")
 	f.String(&c.TerminalStatuses, "terminal-statuses", envPrefix+"TERMINAL_STATUSES", "statuses whose queue is cleaned, comma-separated")
-	f.Duration(&c.ClockSkew, "clock-skew", envPrefix+"CLOCK_SKEW", "allowed clock difference between backend and NATS; a stream created within it before the event is kept")
-	f.Duration(&c.Lease, "lease", envPrefix+"LEASE", "how long a replica may act on one job before another may take over")
-	f.Duration(&c.BusyWait, "busy-wait", envPrefix+"BUSY_WAIT", "wait for another replica's lease before retrying the event later")
+	f.Duration(&c.Lease, "lease", envPrefix+"LEASE", "how long a claim on one job lasts from its last renewal (renewed every third of it while acting); a dead replica blocks its jobs this long")
+	f.Duration(&c.Intake.MaxPark, "busy-wait", envPrefix+"BUSY_WAIT", "longest an event waits, parked, for another claim on its job before it is handed back to the server")
+	f.Duration(&c.Intake.MaxFuture, "max-event-future", envPrefix+"MAX_EVENT_FUTURE", "dead-letter events whose time is further ahead of their arrival at NATS (a broken producer clock); 0: no limit")
 }
 
 func recordFlags(f *flagSet, c *Config) {

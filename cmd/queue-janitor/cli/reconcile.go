@@ -11,7 +11,6 @@ import (
 func (c Config) sweepConfig() handlers.SweepConfig {
 	return handlers.SweepConfig{
 		Grace: c.Reconcile.Grace, OrphanIdle: c.Reconcile.OrphanIdle, SweepOrphans: c.Reconcile.SweepOrphans,
-		ClockSkew: c.ClockSkew,
 	}
 }
 

@@ -171,7 +171,8 @@ func jetStreamFor(nc *nats.Conn, cfg Config) (jetstream.JetStream, error) {
 
 // openService connects and binds everything the handler needs.
 func openService(ctx context.Context, cfg Config, owner string, log zerolog.Logger, tel *telemetry.Telemetry, metrics *telemetry.Metrics) (*service, error) {
-	nc, err := connect(cfg.NATS, "queue-janitor "+owner, log)
+	dialer := newAbortDialer(cfg.NATS.ConnectTimeout)
+	nc, err := connect(cfg.NATS, "queue-janitor "+owner, log, nats.SetCustomDialer(dialer))
 	if err != nil {
 		return nil, err
 	}
@@ -185,7 +186,11 @@ func openService(ctx context.Context, cfg Config, owner string, log zerolog.Logg
 		log.Warn().Ctx(ctx).Str("operation", op).Int("attempt", attempt).Dur("retry_in", wait).Err(err).
 			Msg("transient NATS error; retrying")
 	}
-	opts := []queue.Option{queue.WithRetryPolicy(cfg.Retry), queue.WithTracer(tel.Tracer()), queue.WithRetryObserver(observer)}
+	opts := []queue.Option{queue.WithRetryPolicy(cfg.Retry), queue.WithTracer(tel.Tracer()), queue.WithRetryObserver(observer),
+		queue.WithAbort(func() {
+			log.Warn().Msg("a delete got no reply in time: closing the NATS connection so that the request cannot arrive late; reconnecting")
+			dialer.Abort()
+		})}
 	store, err := queue.OpenStore(ctx, js, cfg.Records, opts...)
 	if err != nil {
 		nc.Close()

@@ -1,0 +1,75 @@
+package queue
+
+import (
+	"context"
+	"errors"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Server is the part of the JetStream API that [Janitor.Remove] uses: one
+// method per request, so that what reaches the server is explicit (the
+// model checker drives the janitor through an in-memory Server).
+type Server interface {
+	// StreamInfo returns the stream's info, or nil and no error when it
+	// does not exist.
+	StreamInfo(ctx context.Context, stream string) (*jetstream.StreamInfo, error)
+	// ConsumerInfo returns the consumer's info, or nil and no error when
+	// it or its stream does not exist.
+	ConsumerInfo(ctx context.Context, stream, consumer string) (*jetstream.ConsumerInfo, error)
+	// DeleteStream deletes a stream; [ErrGone] when it does not exist.
+	DeleteStream(ctx context.Context, stream string) error
+	// DeleteConsumer deletes a consumer; [ErrGone] when it or its stream
+	// does not exist.
+	DeleteConsumer(ctx context.Context, stream, consumer string) error
+}
+
+// ErrGone is what a [Server] returns when the resource to delete does not
+// exist.
+var ErrGone = errors.New("not found")
+
+// jsServer is the [Server] of a real JetStream connection.
+type jsServer struct{ js jetstream.JetStream }
+
+func (s jsServer) StreamInfo(ctx context.Context, stream string) (*jetstream.StreamInfo, error) {
+	st, err := s.js.Stream(ctx, stream)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	return st.CachedInfo(), nil
+}
+
+func (s jsServer) ConsumerInfo(ctx context.Context, stream, consumer string) (*jetstream.ConsumerInfo, error) {
+	c, err := s.js.Consumer(ctx, stream, consumer)
+	if isGone(err) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	return c.CachedInfo(), nil
+}
+
+func (s jsServer) DeleteStream(ctx context.Context, stream string) error {
+	err := s.js.DeleteStream(ctx, stream)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		return ErrGone
+	}
+	return err
+}
+
+func (s jsServer) DeleteConsumer(ctx context.Context, stream, consumer string) error {
+	err := s.js.DeleteConsumer(ctx, stream, consumer)
+	if isGone(err) {
+		return ErrGone
+	}
+	return err
+}
+
+// isGone reports whether err says the consumer or its stream does not exist.
+func isGone(err error) bool {
+	return errors.Is(err, jetstream.ErrConsumerNotFound) || errors.Is(err, jetstream.ErrStreamNotFound)
+}

@@ -31,4 +31,3 @@ type retryAfter interface {
 	error
 	RetryAfterDelay() time.Duration
 }
-

@@ -249,10 +249,10 @@ func TestConfigValidate(t *testing.T) {
 	t.Parallel()
 	good := DefaultConfig("me")
 	cases := map[string]func(*Config){
-		"no terminal statuses":   func(c *Config) { c.Terminal = nil },
-		"restart as terminal":    func(c *Config) { c.Terminal = []events.Status{events.StatusRestartRequested} },
-		"short lease":            func(c *Config) { c.Lease = time.Second },
-		"no owner":               func(c *Config) { c.Owner = "" },
+		"no terminal statuses": func(c *Config) { c.Terminal = nil },
+		"restart as terminal":  func(c *Config) { c.Terminal = []events.Status{events.StatusRestartRequested} },
+		"short lease":          func(c *Config) { c.Lease = time.Second },
+		"no owner":             func(c *Config) { c.Owner = "" },
 	}
 	if err := good.Validate(); err != nil {
 		t.Fatalf("default config invalid: %v", err)

@@ -60,6 +60,9 @@ func (h *Handler) take(ctx context.Context, id queue.JobID, next queue.Record, r
 	} else {
 		close(c.done)
 	}
+	if h.onClaim != nil {
+		h.onClaim(c)
+	}
 	return c, nil
 }
 

@@ -127,6 +127,16 @@ type Handler struct {
 	terminal map[events.Status]bool
 	now      func() time.Time
 	renew    bool
+	onClaim  func(ClaimHandle)
+}
+
+// ClaimHandle is a claim as [WithClaimHook] sees it.
+type ClaimHandle interface {
+	// Renew writes the lease again; it reports whether the claim is still
+	// held.
+	Renew(ctx context.Context) bool
+	// Deadline is the claim's authority: no request after it.
+	Deadline() time.Time
 }
 
 var _ events.Handler = (*Handler)(nil)
@@ -141,6 +151,10 @@ func WithClock(now func() time.Time) Option { return func(h *Handler) { h.now = 
 // WithoutRenewal turns off the background renewal of leases, for the model
 // checker, which renews claims as steps of its own.
 func WithoutRenewal() Option { return func(h *Handler) { h.renew = false } }
+
+// WithClaimHook calls f with every claim taken, for the model checker, which
+// renews claims (see [WithoutRenewal]) as steps of its own.
+func WithClaimHook(f func(ClaimHandle)) Option { return func(h *Handler) { h.onClaim = f } }
 
 // New returns a Handler. cfg must be valid.
 func New(q Queue, records Records, emit Emitter, cfg Config, opts ...Option) *Handler {

@@ -3,9 +3,9 @@ package events
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
 	"unicode/utf8"
 
@@ -157,6 +157,10 @@ func (c PublisherConfig) Validate() error {
 type Publisher struct {
 	nc     *nats.Conn
 	js     jetstream.JetStream
+
+	mu          sync.Mutex
+	capture     map[string]bool // subject -> a stream captures it
+	captureSeen time.Time
 	cfg    PublisherConfig
 	tracer trace.Tracer
 	now    func() time.Time
@@ -182,12 +186,12 @@ func (p *Publisher) Flushed(ctx context.Context, r QueueResult) error {
 }
 
 // DeadLetter emits a rejected event on the dead-letter subject and waits
-// until it is kept, so that the original may then be terminated: a stream
-// that captures the subject must acknowledge it. When no stream captures it
-// (the server says so at once), it is published on core NATS and confirmed
-// by a flush; the original then stays in the event stream, by its sequence,
-// until the stream's age limit. A publish the server refuses (a permission)
-// or does not answer is an error, and the original is retried later.
+// until it is kept, so that the original may then be terminated. When a
+// stream captures the subject, that stream must acknowledge it: a publish
+// it refuses (a permission) or does not answer is an error, and the
+// original is retried later. When none does, it is published on core NATS
+// and confirmed by a flush; the original then stays in the event stream, by
+// its sequence, until the stream's age limit.
 func (p *Publisher) DeadLetter(ctx context.Context, jobID string, dl DeadLetter) error {
 	h := nats.Header{ReasonHeader: []string{string(dl.Reason)}}
 	return p.publish(ctx, p.cfg.DeadLetterSubject, TypeDeadLetter, jobID, dl, h, true)
@@ -239,14 +243,11 @@ func (p *Publisher) send(ctx context.Context, subject, typ, jobID string, data a
 	if traceparent != "" {
 		msg.Header.Set("traceparent", traceparent)
 	}
-	if confirm {
-		_, err := p.js.PublishMsg(ctx, msg)
-		if !errors.Is(err, jetstream.ErrNoStreamResponse) && !errors.Is(err, nats.ErrNoResponders) {
-			if err != nil {
-				return fmt.Errorf("publish %s on %q (a stream must acknowledge it): %w", typ, subject, err)
-			}
-			return nil
+	if confirm && p.captured(ctx, subject) {
+		if _, err := p.js.PublishMsg(ctx, msg); err != nil {
+			return fmt.Errorf("publish %s on %q (stream capturing it did not acknowledge): %w", typ, subject, err)
 		}
+		return nil
 	}
 	if err := p.nc.PublishMsg(msg); err != nil {
 		return fmt.Errorf("publish %s on %q: %w", typ, subject, err)
@@ -259,6 +260,28 @@ func (p *Publisher) send(ctx context.Context, subject, typ, jobID string, data a
 		}
 	}
 	return nil
+}
+
+// captureTTL is how long the answer to "does a stream capture this
+// subject?" is kept.
+const captureTTL = 30 * time.Second
+
+// captured reports whether a stream captures subject, so that a publish
+// on it must be acknowledged by that stream. A failed lookup counts as no.
+func (p *Publisher) captured(ctx context.Context, subject string) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if time.Since(p.captureSeen) > captureTTL {
+		p.capture, p.captureSeen = map[string]bool{}, time.Now()
+	}
+	if v, ok := p.capture[subject]; ok {
+		return v
+	}
+	ctx, cancel := context.WithTimeout(ctx, confirmTimeout)
+	defer cancel()
+	_, err := p.js.StreamNameBySubject(ctx, subject)
+	p.capture[subject] = err == nil
+	return err == nil
 }
 
 func fillID(pattern string, id queue.JobID) string {

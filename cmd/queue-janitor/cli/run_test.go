@@ -111,7 +111,7 @@ func TestValidateNamesTheBadSetting(t *testing.T) {
 		"event subject":       {func(c *Config) { c.Intake.Subject = "job.status.>" }, "event subject"},
 		"deadletter loops":    {func(c *Config) { c.Events.DeadLetterSubject = "job.status.dead" }, "dead-letter subject"},
 		"terminal restart":    {func(c *Config) { c.TerminalStatuses = "revoked,restart_requested" }, "terminal"},
-		"lease under retries": {func(c *Config) { c.Lease = 10e9; c.Retry.MaxElapsed = 20e9 }, "--lease"},
+		"short lease":         {func(c *Config) { c.Lease = 1e9 }, "lease"},
 		"kv replicas":         {func(c *Config) { c.Records.Replicas = 4 + 3 }, "--kv-replicas"},
 		"embedded listen":     {func(c *Config) { c.Embedded.Enabled, c.Embedded.Listen = true, "4222" }, "--embedded-listen"},
 	}

@@ -3,6 +3,7 @@ package handlers
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"sync"
 	"time"
 
@@ -52,6 +53,8 @@ type fakeRecords struct {
 	clock func() time.Time
 	// beforePut, when set, runs before each Put (to inject a conflict).
 	beforePut func()
+	// failPuts, when it points to true, makes every Put fail.
+	failPuts *bool
 }
 
 func newFakeRecords() *fakeRecords {
@@ -81,6 +84,12 @@ func (s *fakeRecords) ServerNow(context.Context) (time.Time, error) {
 func (s *fakeRecords) Put(_ context.Context, id queue.JobID, rec queue.Record, rev uint64) (uint64, error) {
 	if hook := s.takeHook(); hook != nil {
 		hook()
+	}
+	s.mu.Lock()
+	fail := s.failPuts != nil && *s.failPuts
+	s.mu.Unlock()
+	if fail {
+		return 0, errors.New("nats: timeout")
 	}
 	return s.put(id, rec, rev)
 }

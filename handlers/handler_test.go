@@ -268,3 +268,129 @@ func TestConfigValidate(t *testing.T) {
 		})
 	}
 }
+
+// TestClaimsOfOneProcessExcludeEachOther: the reconciler's sweep and the
+// event intake of one process share a Handler, hence an owner. While the
+// sweep is inside its removal, a restart request for the same job must wait
+// for it: a claim is a token, not a replica.
+func TestClaimsOfOneProcessExcludeEachOther(t *testing.T) {
+	t.Parallel()
+	w := setup(t)
+	w.handle(t, ev("t1", events.StatusRevoked, 1, 50))
+	judged := w.record(t)
+	var inner error
+	w.q.during = func() {
+		w.q.during = nil
+		_, inner = w.h.Handle(t.Context(), ev("r2", events.StatusRestartRequested, 2, 60))
+	}
+	if _, err := w.h.Sweep(t.Context(), SweepRequest{ID: 7, Judged: judged, JudgedExists: true,
+		Fence: queue.Fence{CreatedBefore: at(60)}, Trigger: TriggerReconciler}); err != nil {
+		t.Fatalf("Sweep: %v", err)
+	}
+	if !errors.Is(inner, ErrJobBusy) {
+		t.Fatalf("restart during the same process's sweep: err = %v, want ErrJobBusy", inner)
+	}
+	if n := len(w.q.removes()); n != 2 {
+		t.Fatalf("Remove called %d times, want 2 (the event's, the sweep's): the restart must not act during the sweep", n)
+	}
+	if _, f := w.emit.counts(); f != 0 {
+		t.Fatal("flushed answered while the sweep held the job")
+	}
+	// Once the sweep is done, the restart acts.
+	if out := w.handle(t, ev("r2", events.StatusRestartRequested, 2, 60)); out.Decision != events.DecisionFlush {
+		t.Errorf("restart after the sweep: %+v", out)
+	}
+}
+
+// TestLeaseJudgedInServerTimeNotByTheReplicasClock: a replica whose clock
+// runs an hour ahead still sees another's running lease as running.
+func TestLeaseJudgedInServerTimeNotByTheReplicasClock(t *testing.T) {
+	t.Parallel()
+	w := setup(t)
+	ahead := New(w.q, w.records, w.emit, DefaultConfig("ahead"),
+		WithClock(func() time.Time { return w.now.Add(time.Hour) }), WithoutRenewal())
+	var inner error
+	w.q.during = func() {
+		w.q.during = nil
+		_, inner = ahead.Handle(t.Context(), ev("t1", events.StatusRevoked, 1, 50))
+	}
+	w.handle(t, ev("t1", events.StatusRevoked, 1, 50))
+	var busy *BusyError
+	if !errors.As(inner, &busy) || busy.Holder != "me" {
+		t.Fatalf("a replica with its clock an hour ahead: err = %v, want busy (held by me)", inner)
+	}
+	if n := len(w.q.removes()); n != 1 {
+		t.Errorf("Remove called %d times, want 1", n)
+	}
+}
+
+// TestRenewalKeepsAndLosesTheClaim: renewing moves the authority's deadline
+// on; once another claim takes the record over, renewing fails, the
+// effect is not recorded by this claim and nothing is announced.
+func TestRenewalKeepsAndLosesTheClaim(t *testing.T) {
+	t.Parallel()
+	w := setup(t)
+	var c ClaimHandle
+	h := New(w.q, w.records, w.emit, DefaultConfig("me"), WithClock(func() time.Time { return w.now }),
+		WithoutRenewal(), WithClaimHook(func(ch ClaimHandle) { c = ch }))
+	var err error
+	w.q.during = func() {
+		first := c.Deadline()
+		if want := w.now.Add(DefaultLease - DefaultLease/4); !first.Equal(want) {
+			t.Errorf("deadline = %s, want %s (claim sent + lease - margin)", first, want)
+		}
+		w.now = w.now.Add(5 * time.Second)
+		if !c.Renew(t.Context()) || !c.Deadline().Equal(first.Add(5*time.Second)) {
+			t.Errorf("renewal: deadline %s, want %s", c.Deadline(), first.Add(5*time.Second))
+		}
+		// Another claim takes over (as after an expiry).
+		rec, rev, gerr := w.records.Get(t.Context(), 7)
+		if gerr != nil {
+			t.Fatal(gerr)
+		}
+		rec.Lease = &queue.Lease{Owner: "other", Token: "other", TTL: DefaultLease}
+		if _, perr := w.records.Put(t.Context(), 7, rec, rev); perr != nil {
+			t.Fatal(perr)
+		}
+		if c.Renew(t.Context()) {
+			t.Error("renewal succeeded after another claim took the job")
+		}
+	}
+	_, err = h.Handle(t.Context(), ev("t1", events.StatusRevoked, 1, 50))
+	if !errors.Is(err, ErrLeaseLost) {
+		t.Fatalf("err = %v, want ErrLeaseLost", err)
+	}
+	if c, f := w.emit.counts(); c+f != 0 {
+		t.Error("an effect whose claim was lost was announced")
+	}
+	if r := w.record(t); r.Done || r.Lease == nil || r.Lease.Owner != "other" {
+		t.Errorf("record = %+v; the other claim's lease must stand and the effect not be marked done", r)
+	}
+}
+
+// TestRecordIsWrittenBeforeTheAnswer: when recording the effect fails, no
+// answer goes out; the retried event is then answered.
+func TestRecordIsWrittenBeforeTheAnswer(t *testing.T) {
+	t.Parallel()
+	w := setup(t)
+	failing := true
+	w.q.during = func() {
+		w.q.during = nil
+		w.records.failPuts = &failing
+	}
+	if _, err := w.h.Handle(t.Context(), ev("r2", events.StatusRestartRequested, 2, 60)); err == nil {
+		t.Fatal("Handle succeeded although the record could not be written")
+	}
+	if _, f := w.emit.counts(); f != 0 {
+		t.Fatal("flushed was answered before the effect was recorded")
+	}
+	// The lease could not be given back either: the retry waits it out.
+	failing = false
+	w.now = w.now.Add(DefaultLease)
+	if out := w.handle(t, ev("r2", events.StatusRestartRequested, 2, 60)); out.Decision != events.DecisionFlush {
+		t.Errorf("retry: %+v", out)
+	}
+	if _, f := w.emit.counts(); f != 1 {
+		t.Errorf("flushed answered %d times after the retry, want 1", f)
+	}
+}

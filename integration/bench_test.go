@@ -417,7 +417,7 @@ func startProcess(b *testing.B, bin, url string) *process {
 	p := &process{logs: &bytes.Buffer{}}
 	p.addr = freeAddr(b)
 	p.cmd = exec.Command(bin, "serve", "--nats-url", url, "--http-addr", p.addr, "--pprof", "--log-level", "warn",
-		"--log-format", "json", "--reconcile-interval", "0", "--clock-skew", "0")
+		"--log-format", "json", "--reconcile-interval", "0")
 	p.cmd.Stdout, p.cmd.Stderr = p.logs, p.logs
 	// Telemetry stays on while measuring: every span is created, batched and
 	// exported over OTLP/HTTP to a local sink that accepts and discards, as

@@ -46,11 +46,10 @@ type service struct {
 	err    error
 }
 
-// baseArgs are the serve flags every test uses: the test process shares one
-// clock with the embedded server, so no skew allowance is needed.
+// baseArgs are the serve flags every test uses.
 func baseArgs(url string) []string {
 	return []string{"serve", "--nats-url", url, "--log-format", "json", "--log-level", "debug",
-		"--http-addr", "", "--clock-skew", "0", "--reconcile-interval", "0", "--ack-wait", "5s",
+		"--http-addr", "", "--reconcile-interval", "0", "--ack-wait", "5s",
 		"--retry-max-elapsed", "20s", "--lease", "30s"}
 }
 

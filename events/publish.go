@@ -155,15 +155,15 @@ func (c PublisherConfig) Validate() error {
 // each carrying the current trace context in the distributed-tracing
 // extension. It is safe for concurrent use.
 type Publisher struct {
-	nc     *nats.Conn
-	js     jetstream.JetStream
+	nc *nats.Conn
+	js jetstream.JetStream
 
 	mu          sync.Mutex
 	capture     map[string]bool // subject -> a stream captures it
 	captureSeen time.Time
-	cfg    PublisherConfig
-	tracer trace.Tracer
-	now    func() time.Time
+	cfg         PublisherConfig
+	tracer      trace.Tracer
+	now         func() time.Time
 }
 
 // NewPublisher returns a Publisher on nc. tracer may be nil.

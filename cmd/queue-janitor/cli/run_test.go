@@ -103,17 +103,17 @@ func TestValidateNamesTheBadSetting(t *testing.T) {
 		mutate func(*Config)
 		want   string
 	}{
-		"empty url":           {func(c *Config) { c.NATS.URL = "" }, "--nats-url"},
-		"two auth methods":    {func(c *Config) { c.NATS.User, c.NATS.Token = "u", "t" }, "choose one"},
-		"cert without key":    {func(c *Config) { c.NATS.TLSCertFile = "c.pem" }, "--nats-tls-key"},
-		"bad stream pattern":  {func(c *Config) { c.Names.Stream = "job.{id}" }, "stream pattern"},
-		"no id in consumer":   {func(c *Config) { c.Names.Consumer = "consumer" }, "consumer pattern"},
-		"event subject":       {func(c *Config) { c.Intake.Subject = "job.status.>" }, "event subject"},
-		"deadletter loops":    {func(c *Config) { c.Events.DeadLetterSubject = "job.status.dead" }, "dead-letter subject"},
-		"terminal restart":    {func(c *Config) { c.TerminalStatuses = "revoked,restart_requested" }, "terminal"},
-		"short lease":         {func(c *Config) { c.Lease = 1e9 }, "lease"},
-		"kv replicas":         {func(c *Config) { c.Records.Replicas = 4 + 3 }, "--kv-replicas"},
-		"embedded listen":     {func(c *Config) { c.Embedded.Enabled, c.Embedded.Listen = true, "4222" }, "--embedded-listen"},
+		"empty url":          {func(c *Config) { c.NATS.URL = "" }, "--nats-url"},
+		"two auth methods":   {func(c *Config) { c.NATS.User, c.NATS.Token = "u", "t" }, "choose one"},
+		"cert without key":   {func(c *Config) { c.NATS.TLSCertFile = "c.pem" }, "--nats-tls-key"},
+		"bad stream pattern": {func(c *Config) { c.Names.Stream = "job.{id}" }, "stream pattern"},
+		"no id in consumer":  {func(c *Config) { c.Names.Consumer = "consumer" }, "consumer pattern"},
+		"event subject":      {func(c *Config) { c.Intake.Subject = "job.status.>" }, "event subject"},
+		"deadletter loops":   {func(c *Config) { c.Events.DeadLetterSubject = "job.status.dead" }, "dead-letter subject"},
+		"terminal restart":   {func(c *Config) { c.TerminalStatuses = "revoked,restart_requested" }, "terminal"},
+		"short lease":        {func(c *Config) { c.Lease = 1e9 }, "lease"},
+		"kv replicas":        {func(c *Config) { c.Records.Replicas = 4 + 3 }, "--kv-replicas"},
+		"embedded listen":    {func(c *Config) { c.Embedded.Enabled, c.Embedded.Listen = true, "4222" }, "--embedded-listen"},
 	}
 	if err := DefaultConfig().Validate(); err != nil {
 		t.Fatalf("defaults invalid: %v", err)

@@ -439,7 +439,10 @@ func (in *Intake) process(base context.Context, msg jetstream.Msg, ev JobStatus,
 // The server is told it is in progress meanwhile; a shutdown hands it back.
 func (in *Intake) park(base context.Context, span trace.Span, msg jetstream.Msg, ev JobStatus, received time.Time,
 	parked time.Duration, busy retryAfter) {
-	wait := min(max(busy.RetryAfterDelay(), 0)+parkSlack, in.cfg.MaxPark-parked)
+	// The holder usually finishes in milliseconds and gives the lease back:
+	// look again soon, backing off, and at the latest when the lease ends.
+	poll := min(max(parked, parkFirstPoll), parkMaxPoll)
+	wait := min(max(busy.RetryAfterDelay(), 0)+parkSlack, poll, in.cfg.MaxPark-parked)
 	span.SetAttributes(attribute.String("queue_janitor.result", "parked"),
 		attribute.Int64("queue_janitor.parked_ms", wait.Milliseconds()))
 	in.log.Debug().Int64("job_id", int64(ev.JobID)).Str("event_id", ev.ID).Str("status", string(ev.Status)).
@@ -463,8 +466,14 @@ func (in *Intake) park(base context.Context, span trace.Span, msg jetstream.Msg,
 }
 
 // parkSlack is added to a lease's remaining time before trying again, so
-// that the retry finds it ended.
-const parkSlack = 100 * time.Millisecond
+// that the retry finds it ended. A parked event looks again after
+// parkFirstPoll, then after as long as it has waited so far, at most
+// parkMaxPoll.
+const (
+	parkSlack     = 100 * time.Millisecond
+	parkFirstPoll = 50 * time.Millisecond
+	parkMaxPoll   = 2 * time.Second
+)
 
 // handle runs the handler, turning a panic into an error so that it is
 // retried (and eventually dead-lettered) rather than fatal.

@@ -279,9 +279,16 @@ func (p *Publisher) captured(ctx context.Context, subject string) bool {
 	}
 	ctx, cancel := context.WithTimeout(ctx, confirmTimeout)
 	defer cancel()
-	_, err := p.js.StreamNameBySubject(ctx, subject)
-	p.capture[subject] = err == nil
-	return err == nil
+	// The stream listing (an API the service's user may already call)
+	// filtered by the subject, rather than the stream-names API.
+	l := p.js.ListStreams(ctx, jetstream.WithStreamListSubject(subject))
+	found := false
+	for range l.Info() {
+		found = true
+	}
+	found = found && l.Err() == nil
+	p.capture[subject] = found
+	return found
 }
 
 func fillID(pattern string, id queue.JobID) string {

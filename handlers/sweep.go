@@ -85,6 +85,9 @@ func (h *Handler) Sweep(ctx context.Context, req SweepRequest) (events.Outcome, 
 		}
 		if err := c.finish(ctx, func(cur queue.Record) queue.Record {
 			cur.CleanedAt = h.now().UTC()
+			if cur.EventID == rec.EventID {
+				cur.Done = true // the judged event's effect is now done
+			}
 			return cur
 		}); err != nil {
 			return out, err

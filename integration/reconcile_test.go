@@ -231,7 +231,8 @@ func TestReconcilerIsObserved(t *testing.T) {
 	eventually(t, 10*time.Second, "a pass after the cleanup in the gauges", func() bool {
 		_, text = httpGet(t, "http://"+addr+"/metrics")
 		n, ok := metricValue(text, `queue_janitor_job_streams{job_state="terminal"}`)
-		return (!ok || n == 0) && strings.Contains(text, `queue_janitor_job_streams{job_state="live"}`)
+		orphans, seen := metricValue(text, "queue_janitor_reconciler_orphans_total")
+		return (!ok || n == 0) && strings.Contains(text, `queue_janitor_job_streams{job_state="live"}`) && seen && orphans >= 1
 	})
 	for series, want := range map[string]float64{
 		`queue_janitor_reconciler_actions_total{verdict="clean"}`:  1,

@@ -69,6 +69,20 @@ func sameRestart(ev events.JobStatus, rec queue.Record) bool {
 	return false
 }
 
+// repeatedRestart reports whether ev asks again for a run that has already
+// begun: the request acted on before, published again after the run moved
+// on, or a request for the attempt the record already holds. Flushing then
+// would remove the run's own queue.
+func repeatedRestart(ev events.JobStatus, rec queue.Record) bool {
+	switch {
+	case rec.RestartID != "" && ev.ID == rec.RestartID:
+		return true
+	case ev.HasAttempt && rec.RestartAttempt != nil:
+		return ev.Attempt == *rec.RestartAttempt
+	}
+	return false
+}
+
 // decide is the whole decision table. exists says whether the job has a
 // record; busy whether another claim holds its lease.
 func decide(k kind, ev events.JobStatus, rec queue.Record, exists, busy bool) verdict {
@@ -88,6 +102,9 @@ func decide(k kind, ev events.JobStatus, rec queue.Record, exists, busy bool) ve
 				return verdictWait
 			}
 			return verdictAct
+		}
+		if repeatedRestart(ev, rec) {
+			return verdictReplay
 		}
 		if compare(ev, rec) < 0 {
 			return verdictStale
@@ -155,12 +172,19 @@ func claimRecord(k kind, ev events.JobStatus, rec queue.Record, lease queue.Leas
 		Stored:    ev.Stored,
 		EventID:   ev.ID,
 		Status:    string(ev.Status),
+		RestartID: rec.RestartID,
 		State:     queue.StateTerminal,
-		CleanedAt: rec.CleanedAt,
-		Lease:     &lease,
+		// The last restart's attempt is kept with its id.
+		RestartAttempt: rec.RestartAttempt,
+		CleanedAt:      rec.CleanedAt,
+		Lease:          &lease,
 	}
 	if k == kindRestart {
-		next.State = queue.StateFlushed
+		next.State, next.RestartID, next.RestartAttempt = queue.StateFlushed, ev.ID, nil
+		if ev.HasAttempt {
+			a := ev.Attempt
+			next.RestartAttempt = &a
+		}
 	}
 	if ev.HasAttempt {
 		a := ev.Attempt

@@ -35,6 +35,16 @@ func leased(r queue.Record, owner string, untilSec int) queue.Record {
 	return r
 }
 
+// restarted records that restart request id (of attempt, -1: none) was
+// acted on before r.
+func restarted(r queue.Record, id string, attempt int64) queue.Record {
+	r.RestartID = id
+	if attempt >= 0 {
+		r.RestartAttempt = &attempt
+	}
+	return r
+}
+
 // skewed is ev as produced by a clock off by offSec: its own time moves,
 // its arrival at the server does not.
 func skewed(e events.JobStatus, offSec int) events.JobStatus {
@@ -85,6 +95,13 @@ func TestDecide(t *testing.T) {
 		{"newer running status is recorded", kindOther, ev("a", started, 3, 40), rec("b", restart, 3, 30, true), true, verdictRecord},
 		{"older running status is ignored", kindOther, ev("a", started, 2, 40), rec("b", restart, 3, 30, true), true, verdictIgnore},
 		{"running status during a lease is still recorded", kindOther, ev("a", started, 3, 40), leased(rec("b", restart, 3, 30, false), "other", 100), true, verdictRecord},
+
+		// A restart that already began its run, published again after the
+		// run moved on (found by the history test): never a new flush.
+		{"the restart acted on, published again after success, replays", kindRestart, ev("r4", restart, -1, 40), restarted(rec("s", events.StatusSuccess, -1, 35, true), "r4", -1), true, verdictReplay},
+		{"with attempts, a repeat of the attempt's restart after success replays", kindRestart, ev("r4", restart, 4, 40), restarted(rec("s", events.StatusSuccess, 4, 35, true), "r4", 4), true, verdictReplay},
+		{"another request for an attempt already restarted replays", kindRestart, ev("r4b", restart, 4, 40), restarted(rec("s", started, 4, 35, true), "r4", 4), true, verdictReplay},
+		{"a restart for the next attempt still acts", kindRestart, ev("r5", restart, 5, 40), restarted(rec("s", started, 4, 35, true), "r4", 4), true, verdictAct},
 
 		// Without attempts, order is arrival at the server; producer clocks
 		// ten minutes off either way change nothing.

@@ -30,10 +30,25 @@ import (
 // STARTED, end with a terminal status, SUCCESS or nothing, then Start again
 // (restart_requested, wait for job.queue.flushed, publish a new round at a
 // random moment after it). Events are perturbed on their way: duplicated,
-// held back and released later in random order (an outbox that lags), and
-// handled by one to three replicas at once. Some jobs send attempts and
-// stamp them on their streams (the exact fence), others send neither (the
-// time fence and the record's time order do all the work).
+// delivered late, handled by one to three replicas at once. Some jobs send
+// attempts and stamp them on their streams (the exact fence), others send
+// neither (the server-time fence and the record's arrival order do all the
+// work). The job's two producers (the web process that asks for restarts,
+// the worker that reports the run's statuses) have clocks anywhere within
+// ten minutes of the server's, each its own.
+//
+// Jobs with attempts may also publish late (an outbox that lags: an event
+// held back and released after the job's next transitions, in random
+// order); without attempts the service orders events by their arrival at
+// NATS, so those jobs publish every event before their next transition, as
+// the contract asks, and their events are late only in delivery.
+//
+// With two or three replicas, the first one reaches NATS through a TCP
+// proxy that a chaos loop cuts (every connection dropped and restored) and
+// freezes (every byte held) for longer than the lease, so that its events
+// are redelivered to the others, its leases expire and are taken over while
+// it may be inside an effect, and its requests are cut in flight. The
+// reconciler runs on every replica with a short interval and grace.
 //
 // Safety is checked on the server's own stream- and consumer-deleted
 // advisories: each deletion of job_N, and of its dead-letter consumer
@@ -154,6 +169,9 @@ type jobPlan struct {
 	stamp    bool // streams carry the attempt in their metadata
 	runs     []runPlan
 	rng      *rand.Rand
+	// web and worker are the offsets of the clocks of the job's two
+	// producers from the server's.
+	web, worker time.Duration
 
 	mu        sync.Mutex
 	created   []time.Time // per run: the stream's server-side creation time
@@ -175,6 +193,8 @@ func newHistory(base, index uint64, firstID queue.JobID) *history {
 	for j := range 1 + rng.IntN(3) {
 		jp := &jobPlan{id: firstID + queue.JobID(j), attempts: rng.IntN(3) > 0, rng: rand.New(rand.NewPCG(base, index<<8|uint64(j)))}
 		jp.stamp = jp.attempts && rng.IntN(2) == 0
+		jp.web = time.Duration(rng.Int64N(int64(20*time.Minute))) - 10*time.Minute
+		jp.worker = time.Duration(rng.Int64N(int64(20*time.Minute))) - 10*time.Minute
 		for r := range 1 + rng.IntN(4) {
 			rp := runPlan{attempt: int64(r + 1), tasks: 1 + rng.IntN(20), started: rng.IntN(2) == 0,
 				pause: time.Duration(rng.IntN(8)) * time.Millisecond, restartUp: rng.IntN(4) == 0}
@@ -186,6 +206,11 @@ func newHistory(base, index uint64, firstID queue.JobID) *history {
 				rp.end = endSuccess
 			}
 			rp.endLate, rp.endDup = rng.IntN(3) == 0, rng.IntN(4) == 0
+			if !jp.attempts {
+				// Published in order: a duplicate follows its original
+				// at once, nothing is held back.
+				rp.endLate, rp.restartUp = false, false
+			}
 			jp.runs = append(jp.runs, rp)
 		}
 		h.jobs = append(h.jobs, jp)
@@ -196,7 +221,8 @@ func newHistory(base, index uint64, firstID queue.JobID) *history {
 func (h *history) describe() string {
 	var b strings.Builder
 	for _, j := range h.jobs {
-		fmt.Fprintf(&b, "  job %d attempts=%v stamp=%v\n", j.id, j.attempts, j.stamp)
+		fmt.Fprintf(&b, "  job %d attempts=%v stamp=%v clocks: web %s worker %s\n", j.id, j.attempts, j.stamp,
+			j.web.Round(time.Second), j.worker.Round(time.Second))
 		for i, r := range j.runs {
 			fmt.Fprintf(&b, "    run %d: tasks=%d started=%v end=%v %s late=%v dup=%v restartDup=%v created=%v\n", i+1, r.tasks,
 				r.started, r.end, r.terminal, r.endLate, r.endDup, r.restartUp, j.createdAt(i).Format("15:04:05.000000"))
@@ -248,11 +274,58 @@ func newHistoryGroup(t *testing.T, replicas int) *historyGroup {
 	nc, js := natstest.Connect(t, srv.URL())
 	g := &historyGroup{t: t, nc: nc, js: js, names: queue.DefaultNames(), deleted: map[string][]time.Time{}}
 	g.watchDeletions()
-	for range replicas {
+	for i := range replicas {
 		// Each replica has its own connection, as separate processes would.
-		startServe(t, js, append(baseArgs(srv.URL()), "--log-level", "warn", "--concurrency", "16"), zerolog.NewTestWriter(t))
+		url := srv.URL()
+		if i == 0 && replicas > 1 {
+			p := newTCPProxy(t, strings.TrimPrefix(url, "nats://"))
+			url = p.URL()
+			g.chaos(p)
+		}
+		startServe(t, js, append(baseArgs(url), "--log-level", "error", "--concurrency", "16",
+			"--lease", historyLease.String(), "--ack-wait", "1s", "--retry-attempt-timeout", "1s",
+			"--reconcile-interval", "500ms", "--reconcile-grace", "1s", "--reconcile-lease", "3s"),
+			zerolog.NewTestWriter(t))
 	}
 	return g
+}
+
+// historyLease is the replicas' lease in the history test: short, so that a
+// frozen replica loses it within a history.
+const historyLease = 4 * time.Second
+
+// chaos cuts and freezes the proxied replica's network until the test ends:
+// mostly short cuts (every connection dropped, restored at once), and now
+// and then a freeze past the lease.
+func (g *historyGroup) chaos(p *tcpProxy) {
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	g.t.Cleanup(func() { close(stop); <-done })
+	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 7))
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case <-stop:
+				p.restore()
+				return
+			case <-time.After(time.Duration(300+rng.IntN(700)) * time.Millisecond):
+			}
+			switch rng.IntN(6) {
+			case 0:
+				p.freeze()
+				select {
+				case <-stop:
+				case <-time.After(historyLease + time.Duration(rng.IntN(2000))*time.Millisecond):
+				}
+				p.restore()
+			default:
+				p.cut()
+				time.Sleep(time.Duration(rng.IntN(200)) * time.Millisecond)
+				p.restore()
+			}
+		}
+	}()
 }
 
 // watchDeletions records the server's stream- and consumer-deleted
@@ -333,7 +406,7 @@ func (g *historyGroup) live(j *jobPlan) {
 	}
 	for r, run := range j.runs {
 		if r > 0 {
-			restart := pending{ev: j.event(events.StatusRestartRequested, run.attempt), run: r, restart: true}
+			restart := pending{ev: j.event(events.StatusRestartRequested, run.attempt, j.web), run: r, restart: true}
 			g.publish(j, restart)
 			if run.restartUp {
 				late = append(late, restart)
@@ -354,7 +427,7 @@ func (g *historyGroup) live(j *jobPlan) {
 		g.noteCreated(j, r)
 		publishTasks(g.t, g.js, g.names.SubjectName(j.id), 0, run.tasks)
 		if run.started {
-			g.publish(j, pending{ev: j.event(events.StatusStarted, run.attempt), run: r})
+			g.publish(j, pending{ev: j.event(events.StatusStarted, run.attempt, j.worker), run: r})
 		}
 		time.Sleep(run.pause)
 		release(false)
@@ -367,24 +440,28 @@ func (g *historyGroup) live(j *jobPlan) {
 		default:
 			continue
 		}
-		p := pending{ev: j.event(end, run.attempt), run: r}
+		p := pending{ev: j.event(end, run.attempt, j.worker), run: r}
 		if run.endLate {
 			late = append(late, p)
 		} else {
 			g.publish(j, p)
 		}
-		if run.endDup {
+		switch {
+		case run.endDup && j.attempts:
 			late = append(late, p)
+		case run.endDup:
+			g.publish(j, p) // in order, right after the original
 		}
 	}
 	release(true)
 }
 
 // event builds a status event of the job's current transition, stamped
-// now, with the attempt when the job sends attempts.
-func (j *jobPlan) event(status events.Status, attempt int64) events.StatusEvent {
+// now by a producer whose clock is off by offset, with the attempt when the
+// job sends attempts.
+func (j *jobPlan) event(status events.Status, attempt int64, offset time.Duration) events.StatusEvent {
 	e := events.StatusEvent{ID: fmt.Sprintf("%d-%s-%d-%d", j.id, status, attempt, j.rng.Uint32()), JobID: j.id,
-		Status: status, Time: time.Now(), Source: "history-test"}
+		Status: status, Time: time.Now().Add(offset), Source: "history-test"}
 	if j.attempts {
 		e.Attempt = events.Attempt(attempt)
 	}
@@ -408,10 +485,10 @@ func (g *historyGroup) publish(j *jobPlan, p pending) {
 
 // awaitFlushed waits for the flushed answer to restart event id.
 func (g *historyGroup) awaitFlushed(j *jobPlan, sub *nats.Subscription, id string) bool {
-	if _, ok := nextAnswer(sub, id, 30*time.Second); ok {
+	if _, ok := nextAnswer(sub, id, 60*time.Second); ok {
 		return true
 	}
-	j.fail("no job.queue.flushed for restart %s within 30s", id)
+	j.fail("LIVENESS: no job.queue.flushed for restart %s within 60s", id)
 	return false
 }
 
@@ -437,7 +514,7 @@ func (g *historyGroup) noteCreated(j *jobPlan, run int) {
 // quiesce waits until every replica has settled every event.
 func (g *historyGroup) quiesce() {
 	g.t.Helper()
-	eventually(g.t, 2*time.Minute, "event consumer quiescent", func() bool {
+	eventually(g.t, 3*time.Minute, "event consumer quiescent", func() bool {
 		c, err := g.js.Consumer(context.Background(), "JOB_EVENTS", "queue-janitor")
 		if err != nil {
 			return false
@@ -445,7 +522,9 @@ func (g *historyGroup) quiesce() {
 		info, err := c.Info(context.Background())
 		return err == nil && info.NumPending == 0 && info.NumAckPending == 0
 	})
-	time.Sleep(200 * time.Millisecond) // let the last advisories arrive
+	// Let a frozen replica's leases run out and the reconciler pass, then
+	// the last advisories arrive.
+	time.Sleep(historyLease + 2*time.Second)
 }
 
 // checkSafety attributes every deletion of a job's stream, and of its

@@ -56,6 +56,12 @@ type Record struct {
 	EventID string `json:"event_id"`
 	// Status is the newest event's status, lower case.
 	Status string `json:"status"`
+	// RestartID is the id of the last restart request acted on, kept when
+	// later events move the record on, so that the same request published
+	// again later is known as a repeat and never flushes the run it started.
+	RestartID string `json:"restart_event_id,omitempty"`
+	// RestartAttempt is that request's attempt, when it had one.
+	RestartAttempt *int64 `json:"restart_attempt,omitempty"`
 	// State is the job's state as far as the service knows.
 	State State `json:"state"`
 	// Done says the effect of EventID has finished.

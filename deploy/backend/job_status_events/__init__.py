@@ -22,6 +22,7 @@ from .publisher import StatusPublisher
 from .restart import FlushError, FlushTimeout, RestartSuperseded, parse_flushed, request_restart
 from .streams import (
     ATTEMPT_METADATA_KEY,
+    advisory_stream_config,
     attempt_metadata,
     dlq_consumer_config,
     task_consumer_config,
@@ -44,6 +45,7 @@ __all__ = [
     "RestartSuperseded",
     "StatusMessage",
     "StatusPublisher",
+    "advisory_stream_config",
     "attempt_metadata",
     "build_status_event",
     "dlq_consumer_config",

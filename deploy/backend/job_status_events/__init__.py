@@ -18,6 +18,7 @@ from .events import (
     format_time,
     normalize_status,
 )
+from .jobs import JobEvents
 from .publisher import StatusPublisher
 from .restart import FlushError, FlushTimeout, RestartSuperseded, parse_flushed, request_restart
 from .streams import (
@@ -40,6 +41,7 @@ __all__ = [
     "EventConfig",
     "FlushError",
     "FlushTimeout",
+    "JobEvents",
     "MSG_ID_HEADER",
     "RESTART_REQUESTED",
     "RestartSuperseded",

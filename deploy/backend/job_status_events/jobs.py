@@ -73,7 +73,11 @@ class JobEvents:
         ``--terminal-statuses`` (``revoked, failure, success, deleted``).
     connect_options
         nats-py ``connect`` options; Antenna's are ``connect_timeout=5,
-        allow_reconnect=False``.
+        allow_reconnect=False``. ``max_reconnect_attempts`` defaults to 1
+        here: nats-py (2.10.0) retries an unreachable server's *first*
+        connection ``max_reconnect_attempts`` (default 60) times,
+        ``reconnect_time_wait`` (2 s) apart, whatever ``allow_reconnect``
+        says, which would hold a request thread for two minutes.
     restart_timeout, restart_tries
         Per-try wait for the ``flushed`` answer, and tries.
     attempt_field
@@ -98,7 +102,7 @@ class JobEvents:
     ) -> None:
         self.servers = servers
         self.config = config if config is not None else EventConfig()
-        self.connect_options = dict(connect_options or {})
+        self.connect_options = {"max_reconnect_attempts": 1, **(connect_options or {})}
         self.restart_timeout = restart_timeout
         self.restart_tries = restart_tries
         self.flushed_subject = flushed_subject

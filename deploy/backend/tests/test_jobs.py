@@ -106,7 +106,7 @@ class RestartTest(unittest.TestCase):
         self.assertEqual(kw["previous_status"], "PENDING")
         self.assertEqual(kw["dispatch_mode"], "async_api")
         self.assertEqual(kw["time"], T0)
-        self.assertEqual(kw["connect_options"], {"connect_timeout": 5})
+        self.assertEqual(kw["connect_options"], {"connect_timeout": 5, "max_reconnect_attempts": 1})
 
     def test_with_attempt(self):
         h = Harness()

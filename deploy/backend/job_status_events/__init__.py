@@ -31,7 +31,7 @@ from .streams import (
 )
 from .tracing import otel_trace_context
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "ATTEMPT_METADATA_KEY",

@@ -391,7 +391,7 @@ class WithoutService(unittest.IsolatedAsyncioTestCase):
             self.assertEqual((await js.stream_info("JOB_EVENTS")).state.messages, 2, "the requests wait in the stream")
 
             # The service comes back: it reads the waiting requests and flushes then.
-            serve = start_serve(["--nats-url", self.url])
+            serve = await asyncio.to_thread(start_serve, ["--nats-url", self.url])
             try:
                 deadline = time.monotonic() + 30
                 while await exists(js.stream_info(f"job_{pk}")):
@@ -406,8 +406,7 @@ class WithoutService(unittest.IsolatedAsyncioTestCase):
     async def test_no_event_stream_is_a_flush_error(self):
         # A NATS where the service never ran: no JOB_EVENTS, the publish has no responder.
         from job_status_events import FlushError, FlushTimeout
-        url = self.url
-        other, url = start_dev_nats()
+        other, url = await asyncio.to_thread(start_dev_nats)
         try:
             events = job_events(url)
             with self.assertRaises(FlushError) as caught:

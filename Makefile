@@ -45,15 +45,12 @@ test-race: ## all tests with the race detector
 test-short: ## quick tests without the race detector
 	$(GO) test -short -count=1 $(PKGS)
 
-# nats-py 2.10.0 (the version Antenna pins) for the end-to-end tests: an installed one wins,
-# else ../shared/third_party; without either, those tests are skipped with a line saying so.
-NATS_PY_DIR := $(abspath ../shared/third_party/nats-py-2.10.0)
-
 .PHONY: test-python
 test-python: ## the backend's Python module: unit tests, and end to end with the real nats-py and queue-janitor serve
+	@# The end-to-end tests use an installed nats-py, else ../shared/third_party/nats-py-2.10.0 (the
+	@# version Antenna pins), found from their own location; without either they are skipped, saying so.
 	CGO_ENABLED=0 $(GO) build -o bin/queue-janitor-test ./cmd/queue-janitor
-	cd deploy/backend && QJ_BIN=$(CURDIR)/bin/queue-janitor-test \
-		PYTHONPATH=$$(test -d $(NATS_PY_DIR)/nats && echo $(NATS_PY_DIR)) python3 -m unittest discover -v
+	cd deploy/backend && QJ_BIN=$(CURDIR)/bin/queue-janitor-test python3 -m unittest discover -v
 
 .PHONY: fuzz
 fuzz: ## run each fuzz target for FUZZTIME (default 10s)

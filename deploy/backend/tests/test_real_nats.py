@@ -70,6 +70,9 @@ def setUpModule() -> None:  # noqa: N802 - unittest's name
     # nats-py logs every refused connection attempt with a traceback; the
     # tests that provoke them check the outcome instead.
     logging.getLogger("nats.aio.client").setLevel(logging.CRITICAL)
+    import nats
+    from nats.aio.client import __version__ as nats_py_version
+    sys.stderr.write(f"test_real_nats: nats-py {nats_py_version} from {os.path.dirname(nats.__file__)}\n")
     _tmp = tempfile.mkdtemp(prefix="qj-real-nats-")
     _bin = os.environ.get("QJ_BIN")
     if _bin:

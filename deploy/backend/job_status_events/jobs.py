@@ -8,8 +8,9 @@
   in UTC) and published when the surrounding transaction commits
   (``django.db.transaction.on_commit``; at once outside a transaction), so it
   reaches NATS before the code moves the job on. It never raises: a failure
-  to build or to publish is logged, and the service's reconciler still
-  cleans a terminal job whose event was lost.
+  to build or to publish is logged (the status is committed; a lost
+  terminal event leaves the queue to the backend's own cleanup, the stream's
+  max age or an operator's ``queue-janitor clean``).
 * ``events.deleted(job)`` when a job row is deleted: a ``deleted`` status
   event, terminal for a service run with ``--terminal-statuses ...,deleted``.
 * ``events.restart(job)`` on the Start path, before the job is put back into
@@ -158,8 +159,9 @@ class JobEvents:
         try:
             self._publish(msg)
         except Exception:
-            log.exception("job %d: could not publish %s (event %s); queue-janitor's reconciler still "
-                          "cleans a terminal job's queue", msg.job_id, msg.subject, msg.event_id)
+            log.exception("job %d: could not publish %s (event %s); queue-janitor will not hear of this "
+                          "transition (queue-janitor clean %d removes a terminal job's queue by hand)",
+                          msg.job_id, msg.subject, msg.event_id, msg.job_id)
 
     def _publish_nats(self, msg: StatusMessage) -> None:
         from .nats_adapter import publish_message_sync

@@ -160,7 +160,7 @@ class JobEvents:
             self._publish(msg)
         except Exception:
             log.exception("job %d: could not publish %s (event %s); queue-janitor will not hear of this "
-                          "transition (queue-janitor clean %d removes a terminal job's queue by hand)",
+                          "transition (queue-janitor clean --force %d removes a terminal job's queue by hand)",
                           msg.job_id, msg.subject, msg.event_id, msg.job_id)
 
     def _publish_nats(self, msg: StatusMessage) -> None:

@@ -46,8 +46,11 @@ test-short: ## quick tests without the race detector
 	$(GO) test -short -count=1 $(PKGS)
 
 .PHONY: test-python
-test-python: ## the backend's Python module (standard library only)
-	cd deploy/backend && python3 -m unittest discover
+test-python: ## the backend's Python module: unit tests, and end to end with the real nats-py and queue-janitor serve
+	@# The end-to-end tests use an installed nats-py, else ../shared/third_party/nats-py-2.10.0 (the
+	@# version Antenna pins), found from their own location; without either they are skipped, saying so.
+	CGO_ENABLED=0 $(GO) build -o bin/queue-janitor-test ./cmd/queue-janitor
+	cd deploy/backend && QJ_BIN=$(CURDIR)/bin/queue-janitor-test python3 -m unittest discover -v
 
 .PHONY: fuzz
 fuzz: ## run each fuzz target for FUZZTIME (default 10s)

@@ -60,6 +60,7 @@ func commands() map[string]command {
 		"flush":       {"flush a job's leftover queue now, as a restart would", runFlush},
 		"emit":        {"publish a job-status event, as the backend would", runEmit},
 		"healthcheck": {"probe the local serve's /readyz (for container health checks)", runHealthcheck},
+		"dev-nats":    {"run a JetStream server alone, without the service (development and tests)", runDevNATS},
 	}
 }
 

@@ -18,10 +18,12 @@ from .events import (
     format_time,
     normalize_status,
 )
+from .jobs import JobEvents
 from .publisher import StatusPublisher
 from .restart import FlushError, FlushTimeout, RestartSuperseded, parse_flushed, request_restart
 from .streams import (
     ATTEMPT_METADATA_KEY,
+    advisory_stream_config,
     attempt_metadata,
     dlq_consumer_config,
     task_consumer_config,
@@ -29,7 +31,7 @@ from .streams import (
 )
 from .tracing import otel_trace_context
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "ATTEMPT_METADATA_KEY",
@@ -39,11 +41,13 @@ __all__ = [
     "EventConfig",
     "FlushError",
     "FlushTimeout",
+    "JobEvents",
     "MSG_ID_HEADER",
     "RESTART_REQUESTED",
     "RestartSuperseded",
     "StatusMessage",
     "StatusPublisher",
+    "advisory_stream_config",
     "attempt_metadata",
     "build_status_event",
     "dlq_consumer_config",

@@ -12,7 +12,7 @@ import json
 import re
 import uuid
 from dataclasses import dataclass, field
-from typing import Callable, Dict, FrozenSet, Mapping, Optional, Tuple
+from typing import Callable, Dict, FrozenSet, Mapping, Optional, Tuple, Union
 
 from .tracing import otel_trace_context
 
@@ -41,6 +41,29 @@ _TRACEPARENT = re.compile(r"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
 
 TraceContextProvider = Callable[[], Tuple[Optional[str], Optional[str]]]
 
+#: How a naive datetime is read: an IANA zone name ("America/New_York", the
+#: backend's ``TIME_ZONE``), a ``tzinfo``, or None (the zone of this process,
+#: as ``datetime.astimezone()`` reads a naive time).
+NaiveTimeZone = Union[None, str, _dt.tzinfo]
+
+
+def resolve_time_zone(zone: NaiveTimeZone) -> Optional[_dt.tzinfo]:
+    """The ``tzinfo`` for ``zone``: a zone name through ``zoneinfo``, a
+    ``tzinfo`` as it is, None as None. Raises ``ValueError`` for an unknown
+    name (call it at configuration time, not inside a transaction)."""
+    if zone is None or isinstance(zone, _dt.tzinfo):
+        return zone
+    if not isinstance(zone, str) or not zone:
+        raise ValueError(f"time zone must be an IANA zone name, a tzinfo or None, not {zone!r}")
+    try:
+        from zoneinfo import ZoneInfo
+    except ImportError as exc:  # pragma: no cover - Python 3.8
+        raise ValueError("a time zone name needs Python 3.9 or later (zoneinfo); pass a tzinfo instead") from exc
+    try:
+        return ZoneInfo(zone)
+    except Exception as exc:  # ZoneInfoNotFoundError, ValueError for a malformed key
+        raise ValueError(f"time zone {zone!r}: not found ({exc}); install the tzdata package or pass a tzinfo") from exc
+
 
 @dataclass(frozen=True)
 class EventConfig:
@@ -68,6 +91,14 @@ class EventConfig:
         Refuse to build an event larger than the service accepts.
     max_reason_chars
         ``reason`` is cut to this many characters (a traceback can be long).
+    naive_time_zone
+        How a naive ``time`` is read: the backend's zone name (Django's
+        ``settings.TIME_ZONE`` when ``USE_TZ = False``, e.g.
+        ``"America/New_York"``), a ``tzinfo``, or None for the zone of the
+        process (``datetime.astimezone()``). An aware ``time`` is taken as it
+        is. The service orders events without an attempt by the time the NATS
+        server stored them, so this time only feeds its lag metric and logs;
+        it never decides what is deleted.
     """
 
     source: str = DEFAULT_SOURCE
@@ -78,6 +109,7 @@ class EventConfig:
     trace_context: Optional[TraceContextProvider] = otel_trace_context
     max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES
     max_reason_chars: int = DEFAULT_MAX_REASON_CHARS
+    naive_time_zone: NaiveTimeZone = None
     id_factory: Callable[[], str] = field(default=lambda: str(uuid.uuid4()), repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -98,6 +130,9 @@ class EventConfig:
         object.__setattr__(self, "terminal_statuses", statuses)
         if self.max_event_bytes <= 0 or self.max_reason_chars <= 0:
             raise ValueError("max_event_bytes and max_reason_chars must be positive")
+        # Resolve the zone name now, so that a typo fails at start-up and
+        # never inside the transaction of a status change.
+        object.__setattr__(self, "naive_time_zone", resolve_time_zone(self.naive_time_zone))
 
     def time_required(self, status: str) -> bool:
         """Whether an event with this (lower-case) status must carry ``time``."""
@@ -163,16 +198,24 @@ def check_attempt(attempt: object) -> Optional[int]:
     return attempt
 
 
-def format_time(t: _dt.datetime) -> str:
+def format_time(t: _dt.datetime, naive_time_zone: NaiveTimeZone = None) -> str:
     """RFC 3339 in UTC with microseconds, e.g. ``2026-11-28T15:05:39.250000Z``.
 
-    A naive datetime is refused: its zone is unknown, and the service orders
-    events and fences streams by this time.
+    An aware datetime is converted to UTC. A naive one (Django with
+    ``USE_TZ = False``: ``datetime.datetime.now()`` and
+    ``django.utils.timezone.now()`` are both naive local times) is read in
+    ``naive_time_zone`` (a zone name or ``tzinfo``), or, when that is None,
+    in the zone of this process (``datetime.astimezone()``). Raises
+    ``ValueError`` only for something that is not a datetime.
     """
     if not isinstance(t, _dt.datetime):
         raise ValueError(f"time must be a datetime, not {type(t).__name__}")
     if t.tzinfo is None or t.utcoffset() is None:
-        raise ValueError("time must be timezone-aware (django.utils.timezone.now(), or datetime.now(timezone.utc))")
+        zone = resolve_time_zone(naive_time_zone)
+        # A wall time that a DST change makes ambiguous or skipped is read
+        # with fold=0 (the first occurrence): at most an hour off, and this
+        # time is informational (the service orders by server time).
+        t = t.replace(tzinfo=zone) if zone is not None else t.replace(tzinfo=None).astimezone()
     return t.astimezone(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
@@ -215,8 +258,9 @@ def build_status_event(
 
     ``status`` is the backend's status in any case (``"REVOKED"``); the
     subject token is its lower case, ``data.status`` its upper case. ``time``
-    is when the transition happened (timezone-aware); it is required for
-    terminal statuses and ``restart_requested``. Fields left ``None`` (or
+    is when the transition happened (aware, or naive in
+    ``config.naive_time_zone``); it is required for terminal statuses and
+    ``restart_requested``. Fields left ``None`` (or
     empty) are omitted. Raises ``ValueError`` on anything the service would
     reject.
     """
@@ -232,7 +276,7 @@ def build_status_event(
             raise ValueError(f"status {token}: time (when the transition happened) is required for terminal and restart events")
         when = None
     else:
-        when = format_time(time)
+        when = format_time(time, config.naive_time_zone)
     if reason is not None and len(reason) > config.max_reason_chars:
         reason = reason[: config.max_reason_chars - 1] + "\u2026"
     if event_id is None:

@@ -1,7 +1,8 @@
 """nats-py wiring for the core (needs ``pip install "nats-py>=2.6"``).
 
-Not imported by the package's ``__init__``. CI has no nats-py, so the unit
-tests check this module against a stand-in for the calls below, which are
+Not imported by the package's ``__init__``. Tested against the real nats-py
+2.10.0 (the version Antenna pins), a real nats-server and the real
+``queue-janitor serve`` (tests/test_real_nats.py). The calls it makes are
 nats-py's public asyncio API:
 
 * ``nc = await nats.connect(servers, **options)``
@@ -16,7 +17,8 @@ from __future__ import annotations
 import asyncio
 import datetime as _dt
 import logging
-from typing import Any, AsyncIterator, Dict, Mapping, Optional, Sequence, Tuple, Union
+import threading
+from typing import Any, AsyncIterator, Awaitable, Callable, Dict, Mapping, Optional, Sequence, Tuple, TypeVar, Union
 
 try:
     import nats
@@ -30,10 +32,11 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 from .events import EventConfig, StatusMessage
 from .publisher import StatusPublisher
-from .restart import request_restart
+from .restart import FlushError, request_restart
 from .streams import (
+    ADVISORY_STREAM,
     DEFAULT_FLUSHED_SUBJECT,
-    MAX_DELIVERIES_ADVISORY_PREFIX,
+    advisory_stream_config,
     dlq_consumer_config,
     task_consumer_config,
     task_stream_config,
@@ -103,28 +106,55 @@ async def connect(servers: Servers = "nats://127.0.0.1:4222", **options: Any) ->
 async def provision_task_queue(
     js: Any,
     job_id: int,
-    attempt: Optional[int],
+    attempt: Optional[int] = None,
     *,
-    advisory_stream: str = "advisories",
+    advisory_stream: str = ADVISORY_STREAM,
 ) -> None:
-    """Create the job's task stream, task consumer and dead-letter consumer,
-    each stamped with the attempt (the service's ``queue/provision.go``
-    layout). Existing resources with the same configuration are kept."""
+    """Create the job's task stream, task consumer and dead-letter consumer
+    with the backend's own settings (``streams``: Antenna's values), each
+    stamped with the attempt when one is given; create the shared advisory
+    stream as the backend does when it is missing. A backend that creates its
+    queue itself (Antenna's ``TaskQueueManager``) does not need this."""
     stream_cfg = task_stream_config(job_id, attempt)
     await js.add_stream(StreamConfig(**stream_cfg))
     await js.add_consumer(str(stream_cfg["name"]), ConsumerConfig(**task_consumer_config(job_id, attempt)))
     try:
         await js.stream_info(advisory_stream)
     except nats.js.errors.NotFoundError:
-        await js.add_stream(StreamConfig(name=advisory_stream, subjects=[MAX_DELIVERIES_ADVISORY_PREFIX + ">"],
-                                         retention="limits", storage="file", max_age=24 * 3600.0))
+        await js.add_stream(StreamConfig(**advisory_stream_config(name=advisory_stream)))
     await js.add_consumer(advisory_stream, ConsumerConfig(**dlq_consumer_config(job_id, attempt)))
 
 
 # --- synchronous helpers, for Django views and Celery tasks -----------------
-# Each opens a connection, does its work and closes it. They use
-# asyncio.run(), so they must not be called from a thread that already runs
-# an event loop (an async view): there, await the async API instead.
+# Each opens a connection, does its work and closes it, in asyncio.run().
+# Called from a thread that already runs an event loop (inside async_to_sync,
+# an async view), they run on a helper thread and block the caller until
+# done: there, prefer awaiting the async API.
+
+T = TypeVar("T")
+
+
+def run_sync(make: Callable[[], Awaitable[T]]) -> T:
+    """``asyncio.run(make())``, on a helper thread when this thread already
+    runs an event loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(make())  # type: ignore[arg-type]
+    box: Dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = asyncio.run(make())  # type: ignore[arg-type]
+        except BaseException as exc:  # handed to the caller below
+            box["error"] = exc
+
+    t = threading.Thread(target=target, name="job_status_events-sync", daemon=True)
+    t.start()
+    t.join()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
 
 
 def publish_message_sync(
@@ -158,7 +188,7 @@ def publish_message_sync(
         finally:
             await nc.close()
 
-    asyncio.run(run())
+    run_sync(run)
 
 
 def publish_status_sync(
@@ -179,13 +209,13 @@ def publish_status_sync(
         finally:
             await nc.close()
 
-    return asyncio.run(run())
+    return run_sync(run)
 
 
 def request_restart_sync(
     servers: Servers,
     job_id: int,
-    attempt: int,
+    attempt: Optional[int],
     *,
     time: _dt.datetime,
     config: EventConfig = EventConfig(),
@@ -197,10 +227,17 @@ def request_restart_sync(
     **fields: Any,
 ) -> Dict[str, object]:
     """The Start path's handshake (``request_restart``); with ``provision``
-    true, also creates the new run's stamped queue once the flush is answered."""
+    true, also creates the new run's queue (the backend's settings, stamped
+    when there is an attempt) once the flush is answered. Raises what
+    ``request_restart`` raises, and ``FlushError`` when NATS cannot be
+    reached at all."""
 
     async def run() -> Dict[str, object]:
-        nc = await connect(servers, **(connect_options or {}))
+        try:
+            nc = await connect(servers, **(connect_options or {}))
+        except Exception as exc:
+            raise FlushError(f"job {job_id}: cannot connect to NATS at {servers}: {exc!r}; do not publish the new round",
+                             job_id=job_id, attempt=attempt, event_ids=[]) from exc
         try:
             transport = NatsTransport(nc)
             flushed = await request_restart(
@@ -212,4 +249,4 @@ def request_restart_sync(
         finally:
             await nc.close()
 
-    return asyncio.run(run())
+    return run_sync(run)

@@ -45,7 +45,7 @@ Subscribe = Callable[[str], Awaitable[Subscription]]
 class FlushError(RuntimeError):
     """The restart handshake did not get its answer: do NOT publish the new round."""
 
-    def __init__(self, message: str, *, job_id: int, attempt: int, event_ids: List[str]) -> None:
+    def __init__(self, message: str, *, job_id: int, attempt: Optional[int], event_ids: List[str]) -> None:
         super().__init__(message)
         self.job_id = job_id
         self.attempt = attempt
@@ -99,8 +99,13 @@ async def _pump(sub: Subscription, inbox: "asyncio.Queue[tuple]") -> None:
     inbox.put_nowait(("end", None, None))
 
 
+def _run_label(attempt: Optional[int]) -> str:
+    return f"attempt {attempt}" if attempt is not None else "no attempt"
+
+
 async def _await_answer(
-    inbox: "asyncio.Queue[tuple]", sent: List[str], timeout: float, job_id: int, subject: str, attempt: int,
+    inbox: "asyncio.Queue[tuple]", sent: List[str], timeout: float, job_id: int, subject: str,
+    attempt: Optional[int],
 ) -> Optional[Dict[str, object]]:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
@@ -114,7 +119,7 @@ async def _await_answer(
             return None
         if kind == "end":
             raise FlushError(f"job {job_id}: the subscription to {subject} ended before the answer to "
-                             f"restart_requested (attempt {attempt}) arrived (connection closed?); do not publish the new round",
+                             f"restart_requested ({_run_label(attempt)}) arrived (connection closed?); do not publish the new round",
                              job_id=job_id, attempt=attempt, event_ids=sent)
         if kind == "error":
             raise FlushError(f"job {job_id}: reading {subject} failed: {a}; do not publish the new round",
@@ -124,16 +129,24 @@ async def _await_answer(
             log.warning("job %d: ignoring an unreadable message on %s", job_id, subject)
             continue
         cause = data.get("cause_event_id")
-        if cause in sent:
-            return data
-        log.debug("job %d: ignoring a flushed event caused by %r, not by this Start (%s)", job_id, cause, sent)
+        if cause not in sent:
+            # Another request's answer (another Start of this job, an earlier
+            # handshake's late or repeated answer): not ours.
+            log.debug("job %d: ignoring a flushed event caused by %r, not by this Start (%s)", job_id, cause, sent)
+            continue
+        answered = data.get("attempt")
+        if (attempt is not None and isinstance(answered, int) and not isinstance(answered, bool)
+                and answered < attempt):
+            log.debug("job %d: ignoring a flushed event for attempt %d, older than %d", job_id, answered, attempt)
+            continue
+        return data
 
 
 async def request_restart(
     publisher: StatusPublisher,
     subscribe: Subscribe,
     job_id: int,
-    attempt: int,
+    attempt: Optional[int],
     *,
     time: _dt.datetime,
     previous_status: Optional[str] = None,
@@ -147,9 +160,12 @@ async def request_restart(
     """Ask queue-janitor to flush the job's leftovers and wait until it has.
 
     ``attempt`` is the run that is about to start (one more than the last
-    run's). ``time`` is the moment of this request (take ``timezone.now()``
-    just before calling); every try re-uses it, so that all tries describe
-    the same transition.
+    run's), or None for a backend without an attempt counter (Antenna
+    today): the service then orders the request by the time the NATS server
+    stored it, and a later request of the same job is a new restart. ``time``
+    is the moment of this request (aware, or naive in the configuration's
+    zone); every try re-uses it, so that all tries describe the same
+    transition.
 
     Returns the data of the answering ``job.queue.flushed`` event (``outcome``,
     ``deleted``, ``messages_discarded``, ``kept``, ...), for the caller to
@@ -158,15 +174,18 @@ async def request_restart(
     Each try publishes a new ``restart_requested`` event (a new id) for the
     same attempt and time, and waits ``timeout`` seconds. The service answers
     a repeated request for an attempt it has flushed with outcome
-    ``already_done``, without deleting anything. An answer to any of this
-    call's tries is accepted; flushed events caused by other requests are
-    ignored. Raises ``FlushTimeout`` when no try is answered, ``FlushError``
-    when the subscription ends first; the subscription is always closed.
+    ``already_done``, without deleting anything; without an attempt, a
+    repeated try is flushed again, which is harmless since nothing of the new
+    round exists yet. An answer to any of this call's tries is accepted
+    (matched by ``cause_event_id``); answers to other requests, and answers
+    for an older attempt, are ignored. Raises ``FlushTimeout`` when no try is
+    answered, ``FlushError`` when the subscription ends first or a request
+    cannot be published (no ``JOB_EVENTS`` stream, NATS unreachable), and
+    ``RestartSuperseded`` on the answer ``stale``; the subscription is always
+    closed.
     """
     job_id = check_job_id(job_id)
     attempt = check_attempt(attempt)
-    if attempt is None:
-        raise ValueError("attempt is required for a restart: the new run's number, one more than the last run's")
     if tries < 1:
         raise ValueError("tries must be at least 1")
     if not timeout > 0:
@@ -187,27 +206,34 @@ async def request_restart(
                                       previous_status=previous_status, dispatch_mode=dispatch_mode,
                                       reason=reason, actor=actor)
             sent.append(msg.event_id)
-            await publisher.send(msg)
+            try:
+                await publisher.send(msg)
+            except Exception as exc:
+                raise FlushError(
+                    f"job {job_id}: could not publish restart_requested ({_run_label(attempt)}): {exc!r}; "
+                    f"do not publish the new round. Check that NATS is reachable and that the event stream "
+                    f"(JOB_EVENTS, subjects job.status.*) exists: queue-janitor creates it when it starts",
+                    job_id=job_id, attempt=attempt, event_ids=sent) from exc
             data = await _await_answer(inbox, sent, timeout, job_id, subject, attempt)
             if data is not None:
                 outcome = data.get("outcome")
                 if outcome == OUTCOME_STALE:
                     raise RestartSuperseded(
-                        f"job {job_id}: queue-janitor answered restart_requested (attempt {attempt}) with "
+                        f"job {job_id}: queue-janitor answered restart_requested ({_run_label(attempt)}) with "
                         f"'stale': it has already seen a newer event of this job, so this request is "
                         f"superseded; do not publish the new round",
                         job_id=job_id, attempt=attempt, event_ids=sent)
                 if outcome == OUTCOME_KEPT_LATER_RUN:
-                    log.warning("job %d attempt %d: queue-janitor kept resources of a later run: %s",
-                                job_id, attempt, data.get("kept"))
-                log.info("job %d attempt %d: flushed (%s), %s messages discarded, deleted %s",
-                         job_id, attempt, outcome, data.get("messages_discarded"), data.get("deleted"))
+                    log.warning("job %d %s: queue-janitor kept resources of a later run: %s",
+                                job_id, _run_label(attempt), data.get("kept"))
+                log.info("job %d %s: flushed (%s), %s messages discarded, deleted %s",
+                         job_id, _run_label(attempt), outcome, data.get("messages_discarded"), data.get("deleted"))
                 return data
             if n < tries:
-                log.warning("job %d attempt %d: no answer on %s within %gs (try %d of %d); asking again",
-                            job_id, attempt, subject, timeout, n, tries)
+                log.warning("job %d %s: no answer on %s within %gs (try %d of %d); asking again",
+                            job_id, _run_label(attempt), subject, timeout, n, tries)
         raise FlushTimeout(
-            f"job {job_id}: no {subject} answer to restart_requested (attempt {attempt}) after {tries} "
+            f"job {job_id}: no {subject} answer to restart_requested ({_run_label(attempt)}) after {tries} "
             f"tries of {timeout:g}s (event ids {', '.join(sent)}); do not publish the new round. "
             f"Check that queue-janitor is running and reading its event stream "
             f"(nats consumer info JOB_EVENTS queue-janitor), that it publishes on the same NATS account "

@@ -153,11 +153,57 @@ class TimeTest(unittest.TestCase):
                          "2026-11-28T15:05:39.000000Z")
         self.assertEqual(format_time(T0), T0_TEXT)
 
-    def test_naive_or_wrong_type_refused(self):
-        for bad in (dt.datetime(2026, 11, 28, 15, 5, 39), "2026-11-28T15:05:39Z", 1764342339, dt.date(2026, 11, 28)):
+    def test_wrong_type_refused(self):
+        for bad in ("2026-11-28T15:05:39Z", 1764342339, dt.date(2026, 11, 28)):
             with self.subTest(bad=bad):
                 with self.assertRaises(ValueError):
                     build_status_event(5, "REVOKED", time=bad, config=NO_TRACE, event_id="x")
+
+
+class NaiveTimeTest(unittest.TestCase):
+    """Antenna: USE_TZ = False, TIME_ZONE = "America/New_York"; its times
+    are naive local datetimes. They are read in the configured zone, never
+    refused (a refusal would raise inside the backend's transaction)."""
+
+    def test_read_in_the_backends_zone(self):
+        conf = cfg(naive_time_zone="America/New_York")
+        cases = {
+            dt.datetime(2026, 7, 22, 10, 0, 0): "2026-07-22T14:00:00.000000Z",    # EDT, UTC-4
+            dt.datetime(2026, 11, 28, 10, 5, 39, 250000): "2026-11-28T15:05:39.250000Z",  # EST, UTC-5
+        }
+        for naive, want in cases.items():
+            with self.subTest(naive=naive):
+                msg = build_status_event(5, "REVOKED", time=naive, config=conf, event_id="x")
+                self.assertEqual(json.loads(msg.body)["time"], want)
+                self.assertEqual(format_time(naive, "America/New_York"), want)
+
+    def test_tzinfo_accepted(self):
+        conf = cfg(naive_time_zone=dt.timezone(dt.timedelta(hours=2)))
+        msg = build_status_event(5, "FAILURE", time=dt.datetime(2026, 11, 28, 17, 5, 39), config=conf, event_id="x")
+        self.assertEqual(json.loads(msg.body)["time"], "2026-11-28T15:05:39.000000Z")
+
+    def test_aware_time_ignores_the_zone(self):
+        conf = cfg(naive_time_zone="America/New_York")
+        msg = build_status_event(5, "REVOKED", time=T0, config=conf, event_id="x")
+        self.assertEqual(json.loads(msg.body)["time"], T0_TEXT)
+
+    def test_no_zone_uses_the_process_zone(self):
+        naive = dt.datetime(2026, 11, 28, 10, 5, 39)
+        want = naive.astimezone().astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        msg = build_status_event(5, "REVOKED", time=naive, config=NO_TRACE, event_id="x")
+        self.assertEqual(json.loads(msg.body)["time"], want)
+
+    def test_dst_gap_and_overlap_do_not_raise(self):
+        conf = cfg(naive_time_zone="America/New_York")
+        for naive in (dt.datetime(2026, 3, 8, 2, 30), dt.datetime(2026, 11, 1, 1, 30)):
+            with self.subTest(naive=naive):
+                build_status_event(5, "REVOKED", time=naive, config=conf, event_id="x")
+
+    def test_unknown_zone_fails_at_configuration(self):
+        for bad in ("America/Nowhere", "", 5):
+            with self.subTest(bad=bad):
+                with self.assertRaises(ValueError):
+                    cfg(naive_time_zone=bad)
 
 
 class JobIdTest(unittest.TestCase):

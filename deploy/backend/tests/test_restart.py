@@ -149,7 +149,7 @@ class RequestRestartTest(unittest.IsolatedAsyncioTestCase):
         bus = FakeBus(answer_each())
         bus.publish_error = ConnectionError("no responders")
         with self.assertLogs("job_status_events", "ERROR"):
-            with self.assertRaisesRegex(ConnectionError, "no responders"):
+            with self.assertRaisesRegex(FlushError, "no responders"):
                 await self.restart(bus)
         self.assertEqual(bus.calls, [("subscribe", FLUSHED), ("publish", "job.status.restart_requested"),
                                      ("aclose", FLUSHED)])
@@ -198,7 +198,7 @@ class RequestRestartTest(unittest.IsolatedAsyncioTestCase):
 
     async def test_bad_arguments_touch_nothing(self):
         bus = FakeBus(answer_each())
-        for kw in ({"attempt": None}, {"attempt": -1}, {"attempt": True}, {"time": None}, {"tries": 0},
+        for kw in ({"attempt": -1}, {"attempt": True}, {"time": None}, {"tries": 0},
                    {"timeout": 0}, {"flushed_subject": "job.queue.flushed"}):
             with self.subTest(kw=kw):
                 with self.assertRaises(ValueError):
@@ -206,6 +206,50 @@ class RequestRestartTest(unittest.IsolatedAsyncioTestCase):
         with self.assertRaises(ValueError):
             await request_restart(self.publisher(bus), bus.subscribe, "42", 4, time=T0)
         self.assertEqual(bus.calls, [])
+
+    async def test_without_attempt(self):
+        # Antenna today: no attempt counter. The request carries none, and the
+        # answer (attempt absent) is matched by its cause_event_id.
+        def respond(subject, body, headers):
+            return [(FLUSHED, *flushed_event(JOB, restart_id(body), "nothing_to_remove"))]
+        bus = FakeBus(respond)
+        data = await self.restart(bus, attempt=None, timeout=5)
+        self.assertEqual(data["outcome"], "nothing_to_remove")
+        (ev,) = bus.restart_events()
+        self.assertNotIn("attempt", ev["data"])
+        self.assertNoTaskLeft()
+
+    async def test_without_attempt_times_out_with_a_clear_error(self):
+        bus = FakeBus()
+        with self.assertRaises(FlushTimeout) as caught:
+            await self.restart(bus, attempt=None, tries=2)
+        self.assertIsNone(caught.exception.attempt)
+        self.assertIn("no attempt", str(caught.exception))
+        self.assertEqual(caught.exception.event_ids, ["r-1", "r-2"])
+
+    async def test_older_attempt_and_repeated_answers_ignored(self):
+        # An answer naming an older attempt is not this Start's, even with a
+        # matching cause; a repeated already_done answer after ours is harmless.
+        def respond(subject, body, headers):
+            cause = restart_id(body)
+            return [(FLUSHED, *flushed_event(JOB, cause, "removed", attempt=3)),
+                    (FLUSHED, *flushed_event(JOB, "someone-else", "removed", attempt=4)),
+                    (FLUSHED, *flushed_event(JOB, cause, "already_done", attempt=4)),
+                    (FLUSHED, *flushed_event(JOB, cause, "already_done", attempt=4))]
+        bus = FakeBus(respond)
+        data = await self.restart(bus, attempt=4, timeout=5)
+        self.assertEqual((data["outcome"], data["attempt"], data["cause_event_id"]), ("already_done", 4, "r-1"))
+        self.assertNoTaskLeft()
+
+    async def test_publish_failure_is_a_flush_error(self):
+        bus = FakeBus(answer_each())
+        bus.publish_error = ConnectionError("no responders: is there a JOB_EVENTS stream?")
+        with self.assertRaises(FlushError) as caught:
+            await self.restart(bus)
+        self.assertIn("could not publish restart_requested", str(caught.exception))
+        self.assertIsInstance(caught.exception.__cause__, ConnectionError)
+        self.assertEqual(bus.calls[-1], ("aclose", FLUSHED))
+        self.assertNoTaskLeft()
 
     async def test_custom_flushed_subject(self):
         def respond(subject, body, headers):

@@ -246,10 +246,10 @@ class Answers:
                 pass
 
 
-# The current service judges a stream without an attempt stamp by its creation
-# time against the event (with a 2 s skew allowance); the queues below are
-# created a little longer than that before the event that should remove them.
-SETTLE = 2.5
+# The service judges a stream without an attempt stamp by its creation time
+# against the event's arrival at NATS, both in server time: a queue created
+# just before the event is removed, so no settling pause is needed.
+SETTLE = 0
 
 
 class WithService(unittest.IsolatedAsyncioTestCase):

@@ -314,6 +314,13 @@ func removedText(out *events.Outcome) string {
 }
 
 func isTerminalWriter(w io.Writer) bool {
+	for {
+		u, ok := w.(interface{ Unwrap() io.Writer })
+		if !ok {
+			break
+		}
+		w = u.Unwrap()
+	}
 	f, ok := w.(*os.File)
 	if !ok {
 		return false

@@ -95,6 +95,10 @@ func serve(ctx context.Context, cfg Config, log zerolog.Logger, tel *telemetry.T
 			"consumer": intake.Ready,
 			"kv":       svc.store.Ping,
 		}
+		red := telemetry.NewRedactor(natsSecrets(cfg.NATS)...)
+		for name, check := range checks {
+			checks[name] = red.Check(check)
+		}
 		handler := telemetry.HealthHandler(checks, tel.MetricsHandler)
 		if cfg.Pprof {
 			handler = telemetry.WithPprof(handler)
@@ -233,7 +237,7 @@ func setupTelemetry(ctx context.Context, cio cmdIO, console bool) (*telemetry.Te
 	return telemetry.Setup(ctx, telemetry.Config{
 		ServiceName: "queue-janitor", ServiceVersion: version(), Getenv: cio.getenv,
 		Console: cio.stderr, ForceConsole: console,
-		SpanProcessors: cio.hooks.SpanProcessors, MetricReaders: cio.hooks.MetricReaders,
+		SpanProcessors: cio.hooks.SpanProcessors, MetricReaders: cio.hooks.MetricReaders, Redact: cio.redact,
 	})
 }
 

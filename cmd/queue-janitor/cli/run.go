@@ -93,7 +93,7 @@ func RunWithHooks(ctx context.Context, args []string, getenv func(string) string
 }
 
 func runCommand(ctx context.Context, args []string, cio cmdIO) error {
-	stdout, stderr := cio.stdout, cio.stderr
+	stdout := cio.stdout
 	cmds := commands()
 	if len(args) == 0 || args[0] == "help" || args[0] == "-h" || args[0] == "--help" || args[0] == "-help" {
 		if len(args) > 1 {
@@ -109,8 +109,12 @@ func runCommand(ctx context.Context, args []string, cio cmdIO) error {
 	}
 	c, ok := cmds[args[0]]
 	if !ok {
-		usage(stderr, cmds)
-		return fmt.Errorf("%w: unknown command %q", ErrUsage, args[0])
+		names := make([]string, 0, len(cmds))
+		for n := range cmds {
+			names = append(names, n)
+		}
+		sort.Strings(names)
+		return fmt.Errorf("%w: unknown command %q%s\nsee 'queue-janitor --help' for the commands", ErrUsage, args[0], didYouMean(args[0], names))
 	}
 	return c.run(ctx, args[1:], cio)
 }
@@ -136,7 +140,7 @@ Commands:
 }
 
 // parseFlags parses args into f, printing help for --help and turning a bad
-// flag into a usage error that shows the flags.
+// flag into a usage error: the error, then one line pointing to --help.
 func parseFlags(f *flagSet, args []string, cio cmdIO) error {
 	err := f.parse(args, cio.getenv)
 	switch {
@@ -144,8 +148,7 @@ func parseFlags(f *flagSet, args []string, cio cmdIO) error {
 		f.usage(cio.stdout)
 		return flag.ErrHelp
 	case err != nil:
-		f.usage(cio.stderr)
-		return fmt.Errorf("%w: %s: %w", ErrUsage, f.name, err)
+		return fmt.Errorf("%w: %s: %w%s\nsee 'queue-janitor %s --help' for its flags", ErrUsage, f.name, err, f.suggestFlag(err), f.name)
 	}
 	if len(f.positional) > 0 && f.args == "" {
 		return fmt.Errorf("%w: %s takes no arguments, got %q", ErrUsage, f.name, strings.Join(f.positional, " "))

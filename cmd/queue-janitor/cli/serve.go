@@ -175,7 +175,7 @@ func jetStreamFor(nc *nats.Conn, cfg Config) (jetstream.JetStream, error) {
 
 // openService connects and binds everything the handler needs.
 func openService(ctx context.Context, cfg Config, owner string, log zerolog.Logger, tel *telemetry.Telemetry, metrics *telemetry.Metrics) (*service, error) {
-	nc, err := connect(cfg.NATS, "queue-janitor "+owner, log)
+	nc, err := connect(ctx, cfg.NATS, "queue-janitor "+owner, log)
 	if err != nil {
 		return nil, err
 	}

@@ -97,6 +97,7 @@ type JetStreamOffError struct {
 	Err error
 }
 
+// Error says what is missing and what to do.
 func (e *JetStreamOffError) Error() string {
 	if errors.Is(e.Err, jetstream.ErrJetStreamNotEnabledForAccount) {
 		return fmt.Sprintf("JetStream is not enabled for this account on %s: enable it for the account in the server's configuration (jetstream: enabled)", e.URL)
@@ -104,6 +105,7 @@ func (e *JetStreamOffError) Error() string {
 	return fmt.Sprintf("JetStream is not enabled on %s: start nats-server with -js", e.URL)
 }
 
+// Unwrap returns nats.go's error.
 func (e *JetStreamOffError) Unwrap() error { return e.Err }
 
 // checkJetStream asks the server for the account's JetStream information
@@ -113,7 +115,7 @@ func (e *JetStreamOffError) Unwrap() error { return e.Err }
 func checkJetStream(ctx context.Context, nc *nats.Conn, timeout time.Duration) error {
 	js, err := jetstream.New(nc)
 	if err != nil {
-		return nil //nolint:nilerr // the calls that follow report it
+		return fmt.Errorf("jetstream: %w", err)
 	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()

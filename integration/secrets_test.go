@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -31,6 +32,7 @@ type secretCase struct {
 	env     map[string]string // variables seen by every command
 	secrets []string          // none may appear in any output
 	refused bool
+	job     queue.JobID // its own jobs: job for clean, job+1 for flush, job+2 for emit
 }
 
 // both returns the case with the secret given as flags and as variables.
@@ -110,8 +112,8 @@ func dumpSpans(spans []sdktrace.ReadOnlySpan) string {
 func checkNoSecret(t *testing.T, c secretCase) {
 	t.Helper()
 	commands := [][]string{
-		{"ls"}, {"ls", "--json"}, {"sweep", "--dry-run"}, {"clean", "5"}, {"flush", "6"},
-		{"emit", "--job", "7", "--status", "revoked"}, {"ls", "--help"}, {"serve", "--help"}, {"ls", "--no-such-flag"},
+		{"ls"}, {"ls", "--json"}, {"sweep", "--dry-run"}, {"clean", c.job.String()}, {"flush", (c.job + 1).String()},
+		{"emit", "--job", (c.job + 2).String(), "--status", "revoked"}, {"ls", "--help"}, {"serve", "--help"}, {"ls", "--no-such-flag"},
 	}
 	for _, args := range commands {
 		out, err := runSecretCommand(t, c, args...)
@@ -198,18 +200,24 @@ func assertNoSecret(t *testing.T, c secretCase, what, out string) {
 	}
 }
 
-// provisionFor gives a server's account the event stream and two job
-// queues, so that the commands have something to list, clean and flush.
-func provisionFor(t *testing.T, url string, opts ...nats.Option) {
+// withJobs gives each case its own jobs, and the server's account the
+// event stream and those jobs' queues, so that the commands have something
+// to list, clean and flush, and cases running in parallel do not contend
+// for one job's lease.
+func withJobs(t *testing.T, url string, cases []secretCase, opts ...nats.Option) []secretCase {
 	t.Helper()
 	_, js := natstest.Connect(t, url, opts...)
 	ensureEventStream(t, js)
-	for _, id := range []queue.JobID{5, 6} {
-		if err := queue.Provision(t.Context(), js, queue.DefaultNames(), id, events.Attempt(1)); err != nil {
-			t.Fatal(err)
+	for i := range cases {
+		cases[i].job = queue.JobID(100 + 10*i)
+		for _, id := range []queue.JobID{cases[i].job, cases[i].job + 1} {
+			if err := queue.Provision(t.Context(), js, queue.DefaultNames(), id, events.Attempt(1)); err != nil {
+				t.Fatal(err)
+			}
+			publishTasks(t, js, queue.DefaultNames().SubjectName(id), 0, 3)
 		}
-		publishTasks(t, js, queue.DefaultNames().SubjectName(id), 0, 3)
 	}
+	return cases
 }
 
 func userPasswordSecrets(t *testing.T) []secretCase {
@@ -219,7 +227,7 @@ func userPasswordSecrets(t *testing.T) []secretCase {
 		o.Users = []*server.User{{Username: "backend", Password: "backend-pw"}, {Username: user, Password: password}}
 	})
 	url := srv.URL()
-	provisionFor(t, url, nats.UserInfo("backend", "backend-pw"))
+	backend := []nats.Option{nats.UserInfo("backend", "backend-pw")}
 	hostPort := strings.TrimPrefix(url, "nats://")
 	dead := strings.TrimPrefix(natstestDeadURL(t), "nats://")
 	var cases []secretCase
@@ -234,7 +242,7 @@ func userPasswordSecrets(t *testing.T) []secretCase {
 		cases = append(cases, both(tag+"/url", url, refused, []string{pw, user}, "--nats-url", inURL)...)
 		cases = append(cases, both(tag+"/url-list", url, refused, []string{pw, user, "pw-second-K2v", "other-user"}, "--nats-url", list)...)
 	}
-	return cases
+	return withJobs(t, url, cases, backend...)
 }
 
 func tokenSecrets(t *testing.T) []secretCase {
@@ -242,7 +250,7 @@ func tokenSecrets(t *testing.T) []secretCase {
 	const token, wrong = "tok-accepted-K3m", "tok-refused-J8n"
 	srv := natstest.RunServer(t, func(o *server.Options) { o.Authorization = token })
 	url := srv.URL()
-	provisionFor(t, url, nats.Token(token))
+	backend := []nats.Option{nats.Token(token)}
 	hostPort := strings.TrimPrefix(url, "nats://")
 	var cases []secretCase
 	for _, refused := range []bool{false, true} {
@@ -253,7 +261,7 @@ func tokenSecrets(t *testing.T) []secretCase {
 		cases = append(cases, both(tag+"/token", url, refused, []string{tok}, "--nats-token", tok)...)
 		cases = append(cases, both(tag+"/url", url, refused, []string{tok}, "--nats-url", "nats://"+tok+"@"+hostPort)...)
 	}
-	return cases
+	return withJobs(t, url, cases, backend...)
 }
 
 // seedOf returns the secrets in an NKey seed or .creds file: the seed and
@@ -284,10 +292,19 @@ func nkeySecrets(t *testing.T) []secretCase {
 	m := nkeyMode(t)
 	srv := natstest.RunServer(t, m.server)
 	url := srv.URL()
-	provisionFor(t, url, m.backend...)
+	backend := m.backend
 	cases := both("accepted/seed", url, false, seedOf(t, m.args[1]), m.args...)
 	cases = append(cases, both("refused/seed", url, true, seedOf(t, m.refused[0].args[1]), m.refused[0].args...)...)
-	return cases
+	// A seed with a broken checksum is refused before connecting; its
+	// content must not be quoted either.
+	broken := []byte(seedOf(t, m.args[1])[0])
+	broken[20] ^= 'A' ^ 'B' // a data character: the last one holds padding bits
+	path := filepath.Join(t.TempDir(), "broken.nk")
+	if err := os.WriteFile(path, broken, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cases = append(cases, both("refused/broken-seed", url, true, []string{string(broken), string(broken[4:40])}, "--nats-nkey-seed", path)...)
+	return withJobs(t, url, cases, backend...)
 }
 
 func credsSecrets(t *testing.T) []secretCase {
@@ -295,12 +312,12 @@ func credsSecrets(t *testing.T) []secretCase {
 	m := credsMode(t)
 	srv := natstest.RunServer(t, m.server)
 	url := srv.URL()
-	provisionFor(t, url, m.backend...)
+	backend := m.backend
 	cases := both("accepted/creds", url, false, seedOf(t, m.args[1]), m.args...)
 	for _, r := range m.refused[:2] { // unknown account, revoked user
 		cases = append(cases, both("refused/creds-"+strings.ReplaceAll(r.name, " ", "-"), url, true, seedOf(t, r.args[1]), r.args...)...)
 	}
-	return cases
+	return withJobs(t, url, cases, backend...)
 }
 
 // tlsSecrets: key paths may be shown, key material never.
@@ -309,7 +326,7 @@ func tlsSecrets(t *testing.T) []secretCase {
 	m := tlsMode(t)
 	srv := natstest.RunServer(t, m.server)
 	url := srv.URL()
-	provisionFor(t, url, m.backend...)
+	backend := m.backend
 	keyPath := m.args[len(m.args)-1]
 	data, err := os.ReadFile(keyPath) //nolint:gosec // the test's own file
 	if err != nil {
@@ -323,7 +340,7 @@ func tlsSecrets(t *testing.T) []secretCase {
 	}
 	cases := both("accepted/tls", url, false, material, m.args...)
 	cases = append(cases, both("refused/tls-unknown-ca", url, true, material, m.refused[1].args...)...)
-	return cases
+	return withJobs(t, url, cases, backend...)
 }
 
 // natstestDeadURL is a URL nobody listens on.
@@ -338,7 +355,7 @@ func TestPanicMessageIsRedacted(t *testing.T) {
 	t.Parallel()
 	const token = "tok-panic-P4n"
 	srv := natstest.RunServer(t, func(o *server.Options) { o.Authorization = token })
-	provisionFor(t, srv.URL(), nats.Token(token))
+	withJobs(t, srv.URL(), nil, nats.Token(token))
 	var stdout, stderr syncBuffer
 	err := cli.RunWithHooks(t.Context(), []string{"ls", "--nats-url", srv.URL(), "--nats-token", token}, func(string) string { return "" },
 		&stdout, &stderr, cli.Hooks{SpanProcessors: []sdktrace.SpanProcessor{panicky{msg: "boom with " + token}}})

@@ -225,10 +225,13 @@ func (c NATSConfig) Validate(embedded bool) error {
 // one (nats//host) is reported as such rather than as a failure to connect.
 // Like nats.go it accepts host:port without a scheme.
 func validateURLs(list string) error {
+	if strings.Trim(list, ", \t") == "" {
+		return errors.New("--nats-url has no URL: want nats://host:port, several separated by commas")
+	}
 	for _, item := range strings.Split(list, ",") {
 		item = strings.TrimSpace(item)
 		if item == "" {
-			return fmt.Errorf("--nats-url %q has an empty entry: want nats://host:port, several separated by commas", list)
+			continue // as nats.go does
 		}
 		full := item
 		if !strings.Contains(item, "://") {
@@ -241,7 +244,7 @@ func validateURLs(list string) error {
 		switch {
 		case !oneOf(u.Scheme, "nats", "tls", "ws", "wss"):
 			return fmt.Errorf("--nats-url: %q has scheme %q: want nats://, tls://, ws:// or wss://", item, u.Scheme)
-		case u.Hostname() == "" || (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "":
+		case u.Hostname() == "" || (u.Path != "" && u.Path != "/" && !strings.HasPrefix(u.Scheme, "ws")) || u.RawQuery != "" || u.Fragment != "":
 			return fmt.Errorf("--nats-url: %q is not a valid NATS URL: want nats://host:port", item)
 		}
 	}

@@ -71,7 +71,8 @@ func TestRedactedErrorKeepsTheChain(t *testing.T) {
 	if err.Error() != "password xxxxx: refused" || !errors.Is(err, sentinel) {
 		t.Errorf("Error() = %q, Is(sentinel) = %v", err, errors.Is(err, sentinel))
 	}
-	if r.Error(sentinel) != sentinel || r.Error(nil) != nil {
+	var wrapped *redactedError
+	if got := r.Error(sentinel); !errors.Is(got, sentinel) || errors.As(got, &wrapped) || r.Error(nil) != nil {
 		t.Error("an error without a secret must come back as it is")
 	}
 	var buf bytes.Buffer

@@ -20,7 +20,7 @@ func TestUsageErrorsSayWhatIsWrong(t *testing.T) {
 	}{
 		"unknown flag": {args: []string{"ls", "--no-such-flag"},
 			want: []string{"ls: flag provided but not defined: -no-such-flag\nsee 'queue-janitor ls --help' for its flags"}},
-		"misspelled flag": {args: []string{"ls", "--older-thn", "5m"}, want: []string{`did you mean "--older-than"?`}},
+		"misspelled flag": {args: []string{"ls", "--oldr-than", "5m"}, want: []string{`did you mean "--older-than"?`}},
 		"duration without unit": {args: []string{"ls", "--older-than", "5"},
 			want: []string{"-older-than", "the duration has no unit: write 5s, 5m or 5h"}},
 		"duration without unit from the environment": {args: []string{"ls"}, env: map[string]string{"QUEUE_JANITOR_LS_OLDER_THAN": "5"},

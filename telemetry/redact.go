@@ -30,8 +30,9 @@ const Mask = "xxxxx"
 //     URLs), wherever it stands, also in its URL-escaped, JSON-escaped and
 //     Go-quoted forms.
 //
-// The nil *Redactor masks URLs, seeds and JWTs only. A Redactor is safe for
-// concurrent use.
+// The nil *Redactor masks URLs, seeds and JWTs only. A very short secret is
+// masked wherever it occurs, even inside other words: the text is then
+// harder to read, but never leaks it. A Redactor is safe for concurrent use.
 type Redactor struct {
 	// secrets are the known values and their escaped forms, longest first
 	// so that a secret containing another is masked whole.

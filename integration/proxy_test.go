@@ -11,15 +11,22 @@ import (
 // tcpProxy stands between one replica and the NATS server, so that a test
 // can cut, freeze and restore that replica's network: a real TCP path, not a
 // mock of NATS.
+//
+// A freeze is a black hole as TCP sees one: bytes sent by either side are
+// held in the network, and delivered when the freeze ends, unless the side
+// that sent them has closed its connection meanwhile (the replica aborting
+// a connection whose request got no reply): then they are discarded, as a
+// closed socket's unsent bytes are, and never delivered.
 type tcpProxy struct {
 	t      testing.TB
 	ln     net.Listener
 	target string
 
 	mu       sync.Mutex
+	cond     *sync.Cond
 	conns    map[net.Conn]struct{}
 	refusing bool
-	frozen   chan struct{} // closed when not frozen
+	frozen   bool
 	triggers []*proxyTrigger
 	accepted int
 }
@@ -41,7 +48,6 @@ type proxyTrigger struct {
 	pattern []byte
 	action  proxyAction
 	fired   chan struct{}
-	once    sync.Once
 }
 
 func newTCPProxy(t testing.TB, target string) *tcpProxy {
@@ -50,11 +56,12 @@ func newTCPProxy(t testing.TB, target string) *tcpProxy {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &tcpProxy{t: t, ln: ln, target: target, conns: map[net.Conn]struct{}{}, frozen: make(chan struct{})}
-	close(p.frozen)
+	p := &tcpProxy{t: t, ln: ln, target: target, conns: map[net.Conn]struct{}{}}
+	p.cond = sync.NewCond(&p.mu)
 	go p.accept()
 	t.Cleanup(func() {
 		_ = ln.Close()
+		p.restore()
 		p.cutAll()
 	})
 	return p
@@ -81,28 +88,20 @@ func (p *tcpProxy) cut() {
 	p.cutAll()
 }
 
-// restore accepts connections again (and thaws a freeze).
+// restore accepts connections again and ends a freeze.
 func (p *tcpProxy) restore() {
 	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.refusing = false
-	select {
-	case <-p.frozen:
-	default:
-		close(p.frozen)
-	}
+	p.refusing, p.frozen = false, false
+	p.cond.Broadcast()
+	p.mu.Unlock()
 }
 
 // freeze holds every byte in both directions without closing anything: a
-// replica paused (or a network black hole) as its peers see it.
+// replica cut off by a black hole, as its peers see it.
 func (p *tcpProxy) freeze() {
 	p.mu.Lock()
-	defer p.mu.Unlock()
-	select {
-	case <-p.frozen:
-		p.frozen = make(chan struct{})
-	default:
-	}
+	p.frozen = true
+	p.mu.Unlock()
 }
 
 // connections is how many connections the proxy has accepted in all.
@@ -151,9 +150,29 @@ func (p *tcpProxy) accept() {
 	}
 }
 
-// pipe copies from src to dst, holding bytes while frozen and running the
-// triggers on the client's bytes.
+// pipe carries src's bytes to dst: a reader takes them off src as they
+// come, a writer hands them on unless frozen.
 func (p *tcpProxy) pipe(src, dst net.Conn, fromClient bool) {
+	var queue [][]byte
+	closed := false
+	go func() {
+		buf := make([]byte, 64<<10)
+		for {
+			n, err := src.Read(buf)
+			p.mu.Lock()
+			if n > 0 {
+				queue = append(queue, append([]byte(nil), buf[:n]...))
+			}
+			if err != nil {
+				closed = true
+			}
+			p.cond.Broadcast()
+			p.mu.Unlock()
+			if err != nil {
+				return
+			}
+		}
+	}()
 	defer func() {
 		_ = src.Close()
 		_ = dst.Close()
@@ -162,34 +181,35 @@ func (p *tcpProxy) pipe(src, dst net.Conn, fromClient bool) {
 		delete(p.conns, dst)
 		p.mu.Unlock()
 	}()
-	buf := make([]byte, 64<<10)
 	for {
-		n, err := src.Read(buf)
-		if n > 0 {
-			chunk := buf[:n]
-			p.mu.Lock()
-			gate := p.frozen
-			p.mu.Unlock()
-			<-gate
-			if fromClient {
-				if tr := p.match(chunk); tr != nil {
-					p.fire(tr, chunk, src, dst)
-					return
-				}
-			}
-			if _, werr := dst.Write(chunk); werr != nil {
-				return
-			}
+		p.mu.Lock()
+		for (p.frozen && !closed) || (len(queue) == 0 && !closed) {
+			p.cond.Wait()
 		}
-		if err != nil {
-			return // EOF or a cut: both directions end
+		if p.frozen || len(queue) == 0 {
+			// Closed while frozen: its unsent bytes go with it. Closed
+			// with nothing left: done.
+			p.mu.Unlock()
+			return
+		}
+		chunk := queue[0]
+		queue = queue[1:]
+		var tr *proxyTrigger
+		if fromClient {
+			tr = p.matchLocked(chunk)
+		}
+		p.mu.Unlock()
+		if tr != nil {
+			p.fire(tr, chunk, src, dst)
+			return
+		}
+		if _, err := dst.Write(chunk); err != nil {
+			return
 		}
 	}
 }
 
-func (p *tcpProxy) match(chunk []byte) *proxyTrigger {
-	p.mu.Lock()
-	defer p.mu.Unlock()
+func (p *tcpProxy) matchLocked(chunk []byte) *proxyTrigger {
 	for i, tr := range p.triggers {
 		if bytes.Contains(chunk, tr.pattern) {
 			p.triggers = append(p.triggers[:i], p.triggers[i+1:]...)
@@ -214,5 +234,5 @@ func (p *tcpProxy) fire(tr *proxyTrigger, chunk []byte, client, server net.Conn)
 		time.Sleep(50 * time.Millisecond)
 		_ = server.Close()
 	}
-	tr.once.Do(func() { close(tr.fired) })
+	close(tr.fired)
 }

@@ -56,7 +56,7 @@ func (traceHook) Run(e *zerolog.Event, _ zerolog.Level, _ string) {
 }
 
 func isTerminal(w io.Writer) bool {
-	f, ok := w.(*os.File)
+	f, ok := unwrapWriter(w).(*os.File)
 	if !ok {
 		return false
 	}

@@ -48,6 +48,9 @@ type Config struct {
 	// MetricReaders are added beside the Prometheus reader (tests pass a
 	// manual reader).
 	MetricReaders []sdkmetric.Reader
+	// Redact, when set, masks secrets in every span before a processor or
+	// exporter sees it.
+	Redact *Redactor
 }
 
 // Telemetry is the set of providers the service passes down.
@@ -110,6 +113,9 @@ func Setup(ctx context.Context, cfg Config) (*Telemetry, error) {
 func (t *Telemetry) setupTraces(ctx context.Context, cfg Config, getenv func(string) string, res *resource.Resource) error {
 	opts := []sdktrace.TracerProviderOption{sdktrace.WithResource(res)}
 	for _, p := range cfg.SpanProcessors {
+		if cfg.Redact != nil {
+			p = cfg.Redact.SpanProcessor(p)
+		}
 		opts = append(opts, sdktrace.WithSpanProcessor(p))
 	}
 	for _, name := range tracesExporters(cfg, getenv) {
@@ -127,6 +133,9 @@ func (t *Telemetry) setupTraces(ctx context.Context, cfg Config, getenv func(str
 		}
 		if err != nil {
 			return fmt.Errorf("trace exporter %s: %w", name, err)
+		}
+		if cfg.Redact != nil {
+			exp = cfg.Redact.SpanExporter(exp)
 		}
 		if name == "console" {
 			opts = append(opts, sdktrace.WithSyncer(exp))

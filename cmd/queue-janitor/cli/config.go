@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/url"
 	"strconv"
 	"strings"
 	"time"
@@ -55,6 +56,10 @@ type NATSConfig struct {
 	InboxPrefix string
 	// ConnectTimeout bounds the first connection.
 	ConnectTimeout time.Duration
+
+	// offerEmbedded is set for commands that have --embedded-nats, so that
+	// their errors may suggest it.
+	offerEmbedded bool
 }
 
 // EmbeddedConfig configures the in-process JetStream server.
@@ -178,7 +183,15 @@ func (c Config) Validate() error {
 // Validate checks that the authentication options make one coherent choice.
 func (c NATSConfig) Validate(embedded bool) error {
 	if !embedded && c.URL == "" {
-		return errors.New("--nats-url is empty: set NATS_URL, or use --embedded-nats")
+		if c.offerEmbedded {
+			return errors.New("--nats-url is empty: set NATS_URL, or use --embedded-nats")
+		}
+		return errors.New("--nats-url is empty: set NATS_URL")
+	}
+	if !embedded {
+		if err := validateURLs(c.URL); err != nil {
+			return err
+		}
 	}
 	methods := 0
 	for _, set := range []bool{c.User != "", c.Token != "", c.NKeySeedFile != "", c.CredsFile != ""} {
@@ -197,6 +210,36 @@ func (c NATSConfig) Validate(embedded bool) error {
 		return fmt.Errorf("--nats-inbox-prefix %q: want a subject prefix without wildcards or a trailing dot", c.InboxPrefix)
 	case c.ConnectTimeout <= 0:
 		return errors.New("--nats-connect-timeout must be positive")
+	}
+	return nil
+}
+
+// validateURLs checks each comma-separated NATS URL, so that a malformed
+// one (nats//host) is reported as such rather than as a failure to connect.
+// Like nats.go it accepts host:port without a scheme.
+func validateURLs(list string) error {
+	if strings.Trim(list, ", \t") == "" {
+		return errors.New("--nats-url has no URL: want nats://host:port, several separated by commas")
+	}
+	for _, item := range strings.Split(list, ",") {
+		item = strings.TrimSpace(item)
+		if item == "" {
+			continue // as nats.go does
+		}
+		full := item
+		if !strings.Contains(item, "://") {
+			full = "nats://" + item
+		}
+		u, err := url.Parse(full)
+		if err != nil {
+			return fmt.Errorf("--nats-url: %q is not a valid URL (%w): want nats://host:port", item, errors.Unwrap(err))
+		}
+		switch {
+		case !oneOf(u.Scheme, "nats", "tls", "ws", "wss"):
+			return fmt.Errorf("--nats-url: %q has scheme %q: want nats://, tls://, ws:// or wss://", item, u.Scheme)
+		case u.Hostname() == "" || (u.Path != "" && u.Path != "/" && !strings.HasPrefix(u.Scheme, "ws")) || u.RawQuery != "" || u.Fragment != "":
+			return fmt.Errorf("--nats-url: %q is not a valid NATS URL: want nats://host:port", item)
+		}
 	}
 	return nil
 }

@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -10,16 +11,20 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nkeys"
 	"github.com/rs/zerolog"
+
+	"github.com/example/queue-janitor/telemetry"
 )
 
-// connect opens the NATS connection, reconnecting forever once it is up.
-// A failure to reach the server says what to check. Nothing published while
-// the connection is down is buffered for later: such a publish fails at once
-// (and is retried by its caller), so that no request can reach the server
-// long after its sender gave up on it.
-func connect(c NATSConfig, name string, log zerolog.Logger, extra ...nats.Option) (*nats.Conn, error) {
+// connect opens the NATS connection, reconnecting forever once it is up,
+// and checks at once that the server offers JetStream to this account
+// (else a [JetStreamOffError]). A failure to reach the server says what to
+// check. Nothing published while the connection is down is buffered for
+// later: such a publish fails at once (and is retried by its caller), so
+// that no request can reach the server long after its sender gave up on it.
+func connect(ctx context.Context, c NATSConfig, name string, log zerolog.Logger, extra ...nats.Option) (*nats.Conn, error) {
 	opts := []nats.Option{
 		nats.Name(name),
 		nats.ReconnectBufSize(-1),
@@ -76,9 +81,52 @@ func connect(c NATSConfig, name string, log zerolog.Logger, extra ...nats.Option
 	}
 	nc, err := nats.Connect(c.URL, append(opts, extra...)...)
 	if err != nil {
-		return nil, connectError(c.URL, err)
+		return nil, connectError(c, err)
+	}
+	if err := checkJetStream(ctx, nc, c.ConnectTimeout); err != nil {
+		nc.Close()
+		return nil, err
 	}
 	return nc, nil
+}
+
+// JetStreamOffError is returned when the server, or the account, has no
+// JetStream: the most common first mistake (nats-server started without
+// -js). It wraps jetstream.ErrJetStreamNotEnabled or
+// jetstream.ErrJetStreamNotEnabledForAccount.
+type JetStreamOffError struct {
+	// URL is the server connected to, its user information masked.
+	URL string
+	Err error
+}
+
+// Error says what is missing and what to do.
+func (e *JetStreamOffError) Error() string {
+	if errors.Is(e.Err, jetstream.ErrJetStreamNotEnabledForAccount) {
+		return fmt.Sprintf("JetStream is not enabled for this account on %s: enable it for the account in the server's configuration (jetstream: enabled)", e.URL)
+	}
+	return fmt.Sprintf("JetStream is not enabled on %s: start nats-server with -js", e.URL)
+}
+
+// Unwrap returns nats.go's error.
+func (e *JetStreamOffError) Unwrap() error { return e.Err }
+
+// checkJetStream asks the server for the account's JetStream information
+// once, within timeout. Only a definite "not enabled" fails: any other
+// answer (a timeout, a permission the user lacks) is left to the calls
+// that follow, which retry and report it.
+func checkJetStream(ctx context.Context, nc *nats.Conn, timeout time.Duration) error {
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return fmt.Errorf("jetstream: %w", err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	_, err = js.AccountInfo(ctx)
+	if errors.Is(err, jetstream.ErrJetStreamNotEnabled) || errors.Is(err, jetstream.ErrJetStreamNotEnabledForAccount) {
+		return &JetStreamOffError{URL: telemetry.RedactURL(nc.ConnectedUrl()), Err: err}
+	}
+	return nil
 }
 
 // checkCreds reads a .creds file before connecting, so that a missing or
@@ -97,12 +145,15 @@ func checkCreds(path string) error {
 	return nil
 }
 
-func connectError(url string, err error) error {
+func connectError(c NATSConfig, err error) error {
+	url := telemetry.RedactURL(c.URL)
 	switch {
 	case errors.Is(err, nats.ErrAuthorization) || errors.Is(err, nats.ErrAuthExpired) || errors.Is(err, nats.ErrAuthRevoked):
 		return fmt.Errorf("NATS at %s refused the credentials: %w: check NATS_USER/NATS_PASSWORD, NATS_TOKEN, NATS_NKEY_SEED or NATS_CREDS", url, err)
-	case errors.Is(err, nats.ErrNoServers):
+	case errors.Is(err, nats.ErrNoServers) && c.offerEmbedded:
 		return fmt.Errorf("cannot reach NATS at %s: %w: is the server running? set NATS_URL (or --nats-url), or try --embedded-nats", url, err)
+	case errors.Is(err, nats.ErrNoServers):
+		return fmt.Errorf("cannot reach NATS at %s: %w: is the server running? set NATS_URL (or --nats-url)", url, err)
 	}
 	return fmt.Errorf("cannot connect to NATS at %s: %w: check the URL and the TLS settings (NATS_TLS_CA, NATS_TLS_CERT, NATS_TLS_KEY)", url, err)
 }

@@ -106,7 +106,7 @@ type demoWorld struct {
 func newDemoWorld(ctx context.Context, url string, cfg Config) (*demoWorld, error) {
 	nc, err := nats.Connect(url, nats.Name("queue-janitor demo backend"))
 	if err != nil {
-		return nil, connectError(url, err)
+		return nil, connectError(NATSConfig{URL: url}, err)
 	}
 	js, err := jetstream.New(nc)
 	if err != nil {

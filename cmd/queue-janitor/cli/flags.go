@@ -1,9 +1,11 @@
 package cli
 
 import (
+	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -58,13 +60,55 @@ func (f *flagSet) Bool(p *bool, name, env, usage string) {
 }
 
 func (f *flagSet) Int(p *int, name, env, usage string) {
-	f.fs.IntVar(p, name, *p, usage)
+	f.fs.Var(intValue{p}, name, usage)
 	f.add(name, env)
 }
 
 func (f *flagSet) Duration(p *time.Duration, name, env, usage string) {
-	f.fs.DurationVar(p, name, *p, usage)
+	f.fs.Var(durationValue{p}, name, usage)
 	f.add(name, env)
+}
+
+// durationValue is a duration flag whose error says what is wrong: a
+// missing unit (--older-than 5) above all.
+type durationValue struct{ p *time.Duration }
+
+func (d durationValue) Set(s string) error {
+	v, err := time.ParseDuration(strings.TrimSpace(s))
+	if err == nil {
+		*d.p = v
+		return nil
+	}
+	if _, ferr := strconv.ParseFloat(strings.TrimSpace(s), 64); ferr == nil {
+		return fmt.Errorf("the duration has no unit: write %ss, %sm or %sh, for example", s, s, s)
+	}
+	return errors.New("not a duration: want a number with a unit (ms, s, m, h), e.g. 30s, 5m, 1h30m")
+}
+
+func (d durationValue) String() string {
+	if d.p == nil {
+		return time.Duration(0).String()
+	}
+	return d.p.String()
+}
+
+// intValue is an integer flag whose error says what it wants.
+type intValue struct{ p *int }
+
+func (i intValue) Set(s string) error {
+	v, err := strconv.Atoi(strings.TrimSpace(s))
+	if err != nil {
+		return errors.New("not a whole number")
+	}
+	*i.p = v
+	return nil
+}
+
+func (i intValue) String() string {
+	if i.p == nil {
+		return "0"
+	}
+	return strconv.Itoa(*i.p)
 }
 
 // parse reads args, flags and positional arguments in any order (`clean 7
@@ -95,6 +139,21 @@ func (f *flagSet) parse(args []string, getenv func(string) string) error {
 		}
 	}
 	return nil
+}
+
+// suggestFlag is a "did you mean" for an unknown flag, or "".
+func (f *flagSet) suggestFlag(err error) string {
+	const unknown = "flag provided but not defined: -"
+	msg := err.Error()
+	if !strings.HasPrefix(msg, unknown) {
+		return ""
+	}
+	var names []string
+	f.fs.VisitAll(func(fl *flag.Flag) { names = append(names, fl.Name) })
+	if s := didYouMean(strings.TrimPrefix(msg, unknown), names); s != "" {
+		return strings.Replace(s, `"`, `"--`, 1)
+	}
+	return ""
 }
 
 func lookup(getenv func(string) string, key string) (string, bool) {

@@ -7,11 +7,13 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"sort"
 	"strings"
 	"text/tabwriter"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 
 	"github.com/example/queue-janitor/events"
@@ -104,8 +106,16 @@ func runLs(ctx context.Context, args []string, cio cmdIO) error {
 	if sortBy == "" {
 		sortBy = "job"
 	}
-	if !oneOf(sortBy, "job", "age", "messages", "pending") || (state != "" && !oneOf(state, "terminal", "live", "unknown")) {
-		return fmt.Errorf("%w: ls: --sort is job, age, messages or pending; --state is terminal, live or unknown", ErrUsage)
+	verdicts := []string{string(handlers.VerdictClean), string(handlers.VerdictGrace), string(handlers.VerdictOrphan),
+		string(handlers.VerdictKeep), string(handlers.VerdictBusy)}
+	for _, err := range []error{
+		choice("sort", sortBy, "job", "age", "messages", "pending"),
+		choice("state", state, handlers.JobStateTerminal, handlers.JobStateLive, handlers.JobStateUnknown),
+		choice("verdict", verdict, verdicts...),
+	} {
+		if err != nil {
+			return err
+		}
 	}
 	svc, log, tel, done, err := openOps(ctx, cfg, cio)
 	if err != nil {
@@ -313,6 +323,13 @@ func removedText(out *events.Outcome) string {
 }
 
 func isTerminalWriter(w io.Writer) bool {
+	for {
+		u, ok := w.(interface{ Unwrap() io.Writer })
+		if !ok {
+			break
+		}
+		w = u.Unwrap()
+	}
 	f, ok := w.(*os.File)
 	if !ok {
 		return false
@@ -430,19 +447,32 @@ func orNone(list []string) string {
 }
 
 const emitAbout = `Publish a well-formed job-status CloudEvent into the event stream, as the
-backend would: for operators, and for testing a deployment end to end.`
+backend would: for operators, and for testing a deployment end to end.
+
+--status must be a terminal status (--terminal-statuses), restart_requested,
+or one of the backend's other states: created, pending, started, success,
+failure, retry, canceling, revoked, received, unknown. --allow-any-status
+publishes another one anyway (the service records it as a live status).`
+
+// backendStates are the job backend's states, as status tokens.
+var backendStates = []events.Status{
+	events.StatusCreated, events.StatusPending, events.StatusStarted, events.StatusSuccess, events.StatusFailure,
+	events.StatusRetry, events.StatusCanceling, events.StatusRevoked, events.StatusReceived, events.StatusUnknown,
+}
 
 func runEmit(ctx context.Context, args []string, cio cmdIO) error {
 	cfg := opsDefaults()
 	f := newFlagSet("emit", "", emitAbout)
 	connFlags(f, &cfg)
 	f.String(&cfg.Intake.Subject, "event-subject", envPrefix+"EVENT_SUBJECT", "subjects of job-status events; * is the status")
+	f.String(&cfg.TerminalStatuses, "terminal-statuses", envPrefix+"TERMINAL_STATUSES", "statuses the service cleans up on, comma-separated (as serve's)")
 	f.group("Event")
 	var job, status, reason, actor, dispatch, at string
 	attempt := -1
-	var binary bool
+	var binary, anyStatus bool
 	f.String(&job, "job", envPrefix+"EMIT_JOB", "job id (required)")
 	f.String(&status, "status", envPrefix+"EMIT_STATUS", "status, e.g. revoked, failure, cancelled, restart_requested (required)")
+	f.Bool(&anyStatus, "allow-any-status", envPrefix+"EMIT_ALLOW_ANY_STATUS", "publish a status that is neither terminal, restart_requested nor a backend state")
 	f.Int(&attempt, "attempt", envPrefix+"EMIT_ATTEMPT", "run number (-1: not sent)")
 	f.String(&reason, "reason", envPrefix+"EMIT_REASON", "reason of the transition")
 	f.String(&actor, "actor", envPrefix+"EMIT_ACTOR", "who caused it")
@@ -452,14 +482,18 @@ func runEmit(ctx context.Context, args []string, cio cmdIO) error {
 	if err := parseFlags(f, args, cio); err != nil {
 		return err
 	}
+	if job == "" {
+		return fmt.Errorf("%w: --job is required", ErrUsage)
+	}
 	id, err := queue.ParseJobID(job)
 	if err != nil {
 		return fmt.Errorf("%w: --job: %w", ErrUsage, err)
 	}
-	if status == "" {
-		return fmt.Errorf("%w: --status is required", ErrUsage)
+	st, err := emitStatus(status, cfg, anyStatus)
+	if err != nil {
+		return err
 	}
-	ev := events.StatusEvent{JobID: id, Status: events.ParseStatus(status), Reason: reason, Actor: actor,
+	ev := events.StatusEvent{JobID: id, Status: st, Reason: reason, Actor: actor,
 		DispatchMode: dispatch, Binary: binary, Source: "queue-janitor/emit"}
 	if attempt >= 0 {
 		ev.Attempt = events.Attempt(int64(attempt))
@@ -472,7 +506,10 @@ func runEmit(ctx context.Context, args []string, cio cmdIO) error {
 	if err := cfg.NATS.Validate(false); err != nil {
 		return fmt.Errorf("%w: %w", ErrUsage, err)
 	}
-	nc, err := connect(cfg.NATS, "queue-janitor emit", zerolog.Nop())
+	if err := cfg.Intake.Validate(); err != nil {
+		return fmt.Errorf("%w: event intake: %w", ErrUsage, err)
+	}
+	nc, err := connect(ctx, cfg.NATS, "queue-janitor emit", zerolog.Nop())
 	if err != nil {
 		return err
 	}
@@ -488,10 +525,53 @@ func runEmit(ctx context.Context, args []string, cio cmdIO) error {
 	pctx, cancel := context.WithTimeout(ctx, cfg.NATS.ConnectTimeout)
 	defer cancel()
 	ack, err := js.PublishMsg(pctx, msg)
-	if err != nil {
+	if errors.Is(err, jetstream.ErrNoStreamResponse) {
 		return fmt.Errorf("publish %s: %w: is the event stream there? queue-janitor serve creates %s (subjects %s) when it starts",
 			msg.Subject, err, cfg.Intake.Stream, cfg.Intake.Subject)
 	}
+	if err != nil {
+		return fmt.Errorf("publish %s: %w", msg.Subject, err)
+	}
 	fmt.Fprintf(cio.stdout, "published %s for job %d (stream %s, sequence %d)\n", msg.Subject, id, ack.Stream, ack.Sequence)
 	return nil
+}
+
+// emitStatus checks --status: a terminal status, restart_requested or a
+// backend state, unless anyStatus; in any case a single subject token.
+func emitStatus(status string, cfg Config, anyStatus bool) (events.Status, error) {
+	if strings.TrimSpace(status) == "" {
+		return "", fmt.Errorf("%w: --status is required", ErrUsage)
+	}
+	st := events.ParseStatus(status)
+	terminal := cfg.Terminal()
+	known := append(append([]events.Status{}, terminal...), events.StatusRestartRequested)
+	var others []string
+	for _, s := range backendStates {
+		if !slices.Contains(terminal, s) {
+			others = append(others, string(s))
+		}
+	}
+	for _, s := range others {
+		known = append(known, events.Status(s))
+	}
+	if slices.Contains(known, st) {
+		return st, nil
+	}
+	names := make([]string, len(known))
+	for i, s := range known {
+		names[i] = string(s)
+	}
+	validToken := st != "" && !strings.ContainsAny(string(st), " \t\r\n.*>")
+	switch {
+	case anyStatus && validToken:
+		return st, nil
+	case anyStatus:
+		return "", fmt.Errorf("%w: --status %q cannot be a subject token (no spaces, dots or wildcards)%s", ErrUsage, status, didYouMean(string(st), names))
+	}
+	termNames := make([]string, len(terminal))
+	for i, s := range terminal {
+		termNames[i] = string(s)
+	}
+	return "", fmt.Errorf("%w: --status %q is not a known status%s\nwant a terminal status (%s), restart_requested, or one of the backend's other states (%s); --allow-any-status publishes another one anyway",
+		ErrUsage, status, didYouMean(string(st), names), strings.Join(termNames, ", "), strings.Join(others, ", "))
 }

@@ -22,6 +22,7 @@ func connFlags(f *flagSet, c *Config) {
 
 func embeddedFlags(f *flagSet, c *Config) {
 	f.group("Embedded NATS (for trying it out: not for production)")
+	c.NATS.offerEmbedded = true
 	f.Bool(&c.Embedded.Enabled, "embedded-nats", envPrefix+"EMBEDDED_NATS", "run an in-process JetStream server and use it instead of --nats-url")
 	f.String(&c.Embedded.Listen, "embedded-listen", envPrefix+"EMBEDDED_LISTEN", "client address of the embedded server (port 0: any free port)")
 	f.String(&c.Embedded.StoreDir, "embedded-store-dir", envPrefix+"EMBEDDED_STORE_DIR", "JetStream data directory of the embedded server (empty: a temporary one, removed at exit)")

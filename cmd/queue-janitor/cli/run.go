@@ -19,6 +19,8 @@ import (
 
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+
+	"github.com/example/queue-janitor/telemetry"
 )
 
 // Version is stamped at build time with
@@ -36,11 +38,13 @@ type Hooks struct {
 	MetricReaders  []sdkmetric.Reader
 }
 
-// io is what a command reads and writes.
+// cmdIO is what a command reads and writes. stdout and stderr mask the
+// run's secrets.
 type cmdIO struct {
 	getenv         func(string) string
 	stdout, stderr io.Writer
 	hooks          Hooks
+	redact         *telemetry.Redactor
 }
 
 // command is one subcommand.
@@ -72,8 +76,25 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout,
 }
 
 // RunWithHooks is Run with test hooks.
-func RunWithHooks(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer, hooks Hooks) error {
-	cio := cmdIO{getenv: getenv, stdout: stdout, stderr: stderr, hooks: hooks}
+//
+// No secret of the connection settings (a password, a token, the user
+// information of a URL, an NKey seed) appears in what Run writes, in the
+// error it returns, or in the spans it exports: all of it goes through one
+// redactor. A panic in the command is returned as an error, redacted too.
+func RunWithHooks(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer, hooks Hooks) (err error) {
+	red := redactorFor(args, getenv)
+	cio := cmdIO{getenv: getenv, stdout: red.Writer(stdout), stderr: red.Writer(stderr), hooks: hooks, redact: red}
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("internal error (a bug: please report it with this message): panic: %v\n%s", p, debug.Stack())
+		}
+		err = red.Error(err)
+	}()
+	return runCommand(ctx, args, cio)
+}
+
+func runCommand(ctx context.Context, args []string, cio cmdIO) error {
+	stdout := cio.stdout
 	cmds := commands()
 	if len(args) == 0 || args[0] == "help" || args[0] == "-h" || args[0] == "--help" || args[0] == "-help" {
 		if len(args) > 1 {
@@ -89,8 +110,12 @@ func RunWithHooks(ctx context.Context, args []string, getenv func(string) string
 	}
 	c, ok := cmds[args[0]]
 	if !ok {
-		usage(stderr, cmds)
-		return fmt.Errorf("%w: unknown command %q", ErrUsage, args[0])
+		names := make([]string, 0, len(cmds))
+		for n := range cmds {
+			names = append(names, n)
+		}
+		sort.Strings(names)
+		return fmt.Errorf("%w: unknown command %q%s\nsee 'queue-janitor --help' for the commands", ErrUsage, args[0], didYouMean(args[0], names))
 	}
 	return c.run(ctx, args[1:], cio)
 }
@@ -116,7 +141,7 @@ Commands:
 }
 
 // parseFlags parses args into f, printing help for --help and turning a bad
-// flag into a usage error that shows the flags.
+// flag into a usage error: the error, then one line pointing to --help.
 func parseFlags(f *flagSet, args []string, cio cmdIO) error {
 	err := f.parse(args, cio.getenv)
 	switch {
@@ -124,8 +149,7 @@ func parseFlags(f *flagSet, args []string, cio cmdIO) error {
 		f.usage(cio.stdout)
 		return flag.ErrHelp
 	case err != nil:
-		f.usage(cio.stderr)
-		return fmt.Errorf("%w: %s: %w", ErrUsage, f.name, err)
+		return fmt.Errorf("%w: %s: %w%s\nsee 'queue-janitor %s --help' for its flags", ErrUsage, f.name, err, f.suggestFlag(err), f.name)
 	}
 	if len(f.positional) > 0 && f.args == "" {
 		return fmt.Errorf("%w: %s takes no arguments, got %q", ErrUsage, f.name, strings.Join(f.positional, " "))

@@ -95,6 +95,10 @@ func serve(ctx context.Context, cfg Config, log zerolog.Logger, tel *telemetry.T
 			"consumer": intake.Ready,
 			"kv":       svc.store.Ping,
 		}
+		red := telemetry.NewRedactor(natsSecrets(cfg.NATS)...)
+		for name, check := range checks {
+			checks[name] = red.Check(check)
+		}
 		handler := telemetry.HealthHandler(checks, tel.MetricsHandler)
 		if cfg.Pprof {
 			handler = telemetry.WithPprof(handler)
@@ -172,7 +176,7 @@ func jetStreamFor(nc *nats.Conn, cfg Config) (jetstream.JetStream, error) {
 // openService connects and binds everything the handler needs.
 func openService(ctx context.Context, cfg Config, owner string, log zerolog.Logger, tel *telemetry.Telemetry, metrics *telemetry.Metrics) (*service, error) {
 	dialer := newAbortDialer(cfg.NATS.ConnectTimeout)
-	nc, err := connect(cfg.NATS, "queue-janitor "+owner, log, nats.SetCustomDialer(dialer))
+	nc, err := connect(ctx, cfg.NATS, "queue-janitor "+owner, log, nats.SetCustomDialer(dialer))
 	if err != nil {
 		return nil, err
 	}
@@ -183,7 +187,7 @@ func openService(ctx context.Context, cfg Config, owner string, log zerolog.Logg
 	}
 	observer := func(ctx context.Context, op string, attempt int, err error, wait time.Duration) {
 		metrics.Retried(ctx, op)
-		log.Warn().Ctx(ctx).Str("operation", op).Int("attempt", attempt).Dur("retry_in", wait).Err(err).
+		log.Warn().Ctx(ctx).Str("operation", op).Int("attempt", attempt).Str("retry_in", wait.Round(time.Millisecond).String()).Err(err).
 			Msg("transient NATS error; retrying")
 	}
 	opts := []queue.Option{queue.WithRetryPolicy(cfg.Retry), queue.WithTracer(tel.Tracer()), queue.WithRetryObserver(observer),
@@ -238,7 +242,7 @@ func setupTelemetry(ctx context.Context, cio cmdIO, console bool) (*telemetry.Te
 	return telemetry.Setup(ctx, telemetry.Config{
 		ServiceName: "queue-janitor", ServiceVersion: version(), Getenv: cio.getenv,
 		Console: cio.stderr, ForceConsole: console,
-		SpanProcessors: cio.hooks.SpanProcessors, MetricReaders: cio.hooks.MetricReaders,
+		SpanProcessors: cio.hooks.SpanProcessors, MetricReaders: cio.hooks.MetricReaders, Redact: cio.redact,
 	})
 }
 

@@ -1,0 +1,116 @@
+package telemetry
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+
+	"github.com/nats-io/jwt/v2"
+	"github.com/nats-io/nkeys"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+)
+
+func TestRedactorMasksSecrets(t *testing.T) {
+	t.Parallel()
+	kp, err := nkeys.CreateUser()
+	if err != nil {
+		t.Fatal(err)
+	}
+	seed, err := kp.Seed()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, err := kp.PublicKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	account, err := nkeys.CreateAccount()
+	if err != nil {
+		t.Fatal(err)
+	}
+	userJWT, err := jwt.NewUserClaims(pub).Encode(account)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := NewRedactor(append([]string{"pa\"ss wörd", "t0ken-value"}, URLSecrets("nats://alice:url-pw@a:4222, nats://tok-in-url@b:4222,nats//bob:malformed-pw@c")...)...)
+	cases := map[string]struct{ in, want string }{
+		"password in URL":    {"NATS at nats://alice:url-pw@127.0.0.1:4222 refused", "NATS at nats://xxxxx:xxxxx@127.0.0.1:4222 refused"},
+		"token in URL":       {"cannot reach nats://tok-in-url@b:4222", "cannot reach nats://xxxxx@b:4222"},
+		"URL list":           {"nats://u:p@a:1,nats://v:q@b:2", "nats://xxxxx:xxxxx@a:1,nats://xxxxx:xxxxx@b:2"},
+		"unknown URL secret": {`{"url":"tls://someone:else@h"}`, `{"url":"tls://xxxxx:xxxxx@h"}`},
+		"malformed URL":      {"nats//bob:malformed-pw@c", "nats//xxxxx:xxxxx@c"},
+		"bare password":      {"password t0ken-value given", "password xxxxx given"},
+		"JSON-escaped":       {`{"password":"pa\"ss wörd"}`, `{"password":"xxxxx"}`},
+		"quoted":             {fmt.Sprintf("%q", "pa\"ss wörd"), `"xxxxx"`},
+		"URL-escaped":        {"pa%22ss+w%C3%B6rd", "xxxxx"},
+		"seed":               {"seed " + string(seed) + " in a message", "seed xxxxx in a message"},
+		"jwt":                {"jwt " + userJWT + " here", "jwt xxxxx here"},
+		"public key kept":    {"user " + pub, "user " + pub},
+		"nothing secret":     {"job 7 (job_7): clean: terminal", "job 7 (job_7): clean: terminal"},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			if got := r.String(tc.in); got != tc.want {
+				t.Errorf("String(%q) = %q, want %q", tc.in, got, tc.want)
+			}
+		})
+	}
+}
+
+func TestRedactedErrorKeepsTheChain(t *testing.T) {
+	t.Parallel()
+	sentinel := errors.New("refused")
+	r := NewRedactor("hunter2")
+	err := r.Error(fmt.Errorf("password hunter2: %w", sentinel))
+	if err.Error() != "password xxxxx: refused" || !errors.Is(err, sentinel) {
+		t.Errorf("Error() = %q, Is(sentinel) = %v", err, errors.Is(err, sentinel))
+	}
+	var wrapped *redactedError
+	if got := r.Error(sentinel); !errors.Is(got, sentinel) || errors.As(got, &wrapped) || r.Error(nil) != nil {
+		t.Error("an error without a secret must come back as it is")
+	}
+	var buf bytes.Buffer
+	if _, err := fmt.Fprintf(r.Writer(&buf), "url nats://u:hunter2@h\n"); err != nil {
+		t.Fatal(err)
+	}
+	if buf.String() != "url nats://xxxxx:xxxxx@h\n" {
+		t.Errorf("Writer wrote %q", buf.String())
+	}
+}
+
+func TestRedactedSpans(t *testing.T) {
+	t.Parallel()
+	r := NewRedactor("hunter2")
+	rec := tracetest.NewSpanRecorder()
+	exp := tracetest.NewInMemoryExporter()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(r.SpanProcessor(rec)),
+		sdktrace.WithSyncer(r.SpanExporter(exp)))
+	_, span := tp.Tracer("test").Start(t.Context(), "connect nats://u:hunter2@h")
+	span.SetAttributes(attribute.String("url", "nats://tok@h"), attribute.StringSlice("list", []string{"hunter2"}))
+	span.RecordError(errors.New("refused hunter2"))
+	span.SetStatus(codes.Error, "hunter2")
+	span.End()
+	ended := rec.Ended()
+	stubs := exp.GetSpans() // the syncer exported it at End; Shutdown empties the exporter
+	if err := tp.Shutdown(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if len(ended) != 1 || len(stubs) != 1 {
+		t.Fatalf("spans: %d recorded, %d exported", len(ended), len(stubs))
+	}
+	text := fmt.Sprint(ended[0].Name(), ended[0].Attributes(), ended[0].Events(), ended[0].Status(), stubs[0])
+	for _, secret := range []string{"hunter2", "tok@", "u:"} {
+		if strings.Contains(text, secret) {
+			t.Errorf("span holds %q: %s", secret, text)
+		}
+	}
+	if !strings.Contains(text, "xxxxx") {
+		t.Errorf("span shows no mask: %s", text)
+	}
+}

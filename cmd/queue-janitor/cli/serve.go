@@ -68,6 +68,7 @@ func serve(ctx context.Context, cfg Config, log zerolog.Logger, tel *telemetry.T
 	if err != nil {
 		return err
 	}
+	metrics.Prime(ctx, knownSeries(cfg))
 	var emb *embedded
 	if cfg.Embedded.Enabled {
 		if emb, err = startEmbedded(cfg.Embedded); err != nil {

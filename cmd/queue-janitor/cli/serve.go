@@ -183,7 +183,7 @@ func openService(ctx context.Context, cfg Config, owner string, log zerolog.Logg
 	}
 	observer := func(ctx context.Context, op string, attempt int, err error, wait time.Duration) {
 		metrics.Retried(ctx, op)
-		log.Warn().Ctx(ctx).Str("operation", op).Int("attempt", attempt).Dur("retry_in", wait).Err(err).
+		log.Warn().Ctx(ctx).Str("operation", op).Int("attempt", attempt).Dur("retry_in_ms", wait).Err(err).
 			Msg("transient NATS error; retrying")
 	}
 	opts := []queue.Option{queue.WithRetryPolicy(cfg.Retry), queue.WithTracer(tel.Tracer()), queue.WithRetryObserver(observer)}

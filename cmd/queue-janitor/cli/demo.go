@@ -350,8 +350,8 @@ func awaitResult(sub *nats.Subscription) (events.QueueResult, error) {
 
 func (r *demoReport) print(w io.Writer) {
 	fmt.Fprintf(w, "\nqueue-janitor demo: the incident, replayed on job %d (control job %d runs without queue-janitor)\n\n", demoJob, demoControlJob)
-	fmt.Fprintf(w, "  REVOKED   -> stream and consumers gone in %s: %d resources deleted, %s messages discarded\n",
-		r.revokeToGone.Round(time.Millisecond), len(r.cleaned.Deleted), thousands(r.cleaned.MessagesDiscarded))
+	fmt.Fprintf(w, "  REVOKED   -> stream and consumers gone in %s: %s deleted, %s messages discarded\n",
+		r.revokeToGone.Round(time.Millisecond), count(len(r.cleaned.Deleted), "resource"), thousands(r.cleaned.MessagesDiscarded))
 	fmt.Fprintf(w, "  Start     -> restart_requested answered by job.queue.flushed in %s (%s)\n",
 		r.restartToFlushed.Round(time.Millisecond), r.flushed.Outcome)
 	fmt.Fprintf(w, "  new round -> %s tasks published only after flushed; a worker drained the queue\n\n", thousands(demoSecondRound))

@@ -17,16 +17,29 @@ help: ## list the targets
 demo: ## replay the incident on an embedded NATS server (the one-command tour)
 	$(GO) run ./cmd/queue-janitor demo
 
+# A built binary, not `go run`: a SIGTERM to `go run` leaves its child, the
+# service, running. Ctrl-C reaches both make and the service; a supervisor
+# or script that sends SIGTERM should run bin/queue-janitor itself.
 .PHONY: run
-run: ## run the service on an embedded NATS server at 127.0.0.1:4222
-	$(GO) run ./cmd/queue-janitor serve --embedded-nats
+run: build ## build, then run the service on an embedded NATS server at 127.0.0.1:4222
+	exec bin/queue-janitor serve --embedded-nats
 
 .PHONY: build
 build: ## build a static binary into bin/ (the same flags as deploy/Dockerfile)
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/queue-janitor ./cmd/queue-janitor
 
+# The steps of `make test`, in order; CI (.ci/run) adds the demo and `make lint`.
+TEST_STEPS := vet staticcheck test-race fuzz test-python
+
 .PHONY: test
-test: vet staticcheck test-race fuzz test-python ## everything CI checks: vet, staticcheck, race tests, short fuzz runs, the backend module's tests
+test: ## gofmt, vet, staticcheck, race tests, short fuzz runs, the backend's Python tests (about 10 min cold on 2 cores)
+	@start=$$SECONDS; n=0; total=$(words $(TEST_STEPS)); \
+	for step in $(TEST_STEPS); do \
+		n=$$((n + 1)); \
+		printf '\n==> make test: step %d/%d: %s (at %ds)\n' $$n $$total $$step $$((SECONDS - start)); \
+		$(MAKE) --no-print-directory $$step || { printf '\n==> make test: FAILED at step %d/%d: %s (after %ds)\n' $$n $$total $$step $$((SECONDS - start)); exit 1; }; \
+	done; \
+	printf '\n==> make test: all %d steps passed in %ds\n' $$total $$((SECONDS - start))
 
 .PHONY: vet
 vet: ## gofmt and go vet
@@ -46,7 +59,8 @@ test-short: ## quick tests without the race detector
 	$(GO) test -short -count=1 $(PKGS)
 
 .PHONY: test-python
-test-python: ## the backend's Python module: unit tests, and end to end with the real nats-py and queue-janitor serve
+test-python: ## the backend's Python module (python3 >= 3.9): unit tests, and end to end with the real nats-py and queue-janitor serve
+	@command -v python3 >/dev/null || { echo "make test-python needs python3 (3.9 or later) on PATH"; exit 1; }
 	@# The end-to-end tests use an installed nats-py, else ../shared/third_party/nats-py-2.10.0 (the
 	@# version Antenna pins), found from their own location; without either they are skipped, saying so.
 	CGO_ENABLED=0 $(GO) build -o bin/queue-janitor-test ./cmd/queue-janitor

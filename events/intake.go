@@ -210,7 +210,7 @@ func (in *Intake) logBound(cons jetstream.Consumer) {
 	info := cons.CachedInfo()
 	if info != nil && info.Paused {
 		in.log.Warn().Str("stream", in.cfg.Stream).Str("consumer", in.cfg.Consumer).
-			Dur("paused_for", info.PauseRemaining).
+			Dur("paused_for_ms", info.PauseRemaining).
 			Msg("event consumer is paused on the server: no events are delivered until it resumes " +
 				"(nats consumer resume " + in.cfg.Stream + " " + in.cfg.Consumer + ")")
 		return
@@ -272,7 +272,7 @@ func (in *Intake) shutdown(ctx context.Context, cc jetstream.ConsumeContext) {
 	}
 	in.parked.Wait() // parked events are handed back at once
 	if !in.dispatch.wait(ctx) {
-		in.log.Warn().Dur("waited", in.cfg.ShutdownTimeout).
+		in.log.Warn().Dur("waited_ms", in.cfg.ShutdownTimeout).
 			Msg("shutdown: events still in flight; they were not acked and will be redelivered")
 	}
 }

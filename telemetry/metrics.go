@@ -150,6 +150,52 @@ func (m *Metrics) Swept(ctx context.Context, verdict string) {
 // Orphan counts one orphan found.
 func (m *Metrics) Orphan(ctx context.Context) { m.orphans.Add(ctx, 1) }
 
+// Series names the label values the counters take, so that [Metrics.Prime]
+// can create each series at zero before anything happens.
+type Series struct {
+	// Events are the status, decision and result triples of
+	// queue_janitor_events_total.
+	Events []EventSeries
+	// Operations are the JetStream calls that may be retried.
+	Operations []string
+	// DeadLetterReasons are the reasons an event is dead-lettered.
+	DeadLetterReasons []string
+	// DiscardActions are the actions that discard task messages.
+	DiscardActions []string
+	// Verdicts are the reconciler verdicts it acts on.
+	Verdicts []string
+}
+
+// EventSeries is one label set of queue_janitor_events_total.
+type EventSeries struct {
+	Status, Decision, Result string
+}
+
+// Prime creates every counter series of s at zero, so that the first scrape
+// shows them: a dashboard's rate() then counts the first event, and an
+// absent() alert means the service is not exporting at all. The histograms
+// are left alone: a series with no observation would only add NaN
+// quantiles, and the SDK cannot create one without recording a value.
+func (m *Metrics) Prime(ctx context.Context, s Series) {
+	for _, e := range s.Events {
+		m.events.Add(ctx, 0, metric.WithAttributes(attribute.String("status", e.Status),
+			attribute.String("decision", e.Decision), attribute.String("result", e.Result)))
+	}
+	for _, op := range s.Operations {
+		m.retries.Add(ctx, 0, metric.WithAttributes(attribute.String("operation", op)))
+	}
+	for _, r := range s.DeadLetterReasons {
+		m.deadLetters.Add(ctx, 0, metric.WithAttributes(attribute.String("reason", r)))
+	}
+	for _, a := range s.DiscardActions {
+		m.messagesDiscarded.Add(ctx, 0, metric.WithAttributes(attribute.String("action", a)))
+	}
+	for _, v := range s.Verdicts {
+		m.sweeps.Add(ctx, 0, metric.WithAttributes(attribute.String("verdict", v)))
+	}
+	m.orphans.Add(ctx, 0)
+}
+
 // SetInventory publishes the reconciler's latest inventory.
 func (m *Metrics) SetInventory(inv Inventory) {
 	m.mu.Lock()

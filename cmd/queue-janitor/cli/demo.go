@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -72,12 +73,16 @@ func runDemo(ctx context.Context, args []string, cio cmdIO) error {
 	svcCtx, stopService := context.WithCancel(ctx)
 	served := make(chan error, 1)
 	go func() { served <- serve(svcCtx, cfg, log, tel) }()
-	defer func() {
-		stopService()
-		if err := <-served; err != nil {
-			log.Error().Err(err).Msg("the demo's service stopped with an error")
-		}
-	}()
+	var stopped sync.Once
+	stop := func() {
+		stopped.Do(func() {
+			stopService()
+			if err := <-served; err != nil {
+				log.Error().Err(err).Msg("the demo's service stopped with an error")
+			}
+		})
+	}
+	defer stop()
 
 	d, err := newDemoWorld(ctx, emb.URL(), cfg)
 	if err != nil {
@@ -91,6 +96,10 @@ func runDemo(ctx context.Context, args []string, cio cmdIO) error {
 	if err != nil {
 		return fmt.Errorf("demo: %w", err)
 	}
+	// The service logs its last lines as it stops: stop it before printing,
+	// so that the table comes out whole, after them, when standard output
+	// and standard error share a pipe or a file (CI, `2>&1 | tee`).
+	stop()
 	report.print(cio.stdout)
 	return report.verify()
 }
@@ -341,8 +350,8 @@ func awaitResult(sub *nats.Subscription) (events.QueueResult, error) {
 
 func (r *demoReport) print(w io.Writer) {
 	fmt.Fprintf(w, "\nqueue-janitor demo: the incident, replayed on job %d (control job %d runs without queue-janitor)\n\n", demoJob, demoControlJob)
-	fmt.Fprintf(w, "  REVOKED   -> stream and consumers gone in %s: %d resources deleted, %s messages discarded\n",
-		r.revokeToGone.Round(time.Millisecond), len(r.cleaned.Deleted), thousands(r.cleaned.MessagesDiscarded))
+	fmt.Fprintf(w, "  REVOKED   -> stream and consumers gone in %s: %s deleted, %s messages discarded\n",
+		r.revokeToGone.Round(time.Millisecond), count(len(r.cleaned.Deleted), "resource"), thousands(r.cleaned.MessagesDiscarded))
 	fmt.Fprintf(w, "  Start     -> restart_requested answered by job.queue.flushed in %s (%s)\n",
 		r.restartToFlushed.Round(time.Millisecond), r.flushed.Outcome)
 	fmt.Fprintf(w, "  new round -> %s tasks published only after flushed; a worker drained the queue\n\n", thousands(demoSecondRound))

@@ -208,7 +208,7 @@ func printTable(w io.Writer, rows []lsRow, now time.Time) {
 			r.Created.Format(time.DateTime), shortAge(now.Sub(r.Created)), shortAge(now.Sub(r.LastActivity)), state, r.Verdict, r.Reason)
 	}
 	_ = tw.Flush()
-	fmt.Fprintf(w, "%d job streams\n", len(rows))
+	fmt.Fprintln(w, count(len(rows), "job stream"))
 }
 
 // shortAge renders a duration as an operator reads it: 45s, 12m, 3h05m, 2d4h.
@@ -276,7 +276,7 @@ func runSweep(ctx context.Context, args []string, cio cmdIO) error {
 			fmt.Fprintf(cio.stdout, "job %d (%s): orphan, reported only (--orphans deletes it): %s\n", r.Stream.ID, name, j.Reason)
 		}
 		if progress && judged%100 == 0 {
-			fmt.Fprintf(cio.stderr, "\r%d streams judged…", judged)
+			fmt.Fprintf(cio.stderr, "\r%s judged…", count(judged, "stream"))
 		}
 	}})
 	if progress {
@@ -298,7 +298,7 @@ func runSweep(ctx context.Context, args []string, cio cmdIO) error {
 		return err
 	}
 	if sum.Errors > 0 {
-		return fmt.Errorf("sweep: %d streams could not be handled; see the lines above", sum.Errors)
+		return fmt.Errorf("sweep: %s could not be handled; see the lines above", count(sum.Errors, "stream"))
 	}
 	return nil
 }
@@ -319,7 +319,7 @@ func removedText(out *events.Outcome) string {
 	if !out.Removal.Removed() {
 		return " (nothing left to remove)"
 	}
-	return fmt.Sprintf(" (deleted %s; %d messages discarded)", strings.Join(out.Removal.Deleted, ", "), out.Removal.MessagesDiscarded)
+	return fmt.Sprintf(" (deleted %s; %s discarded)", strings.Join(out.Removal.Deleted, ", "), count(out.Removal.MessagesDiscarded, "message"))
 }
 
 func isTerminalWriter(w io.Writer) bool {
@@ -431,7 +431,7 @@ func (s *service) removeNow(ctx context.Context, id queue.JobID, force bool, ann
 	case r == nil || (!r.Removed() && len(r.Kept) == 0):
 		fmt.Fprintf(w, "job %d: nothing to remove\n", id)
 	default:
-		fmt.Fprintf(w, "job %d: deleted %s; %d messages discarded\n", id, orNone(r.Deleted), r.MessagesDiscarded)
+		fmt.Fprintf(w, "job %d: deleted %s; %s discarded\n", id, orNone(r.Deleted), count(r.MessagesDiscarded, "message"))
 		for _, k := range r.Kept {
 			fmt.Fprintf(w, "job %d: kept %s\n", id, k)
 		}

@@ -68,6 +68,7 @@ func serve(ctx context.Context, cfg Config, log zerolog.Logger, tel *telemetry.T
 	if err != nil {
 		return err
 	}
+	metrics.Prime(ctx, knownSeries(cfg))
 	var emb *embedded
 	if cfg.Embedded.Enabled {
 		if emb, err = startEmbedded(cfg.Embedded); err != nil {
@@ -187,7 +188,7 @@ func openService(ctx context.Context, cfg Config, owner string, log zerolog.Logg
 	}
 	observer := func(ctx context.Context, op string, attempt int, err error, wait time.Duration) {
 		metrics.Retried(ctx, op)
-		log.Warn().Ctx(ctx).Str("operation", op).Int("attempt", attempt).Str("retry_in", wait.Round(time.Millisecond).String()).Err(err).
+		log.Warn().Ctx(ctx).Str("operation", op).Int("attempt", attempt).Dur("retry_in_ms", wait).Err(err).
 			Msg("transient NATS error; retrying")
 	}
 	opts := []queue.Option{queue.WithRetryPolicy(cfg.Retry), queue.WithTracer(tel.Tracer()), queue.WithRetryObserver(observer),

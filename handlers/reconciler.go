@@ -317,6 +317,10 @@ func (r *Reconciler) Run(ctx context.Context, interval, leaseTTL time.Duration) 
 			continue
 		}
 		if !held {
+			// Another replica sweeps and exports the inventory: stop
+			// exporting stale figures that a sum over replicas would count
+			// twice.
+			r.metrics.SetInventory(telemetry.Inventory{})
 			continue
 		}
 		sum, err := r.sweep(ctx, leaseTTL)
@@ -329,7 +333,7 @@ func (r *Reconciler) Run(ctx context.Context, interval, leaseTTL time.Duration) 
 		}
 		r.log.WithLevel(level).Err(err).Int("seen", sum.Seen).Int("cleaned", sum.Cleaned).Int("orphans", sum.Orphans).
 			Int("orphans_removed", sum.OrphansRemoved).Int("grace", sum.Grace).Int("kept", sum.Kept).Int("busy", sum.Busy).
-			Int("errors", sum.Errors).Uint64("messages_discarded", sum.MessagesDiscarded).Dur("took", sum.Took).
+			Int("errors", sum.Errors).Uint64("messages_discarded", sum.MessagesDiscarded).Dur("took_ms", sum.Took).
 			Msg("reconciler pass")
 	}
 }

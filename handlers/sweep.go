@@ -104,7 +104,7 @@ func (h *Handler) Sweep(ctx context.Context, req SweepRequest) (events.Outcome, 
 		}
 		if res.Status == "" {
 			// No event known for the job: the answer names who acted.
-			res.Status, res.CauseEventID = events.Status(req.Trigger), req.Trigger+":"+lease.Token
+			res.Status, res.CauseEventID = events.StatusUnknown, req.Trigger+":"+lease.Token
 		}
 		if req.Announce == AnnounceFlushed {
 			return out, h.emit.Flushed(ctx, res)

@@ -17,7 +17,7 @@ func TestRetriedOperationsAreQueues(t *testing.T) {
 	if err != nil || len(files) == 0 {
 		t.Fatalf("queue sources: %v", err)
 	}
-	call := regexp.MustCompile(`\.retry\.do\(ctx, "([^"]+)"`)
+	call := regexp.MustCompile(`(?:\.retry\.do|\.deleteOnce)\(ctx, "([^"]+)"`)
 	var ops []string
 	for _, f := range files {
 		b, err := os.ReadFile(f)

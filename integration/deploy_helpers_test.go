@@ -46,6 +46,8 @@ const (
 type confServer struct {
 	srv *server.Server
 	log *serverLog
+	// storeDir is where its JetStream data is, for a reload.
+	storeDir string
 }
 
 // URL is the client URL.
@@ -82,7 +84,7 @@ func startConfServer(t *testing.T, path string) *confServer {
 	if !srv.ReadyForConnections(20 * time.Second) {
 		t.Fatalf("nats-server from %s not ready", path)
 	}
-	return &confServer{srv: srv, log: log}
+	return &confServer{srv: srv, log: log, storeDir: opts.StoreDir}
 }
 
 // serverLog is a server.Logger that keeps the server's errors and warnings,

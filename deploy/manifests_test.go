@@ -1057,6 +1057,7 @@ func TestManifestNATSPermissions(t *testing.T) {
 		"$JS.API.DIRECT.GET." + kv + ".$KV." + cfg.Records.Bucket + ".job.1",
 		"$KV." + cfg.Records.Bucket + ".job.1",
 		"$JS.API.STREAM.LIST",
+		"$JS.API.CONSUMER.LIST." + cfg.Names.AdvisoryStream,
 		"$JS.API.STREAM.INFO." + id(cfg.Names.Stream),
 		"$JS.API.CONSUMER.INFO." + id(cfg.Names.Stream) + "." + id(cfg.Names.Consumer),
 		"$JS.API.STREAM.DELETE." + id(cfg.Names.Stream),

@@ -23,6 +23,9 @@ import (
 type Lister interface {
 	JobStreams(ctx context.Context, fn func(queue.JobStream) error) error
 	TaskConsumer(ctx context.Context, id queue.JobID) (*jetstream.ConsumerInfo, error)
+	// DeadLetterConsumers lists the jobs' dead-letter consumers on the
+	// shared advisory stream.
+	DeadLetterConsumers(ctx context.Context, fn func(queue.JobID, *jetstream.ConsumerInfo) error) error
 }
 
 // LeaseStore keeps the sweeper's lease (queue.Store satisfies it).
@@ -114,8 +117,10 @@ func (r *Reconciler) Pass(ctx context.Context, opts PassOptions) (Summary, error
 	// Streams are judged a batch at a time (a page of the listing), the
 	// batch's lookups concurrently; rows are handled in listing order.
 	// Memory stays bounded by the batch, however many streams there are.
+	seen := map[queue.JobID]bool{}
 	handle := func(row Row) {
 		s := row.Stream
+		seen[s.ID] = true
 		sum.Seen++
 		state := row.Judgement.JobState
 		inv.Streams[state]++
@@ -154,6 +159,7 @@ func (r *Reconciler) Pass(ctx context.Context, opts PassOptions) (Summary, error
 	})
 	if err == nil {
 		flush()
+		r.deadLetters(ctx, seen, cfg, opts, &sum)
 	}
 	sum.Took = r.now().Sub(started)
 	if err == nil {
@@ -378,4 +384,92 @@ func (r *Reconciler) acquire(ctx context.Context, ttl time.Duration) (bool, erro
 		return err == nil, err
 	}
 	return false, fmt.Errorf("sweeper lease kept changing")
+}
+
+// deadLetters removes the dead-letter consumers that terminal jobs left on
+// the shared advisory stream without a task stream (a cleanup that died
+// between its two deletes, a backend that recreated only the consumer).
+// Jobs whose stream this pass saw are left to it. A listing the service's
+// user may not make is logged and skipped: it only narrows what is cleaned.
+func (r *Reconciler) deadLetters(ctx context.Context, seen map[queue.JobID]bool, cfg SweepConfig, opts PassOptions, sum *Summary) {
+	err := r.list.DeadLetterConsumers(ctx, func(id queue.JobID, c *jetstream.ConsumerInfo) error {
+		if seen[id] {
+			return nil
+		}
+		rec, rev, err := r.records.Get(ctx, id)
+		if err != nil {
+			sum.Errors++
+			return nil
+		}
+		j := JudgeDeadLetter(c, rec, rev != 0, r.now(), cfg)
+		if !j.Remove || opts.DryRun {
+			return nil
+		}
+		out, err := r.h.Sweep(ctx, SweepRequest{ID: id, Judged: rec, JudgedExists: true, Fence: j.Fence, Trigger: TriggerReconciler})
+		level := zerolog.InfoLevel
+		switch {
+		case errors.Is(err, ErrRecordChanged) || errors.Is(err, ErrJobBusy):
+			return nil // an event got there first
+		case err != nil:
+			level = zerolog.WarnLevel
+			sum.Errors++
+		default:
+			sum.Cleaned++
+			r.metrics.Swept(ctx, string(j.Verdict))
+		}
+		r.log.WithLevel(level).Ctx(ctx).Func(func(e *zerolog.Event) {
+			e.Int64("job_id", int64(id)).Str("consumer", c.Stream+"/"+c.Name).Str("verdict", string(j.Verdict)).
+				Str("reason", j.Reason).Str("result", out.Result)
+			if out.Removal != nil {
+				e.Strs("deleted", out.Removal.Deleted)
+			}
+			if err != nil {
+				e.Err(err)
+			}
+		}).Msg("reconciler acted on a dead-letter consumer without its stream")
+		return nil
+	})
+	if err != nil && ctx.Err() == nil {
+		r.log.Warn().Err(err).Msg("reconciler: could not list the dead-letter consumers on the advisory stream; " +
+			"those left without their job's stream are not cleaned (the service's NATS user needs $JS.API.CONSUMER.LIST on it)")
+	}
+}
+
+// JudgeDeadLetter decides what the reconciler does with a job's dead-letter
+// consumer found without the job's task stream: it goes when the job is
+// known terminal, no claim holds it, and it was created before the terminal
+// event reached NATS, or after it and longer ago than the grace.
+func JudgeDeadLetter(c *jetstream.ConsumerInfo, rec queue.Record, exists bool, now time.Time, cfg SweepConfig) Judgement {
+	if !c.TimeStamp.IsZero() {
+		now = c.TimeStamp
+	}
+	j := Judgement{JobState: JobStateOf(rec, exists), Verdict: VerdictKeep}
+	switch {
+	case j.JobState != JobStateTerminal:
+		j.Reason = "the job is not known terminal"
+		return j
+	case rec.LeaseLive(now):
+		j.Verdict, j.Reason = VerdictBusy, "replica "+rec.Lease.Owner+" is acting on it"
+		return j
+	}
+	ended := rec.Stored
+	if ended.IsZero() {
+		ended = rec.Time
+	}
+	switch {
+	case c.Created.Before(ended):
+		j.Reason = "dead-letter consumer left without its stream, created before the job ended"
+		j.Fence = queue.Fence{CreatedBefore: ended, Cut: "the job's " + rec.Status + " event reached NATS"}
+	case now.Sub(c.Created) >= cfg.Grace:
+		j.Reason = "dead-letter consumer created after the job ended, with no restart since"
+		j.Fence = queue.Fence{CreatedBefore: now.Add(-cfg.Grace), Cut: "the grace period's start (--reconcile-grace)"}
+	default:
+		j.Verdict, j.Reason = VerdictGrace, "dead-letter consumer created after the job ended; in grace"
+		return j
+	}
+	j.Verdict, j.Remove = VerdictClean, true
+	if rec.Attempt != nil {
+		j.Fence.AttemptKnown, j.Fence.MaxAttempt = true, *rec.Attempt
+	}
+	return j
 }

@@ -2,6 +2,7 @@ package queue
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -52,4 +53,34 @@ func (j *Janitor) JobStreams(ctx context.Context, fn func(JobStream) error) erro
 // not exist.
 func (j *Janitor) TaskConsumer(ctx context.Context, id JobID) (*jetstream.ConsumerInfo, error) {
 	return j.ConsumerInfo(ctx, j.names.StreamName(id), j.names.ConsumerName(id))
+}
+
+// DeadLetterConsumers calls fn for every job's dead-letter consumer on the
+// shared advisory stream (consumers whose name the dead-letter pattern
+// builds from a valid job id; no other consumer is listed). A missing
+// advisory stream lists nothing.
+func (j *Janitor) DeadLetterConsumers(ctx context.Context, fn func(JobID, *jetstream.ConsumerInfo) error) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	s, err := j.js.Stream(ctx, j.names.AdvisoryStream)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("advisory stream %q: %w", j.names.AdvisoryStream, err)
+	}
+	l := s.ListConsumers(ctx)
+	for info := range l.Info() {
+		id, ok := j.names.JobFromDeadLetterConsumer(info.Name)
+		if !ok {
+			continue
+		}
+		if err := fn(id, info); err != nil {
+			return err
+		}
+	}
+	if err := l.Err(); err != nil {
+		return fmt.Errorf("list dead-letter consumers on %q: %w", j.names.AdvisoryStream, err)
+	}
+	return nil
 }

@@ -129,13 +129,22 @@ func (n Names) SubjectFilter() string { return strings.ReplaceAll(n.Subject, IDP
 // only names that the pattern builds from a valid id, so with the default
 // pattern "job_1" gives 1, while "job_01", "job_1_x", "job_" and "advisories"
 // are not job streams.
-func (n Names) JobFromStream(name string) (JobID, bool) {
-	prefix, suffix, _ := strings.Cut(n.Stream, IDPlaceholder)
+func (n Names) JobFromStream(name string) (JobID, bool) { return jobFrom(n.Stream, name) }
+
+// JobFromDeadLetterConsumer returns the job whose dead-letter consumer is
+// called name, by the same rules as [Names.JobFromStream].
+func (n Names) JobFromDeadLetterConsumer(name string) (JobID, bool) {
+	return jobFrom(n.DeadLetterConsumer, name)
+}
+
+// jobFrom returns the job id that pattern builds name from.
+func jobFrom(pattern, name string) (JobID, bool) {
+	prefix, suffix, _ := strings.Cut(pattern, IDPlaceholder)
 	if len(name) <= len(prefix)+len(suffix) || !strings.HasPrefix(name, prefix) || !strings.HasSuffix(name, suffix) {
 		return 0, false
 	}
 	id, err := ParseJobID(name[len(prefix) : len(name)-len(suffix)])
-	if err != nil || n.StreamName(id) != name {
+	if err != nil || fill(pattern, id) != name {
 		return 0, false
 	}
 	return id, true

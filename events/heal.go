@@ -27,7 +27,7 @@ const watchEvery = 2 * time.Second
 
 // Recovery backoff: from the first to the longest wait between attempts.
 const (
-	recoverFirst = 250 * time.Millisecond
+	recoverFirst = 500 * time.Millisecond
 	recoverMax   = 5 * time.Second
 )
 
@@ -134,14 +134,18 @@ func (in *Intake) recover(ctx context.Context) (jetstream.Consumer, error) {
 	wait := recoverFirst
 	toldMissing := false
 	for {
-		cons, err := in.rebind(ctx, &toldMissing)
-		if err == nil {
-			return cons, nil
-		}
+		// Wait first, also before the first attempt: the server tells the
+		// consumer it is deleted before it has finished deleting the stream,
+		// and a stream created under the same name meanwhile can come back
+		// with the old one's messages and then stop answering.
 		select {
 		case <-ctx.Done():
 			return nil, ctx.Err()
 		case <-time.After(wait):
+		}
+		cons, err := in.rebind(ctx, &toldMissing)
+		if err == nil {
+			return cons, nil
 		}
 		wait = min(2*wait, recoverMax)
 	}

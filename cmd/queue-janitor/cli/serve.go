@@ -79,11 +79,15 @@ func serve(ctx context.Context, cfg Config, log zerolog.Logger, tel *telemetry.T
 			Msg("embedded NATS JetStream server started; point the backend and the nats CLI at it")
 	}
 	owner := replicaID()
-	svc, err := openService(ctx, cfg, owner, log, tel, metrics)
+	svc, err := openService(ctx, cfg, owner, log, tel, metrics, false)
 	if err != nil {
 		return err
 	}
 	defer svc.close()
+	watchCtx, stopWatch := context.WithCancel(ctx)
+	watchDone := make(chan struct{})
+	go func() { defer close(watchDone); svc.store.Watch(watchCtx, bucketWatchInterval) }()
+	defer func() { stopWatch(); <-watchDone }()
 
 	intake := events.NewIntake(svc.js, cfg.Intake, newDecoder(cfg, svc.handler), svc.handler, svc.pub,
 		events.IntakeDeps{Logger: log, Tracer: tel.Tracer(), Metrics: metrics})
@@ -169,8 +173,9 @@ func jetStreamFor(nc *nats.Conn, cfg Config) (jetstream.JetStream, error) {
 	return js, nil
 }
 
-// openService connects and binds everything the handler needs.
-func openService(ctx context.Context, cfg Config, owner string, log zerolog.Logger, tel *telemetry.Telemetry, metrics *telemetry.Metrics) (*service, error) {
+// openService connects and binds everything the handler needs. readOnly
+// binds the bucket without creating it (see openBucket).
+func openService(ctx context.Context, cfg Config, owner string, log zerolog.Logger, tel *telemetry.Telemetry, metrics *telemetry.Metrics, readOnly bool) (*service, error) {
 	nc, err := connect(cfg.NATS, "queue-janitor "+owner, log)
 	if err != nil {
 		return nil, err
@@ -186,7 +191,7 @@ func openService(ctx context.Context, cfg Config, owner string, log zerolog.Logg
 			Msg("transient NATS error; retrying")
 	}
 	opts := []queue.Option{queue.WithRetryPolicy(cfg.Retry), queue.WithTracer(tel.Tracer()), queue.WithRetryObserver(observer)}
-	store, err := queue.OpenStore(ctx, js, cfg.Records, opts...)
+	store, err := openBucket(ctx, js, cfg.Records, log, readOnly, opts...)
 	if err != nil {
 		nc.Close()
 		return nil, jetStreamHint(err)

@@ -511,6 +511,8 @@ func logFields(e *zerolog.Event, msg jetstream.Msg, meta *jetstream.MsgMetadata,
 		if ev.Actor != "" {
 			e.Str("actor", ev.Actor)
 		}
+	} else if ev.ID != "" {
+		e.Str("event_id", ev.ID) // an invalid event's id, when it could be read
 	}
 	e.Str("decision", string(out.Decision)).Str("result", out.Result)
 	if r := out.Removal; r != nil {

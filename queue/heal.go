@@ -15,6 +15,10 @@ import (
 // them. A Store notices on its next call (or its next [Store.Ping]),
 // recreates the bucket as it was configured, and carries on.
 
+// recreateDelay is the wait between finding the bucket gone and creating it
+// again.
+const recreateDelay = 250 * time.Millisecond
+
 // ErrNoBucket is returned by a Store bound with [BindStore] when asked to
 // write while its bucket does not exist.
 var ErrNoBucket = errors.New("key-value bucket does not exist (read-only: not created)")
@@ -63,7 +67,7 @@ func (s *Store) Watch(ctx context.Context, interval time.Duration) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			pctx, cancel := context.WithTimeout(ctx, interval)
+			pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 			_ = s.Ping(pctx) // Ping heals; failures show on /readyz
 			cancel()
 		}
@@ -129,6 +133,14 @@ func (s *Store) heal(ctx context.Context) (healed bool, err error) {
 	problem := fmt.Sprintf("key-value bucket %q was deleted on the server (stream KV_%s missing); recreating it",
 		s.cfg.Bucket, s.cfg.Bucket)
 	s.problem.Store(&problem)
+	// The server stops answering for a stream before it has finished
+	// deleting it; one created under the same name meanwhile can come back
+	// with the old one's data and then stop answering. Give it a moment.
+	select {
+	case <-ctx.Done():
+		return false, ctx.Err()
+	case <-time.After(recreateDelay):
+	}
 	kv, err = s.create(ctx)
 	if err != nil {
 		problem = fmt.Sprintf("key-value bucket %q was deleted on the server (stream KV_%s missing); recreating it failed: %v",

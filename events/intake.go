@@ -154,7 +154,7 @@ type Intake struct {
 	dispatch *dispatcher
 	stopping atomic.Bool
 	bound    atomic.Bool
-	// lost is signalled when the server deleted the consumer; check when
+	// lost is signaled when the server deleted the consumer; check when
 	// it may have (the watcher then asks the server).
 	lost  chan struct{}
 	check chan struct{}

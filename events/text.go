@@ -74,11 +74,22 @@ func hexEscape(b []byte, i int) (rune, bool) {
 	if i+6 > len(b) || b[i] != '\\' || b[i+1] != 'u' {
 		return 0, false
 	}
-	n, err := strconv.ParseUint(string(b[i+2:i+6]), 16, 32)
-	if err != nil {
-		return 0, false
+	var r rune
+	for _, c := range b[i+2 : i+6] {
+		var v byte
+		switch {
+		case '0' <= c && c <= '9':
+			v = c - '0'
+		case 'a' <= c && c <= 'f':
+			v = c - 'a' + 10
+		case 'A' <= c && c <= 'F':
+			v = c - 'A' + 10
+		default:
+			return 0, false
+		}
+		r = r<<4 | rune(v)
 	}
-	return rune(n), true
+	return r, true
 }
 
 // PartialID is the CloudEvents id of a message that may be invalid

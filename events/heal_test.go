@@ -155,6 +155,11 @@ func TestIntakeRecreatesDeletedResources(t *testing.T) {
 			if err := tc.delete(t, e.js); err != nil {
 				t.Fatal(err)
 			}
+			// Meanwhile Ready says what happened and what is being done.
+			eventually(t, "Ready to give the reason", func() bool {
+				err := e.in.Ready(t.Context())
+				return err != nil && strings.Contains(err.Error(), "event consumer JOB_EVENTS/queue-janitor lost on the server; recreating it")
+			})
 			eventually(t, "the stream and consumer to be recreated", func() bool {
 				_, s := e.streamConfig(t)
 				_, c := e.consumerConfig(t)

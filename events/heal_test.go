@@ -248,3 +248,38 @@ func consumerConfigEqual(a, b jetstream.ConsumerConfig) bool {
 		backoff(a) == backoff(b) && strings.Join(a.FilterSubjects, ",") == strings.Join(b.FilterSubjects, ",") &&
 		a.DeliverPolicy == b.DeliverPolicy && a.MaxAckPending == b.MaxAckPending && a.Description == b.Description
 }
+
+// TestIntakeWatchNoticesWithoutServerNotice: with no pull request to carry
+// the server's notice (none is running here), the periodic check alone
+// finds the consumer gone, whether it or its stream was deleted, and keeps
+// quiet while it exists.
+func TestIntakeWatchNoticesWithoutServerNotice(t *testing.T) {
+	t.Parallel()
+	for _, stream := range []bool{false, true} {
+		srv := natstest.RunServer(t)
+		nc, js := natstest.Connect(t, srv.URL())
+		in := NewIntake(js, DefaultIntakeConfig(), testDecoder(), nil, NewPublisher(nc, DefaultPublisherConfig(), nil),
+			IntakeDeps{Logger: zerolog.New(zerolog.NewTestWriter(t))})
+		cons, err := in.Ensure(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if in.consumerGone(t.Context(), cons) {
+			t.Fatal("consumerGone = true for a consumer that exists")
+		}
+		if stream {
+			err = js.DeleteStream(t.Context(), "JOB_EVENTS")
+		} else {
+			err = js.DeleteConsumer(t.Context(), "JOB_EVENTS", "queue-janitor")
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(t.Context(), 3*watchEvery)
+		done := in.watch(ctx, cons)
+		cancel()
+		if done {
+			t.Errorf("stream deleted %v: watch did not notice the consumer gone within %s", stream, 3*watchEvery)
+		}
+	}
+}

@@ -213,3 +213,31 @@ func TestBindStoreCreatesNothing(t *testing.T) {
 		}
 	})
 }
+
+// TestStorePingGivesTheReasonWhileRecreating: while a call recreates the
+// deleted bucket, Ping (readiness) answers at once with which bucket and
+// what is being done.
+func TestStorePingGivesTheReasonWhileRecreating(t *testing.T) {
+	t.Parallel()
+	e := setup(t)
+	s := openStore(t, e.js, StoreConfig{Bucket: "records", Replicas: 1})
+	if err := e.js.DeleteStream(t.Context(), "KV_records"); err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan error, 1)
+	go func() { _, _, err := s.Get(t.Context(), 3); got <- err }()
+	// Ping itself would recreate the bucket if it came first: ask once the
+	// Get has found the bucket gone.
+	eventually(t, 10*time.Second, "the Get to find the bucket gone", func() bool { return s.problem.Load() != nil })
+	reason := s.Ping(t.Context())
+	if reason == nil || !strings.Contains(reason.Error(), `key-value bucket "records" was deleted on the server (stream KV_records missing); recreating it`) {
+		t.Errorf("Ping while the bucket is recreated = %v, want the reason", reason)
+	}
+	t.Logf("Ping while recreating: %v", reason)
+	if err := <-got; err != nil {
+		t.Errorf("Get that recreated the bucket: %v", err)
+	}
+	if err := s.Ping(t.Context()); err != nil {
+		t.Errorf("Ping after the bucket was recreated: %v", err)
+	}
+}

@@ -121,8 +121,22 @@ func (in *Intake) consumerGone(ctx context.Context, cons jetstream.Consumer) boo
 	}
 	ctx, cancel := context.WithTimeout(ctx, watchEvery)
 	defer cancel()
-	_, err := cons.Info(ctx)
-	return errors.Is(err, jetstream.ErrConsumerNotFound) || errors.Is(err, jetstream.ErrStreamNotFound)
+	// Asked twice, a moment apart, so that an answer given in the middle
+	// of a cluster's leader change does not restart a healthy consumer.
+	for i := range 2 {
+		if i > 0 {
+			select {
+			case <-ctx.Done():
+				return false
+			case <-time.After(250 * time.Millisecond):
+			}
+		}
+		_, err := cons.Info(ctx)
+		if !errors.Is(err, jetstream.ErrConsumerNotFound) && !errors.Is(err, jetstream.ErrStreamNotFound) {
+			return false
+		}
+	}
+	return true
 }
 
 // recover sets the stream and consumer up again, retrying with backoff

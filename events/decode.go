@@ -107,14 +107,32 @@ var (
 )
 
 // Decode validates and decodes one message that arrived on subject. Every
-// error it returns is an [*InvalidError].
+// error it returns is an [*InvalidError]; with it, the returned JobStatus
+// holds only the event's ID, when one could be read (see [PartialID]), so
+// that the rejection can be traced to the event. Text that is not valid
+// UTF-8, in an attribute or in data, is refused (ReasonMalformed) rather
+// than silently replaced.
 func (d Decoder) Decode(subject string, header nats.Header, body []byte) (JobStatus, error) {
+	js, err := d.decode(subject, header, body)
+	if err != nil {
+		js = JobStatus{}
+		if messageSize(header, body) <= d.maxBytes {
+			js.ID = PartialID(header, body)
+		}
+	}
+	return js, err
+}
+
+func (d Decoder) decode(subject string, header nats.Header, body []byte) (JobStatus, error) {
 	if size := messageSize(header, body); size > d.maxBytes {
 		return JobStatus{}, invalid(ReasonOversized, "%d bytes, limit %d", size, d.maxBytes)
 	}
 	token, ok := strings.CutPrefix(subject, d.subjectPrefix)
 	if !ok || !statusToken.MatchString(token) {
 		return JobStatus{}, invalid(ReasonBadSubject, "subject %q is not %s<status>", clip(subject), d.subjectPrefix)
+	}
+	if err := checkUTF8(header, body); err != nil {
+		return JobStatus{}, err
 	}
 	ev, err := toEvent(header, body)
 	if err != nil {

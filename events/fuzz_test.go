@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"unicode/utf8"
 
 	"github.com/nats-io/nats.go"
 )
@@ -57,6 +58,8 @@ func FuzzDecode(f *testing.F) {
 		}
 	}
 	f.Add("job.status.revoked", "", []byte(`{}`))
+	bad, badBody := renderBad(contentModes[0], baseSpec("revoked").withData(`{"job_id":42,"status":"REVOKED","actor":"`+badMarker+`"}`), "\xff")
+	f.Add("job.status.revoked", encodeHeader(bad), badBody)
 	f.Add("job.status.revoked", "Content-Type: application/cloudevents+json\n", []byte(`{"specversion":"1.0","data_base64":"e30="}`))
 
 	d := testDecoder()
@@ -71,7 +74,22 @@ func FuzzDecode(f *testing.F) {
 			if ie.Reason == "" {
 				t.Fatalf("InvalidError without a reason: %v", err)
 			}
+			// With the error comes at most the id, and only valid text.
+			if js != (JobStatus{ID: js.ID}) || (js.ID != "" && (!utf8.ValidString(js.ID) || len(js.ID) > maxPartialID)) {
+				t.Fatalf("rejected event returned %+v with its error", js)
+			}
 			return
+		}
+		// Nothing accepted was repaired on the way: the text was valid.
+		if !utf8.Valid(body) || badSurrogateEscape(body) >= 0 {
+			t.Fatalf("accepted a body that is not valid UTF-8 text: %q", body)
+		}
+		for k, vs := range h {
+			for _, v := range vs {
+				if strings.HasPrefix(strings.ToLower(k), "ce-") && !utf8.ValidString(v) {
+					t.Fatalf("accepted header %q that is not valid UTF-8: %q", k, v)
+				}
+			}
 		}
 		token, ok := strings.CutPrefix(subject, "job.status.")
 		if !ok {

@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 	"go.opentelemetry.io/otel/attribute"
@@ -171,7 +172,12 @@ type Intake struct {
 	dispatch *dispatcher
 	stopping atomic.Bool
 	bound    atomic.Bool
-	lost     chan struct{}
+	// lost is signaled when the server deleted the consumer; check when
+	// it may have (the watcher then asks the server).
+	lost  chan struct{}
+	check chan struct{}
+	// problem says why the consumer is not bound, for Ready.
+	problem atomic.Pointer[string]
 	// parked counts events waiting for another claim on their job; halt is
 	// closed at shutdown to hand them back.
 	parked   sync.WaitGroup
@@ -192,16 +198,22 @@ func NewIntake(js jetstream.JetStream, cfg IntakeConfig, decoder Decoder, h Hand
 		log: deps.Logger, tracer: deps.Tracer, metrics: deps.Metrics,
 		dispatch: newDispatcher(cfg.Concurrency),
 		lost:     make(chan struct{}, 1),
+		check:    make(chan struct{}, 1),
 		halt:     make(chan struct{}),
 	}
 }
 
-// Ready reports whether the consumer is bound and taking events.
+// Ready reports whether the consumer is bound and taking events; when it is
+// not, the error says why and what is being done (e.g. the event stream was
+// deleted and is being recreated, or awaited with Bind).
 func (in *Intake) Ready(context.Context) error {
-	if !in.bound.Load() {
-		return errors.New("event consumer not bound")
+	if in.bound.Load() {
+		return nil
 	}
-	return nil
+	if p := in.problem.Load(); p != nil {
+		return errors.New(*p)
+	}
+	return errors.New("event consumer not bound")
 }
 
 // logBound says that events are being taken, or why none will arrive: a
@@ -222,39 +234,48 @@ func (in *Intake) logBound(cons jetstream.Consumer) {
 // done. At shutdown it stops taking events, naks any it received but did not
 // start, and waits up to ShutdownTimeout for events in flight; those still
 // unfinished are redelivered later. It returns an error only when the stream
-// or consumer cannot be set up.
+// or consumer cannot be set up at start. Should either be deleted on the
+// server later, it notices within seconds (see [Intake.watch]), recreates
+// what it created (with Bind, waits for the stream to exist again) and
+// resumes; [Intake.Ready] says why meanwhile.
 func (in *Intake) Run(ctx context.Context) error {
 	// Effects outlive the run's cancellation (a shutdown lets them finish),
 	// so they start from ctx's values without its cancellation.
 	base := context.WithoutCancel(ctx)
-	for {
-		cons, err := in.Ensure(ctx)
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil
-			}
-			return err
+	cons, err := in.Ensure(ctx)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil
 		}
+		return err
+	}
+	for {
 		cc, err := cons.Consume(func(msg jetstream.Msg) { in.receive(base, msg) },
 			jetstream.PullMaxMessages(in.cfg.Concurrency),
 			// Short pull requests: after a stream leader change the lost ones
 			// are noticed (missed heartbeats) and renewed within seconds.
 			jetstream.PullExpiry(pullExpiry),
 			jetstream.ConsumeErrHandler(in.onConsumeError))
-		if err != nil {
-			return fmt.Errorf("consume %s/%s: %w", in.cfg.Stream, in.cfg.Consumer, err)
-		}
-		in.bound.Store(true)
-		in.logBound(cons)
-		select {
-		case <-ctx.Done():
-			in.shutdown(base, cc)
-			return nil
-		case <-in.lost:
+		if err == nil {
+			in.problem.Store(nil)
+			in.bound.Store(true)
+			in.logBound(cons)
+			if in.watch(ctx, cons) {
+				in.shutdown(base, cc)
+				return nil
+			}
 			in.bound.Store(false)
 			cc.Stop()
-			in.log.Warn().Str("stream", in.cfg.Stream).Str("consumer", in.cfg.Consumer).
-				Msg("event consumer was deleted on the server; recreating it")
+		} else {
+			in.setProblem(fmt.Sprintf("consume %s/%s: %v; retrying", in.cfg.Stream, in.cfg.Consumer, err))
+		}
+		if cons, err = in.recover(ctx); err != nil {
+			// Only ctx ends recovery: wait for the events still in flight.
+			in.stopping.Store(true)
+			wctx, cancel := context.WithTimeout(base, in.cfg.ShutdownTimeout)
+			in.dispatch.wait(wctx)
+			cancel()
+			return nil
 		}
 	}
 }
@@ -278,12 +299,14 @@ func (in *Intake) shutdown(ctx context.Context, cc jetstream.ConsumeContext) {
 }
 
 func (in *Intake) onConsumeError(_ jetstream.ConsumeContext, err error) {
-	if errors.Is(err, jetstream.ErrConsumerDeleted) || errors.Is(err, jetstream.ErrConsumerNotFound) {
-		select {
-		case in.lost <- struct{}{}:
-		default:
-		}
+	switch {
+	case errors.Is(err, jetstream.ErrConsumerDeleted):
+		in.signal(in.lost)
 		return
+	case errors.Is(err, jetstream.ErrConsumerNotFound) || errors.Is(err, jetstream.ErrStreamNotFound) ||
+		errors.Is(err, nats.ErrNoResponders):
+		// Maybe gone: the watcher asks the server now.
+		in.signal(in.check)
 	}
 	if in.stopping.Load() {
 		return
@@ -291,46 +314,15 @@ func (in *Intake) onConsumeError(_ jetstream.ConsumeContext, err error) {
 	in.log.Debug().Err(err).Msg("event consumer")
 }
 
-// Ensure creates or binds the event stream and the durable consumer.
+// Ensure creates or binds the event stream and the durable consumer. With
+// Bind, a missing stream is an error.
 func (in *Intake) Ensure(ctx context.Context) (jetstream.Consumer, error) {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	if _, err := in.js.Stream(ctx, in.cfg.Stream); err != nil {
-		if !errors.Is(err, jetstream.ErrStreamNotFound) {
-			return nil, fmt.Errorf("look up event stream %q: %w", in.cfg.Stream, err)
-		}
-		if in.cfg.Bind {
-			return nil, fmt.Errorf("event stream %q does not exist: create it, or drop --bind-event-stream to let queue-janitor create it", in.cfg.Stream)
-		}
-		_, err = in.js.CreateStream(ctx, jetstream.StreamConfig{
-			Name:        in.cfg.Stream,
-			Description: "job-status CloudEvents read by queue-janitor",
-			Subjects:    []string{in.cfg.Subject},
-			Storage:     jetstream.FileStorage,
-			Retention:   jetstream.LimitsPolicy,
-			MaxAge:      in.cfg.MaxAge,
-			Replicas:    in.cfg.Replicas,
-			Duplicates:  2 * time.Minute,
-		})
-		if err != nil && !errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
-			return nil, fmt.Errorf("create event stream %q: %w", in.cfg.Stream, err)
-		}
+	if _, err := in.ensureStream(ctx); err != nil {
+		return nil, err
 	}
-	cons, err := in.js.CreateOrUpdateConsumer(ctx, in.cfg.Stream, jetstream.ConsumerConfig{
-		Durable:        in.cfg.Consumer,
-		Description:    "queue-janitor: shared by every replica",
-		AckPolicy:      jetstream.AckExplicitPolicy,
-		AckWait:        in.cfg.AckWait,
-		MaxDeliver:     -1, // the intake counts deliveries itself (see settle)
-		BackOff:        redeliveryBackoff(in.cfg.AckWait, in.cfg.MaxDeliver),
-		FilterSubjects: []string{in.cfg.Subject},
-		DeliverPolicy:  jetstream.DeliverAllPolicy,
-		MaxAckPending:  4096,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("create consumer %q on %q: %w", in.cfg.Consumer, in.cfg.Stream, err)
-	}
-	return cons, nil
+	return in.ensureConsumer(ctx)
 }
 
 // pullExpiry bounds each pull request; its heartbeat is half of it.
@@ -611,6 +603,8 @@ func logFields(e *zerolog.Event, msg jetstream.Msg, meta *jetstream.MsgMetadata,
 		if ev.Actor != "" {
 			e.Str("actor", ev.Actor)
 		}
+	} else if ev.ID != "" {
+		e.Str("event_id", ev.ID) // an invalid event's id, when it could be read
 	}
 	e.Str("decision", string(out.Decision)).Str("result", out.Result)
 	if r := out.Removal; r != nil {

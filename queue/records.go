@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -140,32 +142,37 @@ type StoreConfig struct {
 
 // Store keeps per-job [Record]s in a JetStream key-value bucket. Updates are
 // compare-and-set on the key's revision. It is safe for concurrent use.
+//
+// A Store opened with [OpenStore] heals: when a call finds the bucket gone
+// (its stream KV_<bucket> deleted on the server), it recreates the bucket
+// with the configuration it was opened with and retries the call once; the
+// records it held are lost. A Store opened with [BindStore] never creates
+// anything.
 type Store struct {
-	kv    jetstream.KeyValue
-	retry retrier
+	js       jetstream.JetStream
+	cfg      StoreConfig
+	bindOnly bool
+	retry    retrier
+
+	mu sync.RWMutex
+	kv jetstream.KeyValue // nil: the bucket does not exist (BindStore only)
+
+	healing  sync.Mutex
+	problem  atomic.Pointer[string]
+	observer atomic.Pointer[HealObserver]
 }
 
 // OpenStore binds to the bucket, creating it when it does not exist.
 func OpenStore(ctx context.Context, js jetstream.JetStream, cfg StoreConfig, opts ...Option) (*Store, error) {
 	o := buildOptions(opts)
-	s := &Store{retry: newRetrier(o.policy, o.tracer, o.observer)}
+	s := &Store{js: js, cfg: cfg, retry: newRetrier(o.policy, o.tracer, o.observer)}
 	attrs := []attribute.KeyValue{attribute.String("kv.bucket", cfg.Bucket)}
 	err := s.retry.do(ctx, "kv.open", attrs, func(ctx context.Context) error {
 		kv, err := js.KeyValue(ctx, cfg.Bucket)
 		if errors.Is(err, jetstream.ErrBucketNotFound) {
-			kv, err = js.CreateKeyValue(ctx, jetstream.KeyValueConfig{
-				Bucket:      cfg.Bucket,
-				Description: "queue-janitor: per-job records (newest event, state, lease)",
-				History:     1,
-				TTL:         cfg.TTL,
-				Storage:     jetstream.FileStorage,
-				Replicas:    cfg.Replicas,
-			})
-			if errors.Is(err, jetstream.ErrBucketExists) || errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
-				kv, err = js.KeyValue(ctx, cfg.Bucket)
-			}
+			kv, err = s.create(ctx)
 		}
-		s.kv = kv
+		s.setHandle(kv)
 		return err
 	})
 	if err != nil {
@@ -174,14 +181,69 @@ func OpenStore(ctx context.Context, js jetstream.JetStream, cfg StoreConfig, opt
 	return s, nil
 }
 
-// Bucket returns the bucket's name.
-func (s *Store) Bucket() string { return s.kv.Bucket() }
-
-// Ping checks that the bucket answers, for readiness.
-func (s *Store) Ping(ctx context.Context) error {
-	_, err := s.kv.Status(ctx)
-	return err
+// BindStore binds to the bucket without ever creating it, for commands that
+// must change nothing. When the bucket does not exist it returns a Store
+// that holds no records ([Store.Missing] is true): Get finds none and Put
+// fails with [ErrNoBucket].
+func BindStore(ctx context.Context, js jetstream.JetStream, cfg StoreConfig, opts ...Option) (*Store, error) {
+	o := buildOptions(opts)
+	s := &Store{js: js, cfg: cfg, bindOnly: true, retry: newRetrier(o.policy, o.tracer, o.observer)}
+	attrs := []attribute.KeyValue{attribute.String("kv.bucket", cfg.Bucket)}
+	err := s.retry.do(ctx, "kv.bind", attrs, func(ctx context.Context) error {
+		kv, err := js.KeyValue(ctx, cfg.Bucket)
+		if errors.Is(err, jetstream.ErrBucketNotFound) {
+			return nil
+		}
+		s.setHandle(kv)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("bind key-value bucket %q: %w", cfg.Bucket, err)
+	}
+	return s, nil
 }
+
+// create creates the bucket with the Store's configuration, or binds to it
+// when another process created it first.
+func (s *Store) create(ctx context.Context) (jetstream.KeyValue, error) {
+	kv, err := s.js.CreateKeyValue(ctx, s.cfg.keyValueConfig())
+	if errors.Is(err, jetstream.ErrBucketExists) || errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
+		kv, err = s.js.KeyValue(ctx, s.cfg.Bucket)
+	}
+	return kv, err
+}
+
+// keyValueConfig is the bucket as the service creates it, at start and when
+// it recreates a deleted one.
+func (c StoreConfig) keyValueConfig() jetstream.KeyValueConfig {
+	return jetstream.KeyValueConfig{
+		Bucket:      c.Bucket,
+		Description: "queue-janitor: per-job records (newest event, state, lease)",
+		History:     1,
+		TTL:         c.TTL,
+		Storage:     jetstream.FileStorage,
+		Replicas:    c.Replicas,
+	}
+}
+
+func (s *Store) handle() jetstream.KeyValue {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.kv
+}
+
+func (s *Store) setHandle(kv jetstream.KeyValue) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.kv = kv
+}
+
+// Bucket returns the bucket's name.
+func (s *Store) Bucket() string { return s.cfg.Bucket }
+
+// Missing reports whether the Store was bound with [BindStore] to a bucket
+// that does not exist: no record has been written yet.
+func (s *Store) Missing() bool { return s.handle() == nil }
 
 // JobKey is the record key of a job.
 func JobKey(id JobID) string { return "job." + id.String() }
@@ -201,9 +263,9 @@ func (s *Store) Get(ctx context.Context, id JobID) (Record, uint64, error) {
 // info reports it. Leases are judged against it.
 func (s *Store) ServerNow(ctx context.Context) (time.Time, error) {
 	var now time.Time
-	attrs := []attribute.KeyValue{attribute.String("kv.bucket", s.kv.Bucket())}
+	attrs := []attribute.KeyValue{attribute.String("kv.bucket", s.cfg.Bucket)}
 	err := s.retry.do(ctx, "kv.server_time", attrs, func(ctx context.Context) error {
-		st, err := s.kv.Status(ctx)
+		st, err := withHeal(ctx, s, func(kv jetstream.KeyValue) (jetstream.KeyValueStatus, error) { return kv.Status(ctx) })
 		if err != nil {
 			return err
 		}
@@ -237,9 +299,13 @@ func (s *Store) GetJSON(ctx context.Context, key string, v any, rev *uint64) err
 // getJSON is GetJSON that also returns the revision's server time.
 func (s *Store) getJSON(ctx context.Context, key string, v any, rev *uint64) (time.Time, error) {
 	var at time.Time
-	attrs := []attribute.KeyValue{attribute.String("kv.bucket", s.kv.Bucket()), attribute.String("kv.key", key)}
+	attrs := []attribute.KeyValue{attribute.String("kv.bucket", s.cfg.Bucket), attribute.String("kv.key", key)}
 	err := s.retry.do(ctx, "kv.get", attrs, func(ctx context.Context) error {
-		e, err := s.kv.Get(ctx, key)
+		if s.Missing() {
+			*rev = 0
+			return nil
+		}
+		e, err := withHeal(ctx, s, func(kv jetstream.KeyValue) (jetstream.KeyValueEntry, error) { return kv.Get(ctx, key) })
 		if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
 			*rev = 0
 			return nil
@@ -263,16 +329,20 @@ func (s *Store) PutJSON(ctx context.Context, key string, v any, rev uint64) (uin
 	if err != nil {
 		return 0, fmt.Errorf("encode record %q: %w", key, err)
 	}
-	attrs := []attribute.KeyValue{attribute.String("kv.bucket", s.kv.Bucket()), attribute.String("kv.key", key),
+	attrs := []attribute.KeyValue{attribute.String("kv.bucket", s.cfg.Bucket), attribute.String("kv.key", key),
 		attribute.String("kv.expected_revision", strconv.FormatUint(rev, 10))}
 	var next uint64
 	err = s.retry.do(ctx, "kv.update", attrs, func(ctx context.Context) error {
-		var err error
-		if rev == 0 {
-			next, err = s.kv.Create(ctx, key, body)
-		} else {
-			next, err = s.kv.Update(ctx, key, body, rev)
+		if s.Missing() {
+			return ErrNoBucket
 		}
+		var err error
+		next, err = withHeal(ctx, s, func(kv jetstream.KeyValue) (uint64, error) {
+			if rev == 0 {
+				return kv.Create(ctx, key, body)
+			}
+			return kv.Update(ctx, key, body, rev)
+		})
 		if errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
 			return ErrConflict
 		}

@@ -40,7 +40,7 @@ func opsFlags(name, args, about string, c *Config) *flagSet {
 // openOps connects for an operator command. Its logs (retries, warnings)
 // go to stderr at warn level unless the flags say otherwise. done closes
 // the connection and flushes telemetry.
-func openOps(ctx context.Context, cfg Config, cio cmdIO) (svc *service, log zerolog.Logger, tel *telemetry.Telemetry, done func(), err error) {
+func openOps(ctx context.Context, cfg Config, cio cmdIO, readOnly bool) (svc *service, log zerolog.Logger, tel *telemetry.Telemetry, done func(), err error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, zerolog.Nop(), nil, nil, fmt.Errorf("%w: %w", ErrUsage, err)
 	}
@@ -52,7 +52,7 @@ func openOps(ctx context.Context, cfg Config, cio cmdIO) (svc *service, log zero
 	}
 	metrics, err := telemetry.NewMetrics(tel.MeterProvider)
 	if err == nil {
-		svc, err = openService(ctx, cfg, "cli-"+replicaID(), log, tel, metrics)
+		svc, err = openService(ctx, cfg, "cli-"+replicaID(), log, tel, metrics, readOnly)
 	}
 	if err != nil {
 		shutdownTelemetry(ctx, tel, log)
@@ -117,11 +117,14 @@ func runLs(ctx context.Context, args []string, cio cmdIO) error {
 			return err
 		}
 	}
-	svc, log, tel, done, err := openOps(ctx, cfg, cio)
+	svc, log, tel, done, err := openOps(ctx, cfg, cio, true)
 	if err != nil {
 		return err
 	}
 	defer done()
+	if svc.store.Missing() {
+		noRecordsYet(cio, svc.store.Bucket(), asJSON)
+	}
 
 	now := time.Now()
 	var rows []lsRow
@@ -250,11 +253,14 @@ func runSweep(ctx context.Context, args []string, cio cmdIO) error {
 	if err := parseFlags(f, args, cio); err != nil {
 		return err
 	}
-	svc, log, tel, done, err := openOps(ctx, cfg, cio)
+	svc, log, tel, done, err := openOps(ctx, cfg, cio, dryRun)
 	if err != nil {
 		return err
 	}
 	defer done()
+	if svc.store.Missing() {
+		noRecordsYet(cio, svc.store.Bucket(), false)
+	}
 
 	progress := isTerminalWriter(cio.stderr)
 	verb := map[bool]string{true: "would ", false: ""}[dryRun]
@@ -368,7 +374,7 @@ func runRemove(ctx context.Context, args []string, cio cmdIO, name, argsText, ab
 	if err != nil {
 		return err
 	}
-	svc, _, _, done, err := openOps(ctx, cfg, cio)
+	svc, _, _, done, err := openOps(ctx, cfg, cio, false)
 	if err != nil {
 		return err
 	}

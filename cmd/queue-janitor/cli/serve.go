@@ -80,11 +80,15 @@ func serve(ctx context.Context, cfg Config, log zerolog.Logger, tel *telemetry.T
 			Msg("embedded NATS JetStream server started; point the backend and the nats CLI at it")
 	}
 	owner := replicaID()
-	svc, err := openService(ctx, cfg, owner, log, tel, metrics)
+	svc, err := openService(ctx, cfg, owner, log, tel, metrics, false)
 	if err != nil {
 		return err
 	}
 	defer svc.close()
+	watchCtx, stopWatch := context.WithCancel(ctx)
+	watchDone := make(chan struct{})
+	go func() { defer close(watchDone); svc.store.Watch(watchCtx, bucketWatchInterval) }()
+	defer func() { stopWatch(); <-watchDone }()
 
 	intake := events.NewIntake(svc.js, cfg.Intake, newDecoder(cfg, svc.handler), svc.handler, svc.pub,
 		events.IntakeDeps{Logger: log, Tracer: tel.Tracer(), Metrics: metrics})
@@ -174,8 +178,9 @@ func jetStreamFor(nc *nats.Conn, cfg Config) (jetstream.JetStream, error) {
 	return js, nil
 }
 
-// openService connects and binds everything the handler needs.
-func openService(ctx context.Context, cfg Config, owner string, log zerolog.Logger, tel *telemetry.Telemetry, metrics *telemetry.Metrics) (*service, error) {
+// openService connects and binds everything the handler needs. readOnly
+// binds the bucket without creating it (see openBucket).
+func openService(ctx context.Context, cfg Config, owner string, log zerolog.Logger, tel *telemetry.Telemetry, metrics *telemetry.Metrics, readOnly bool) (*service, error) {
 	dialer := newAbortDialer(cfg.NATS.ConnectTimeout)
 	nc, err := connect(ctx, cfg.NATS, "queue-janitor "+owner, log, nats.SetCustomDialer(dialer))
 	if err != nil {
@@ -196,7 +201,7 @@ func openService(ctx context.Context, cfg Config, owner string, log zerolog.Logg
 			log.Warn().Msg("a delete got no reply in time: closing the NATS connection so that the request cannot arrive late; reconnecting")
 			dialer.Abort()
 		})}
-	store, err := queue.OpenStore(ctx, js, cfg.Records, opts...)
+	store, err := openBucket(ctx, js, cfg.Records, log, readOnly, opts...)
 	if err != nil {
 		nc.Close()
 		return nil, jetStreamHint(err)

@@ -307,8 +307,10 @@ func resultOf(r queue.Removal) string {
 	switch {
 	case r.Removed():
 		return events.OutcomeRemoved
-	case len(r.Kept) > 0:
+	case len(r.Kept) > 0 && r.KeptLaterRun:
 		return events.OutcomeKeptLaterRun
+	case len(r.Kept) > 0:
+		return events.OutcomeKept
 	}
 	return events.OutcomeNothing
 }
@@ -319,7 +321,7 @@ func noteOf(r queue.Removal) string {
 	case r.Confirmed == queue.ConfirmedGoneOnRetry:
 		return "a delete's reply was lost; the retry confirmed it gone"
 	case len(r.Kept) > 0:
-		return "kept what the fence judged a later run's: see kept"
+		return "kept what is not this run's to remove: see kept"
 	}
 	return ""
 }

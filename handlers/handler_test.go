@@ -394,3 +394,20 @@ func TestRecordIsWrittenBeforeTheAnswer(t *testing.T) {
 		t.Errorf("flushed answered %d times after the retry, want 1", f)
 	}
 }
+
+// TestKeptLaterRunOnlyForALaterRun: an answer says kept_later_run only when
+// a fence kept a later run's resource; a resource kept for being in use is
+// "kept".
+func TestKeptLaterRunOnlyForALaterRun(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		later bool
+		want  string
+	}{{true, events.OutcomeKeptLaterRun}, {false, events.OutcomeKept}} {
+		w := setup(t)
+		w.q.removal = queue.Removal{StreamFound: true, Deleted: []string{}, Kept: []string{"stream job_7: why"}, KeptLaterRun: tc.later}
+		if out := w.handle(t, ev("a", events.StatusRevoked, 1, 50)); out.Result != tc.want {
+			t.Errorf("later run %v: result %q, want %q", tc.later, out.Result, tc.want)
+		}
+	}
+}

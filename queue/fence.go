@@ -41,29 +41,37 @@ type Fence struct {
 // the given metadata may be removed. When it may not, reason says why in
 // words an operator can act on.
 func (f Fence) Allows(created time.Time, metadata map[string]string) (ok bool, reason string) {
+	ok, _, reason = f.judge(created, metadata)
+	return ok, reason
+}
+
+// judge is Allows that also says whether what it keeps is known to be
+// newer than the action's run (later is false when it keeps for want of a
+// time to judge by).
+func (f Fence) judge(created time.Time, metadata map[string]string) (ok, later bool, reason string) {
 	if raw, found := metadata[AttemptMetadataKey]; found && f.AttemptKnown {
 		attempt, err := strconv.ParseInt(raw, 10, 64)
 		if err == nil {
 			if attempt > f.MaxAttempt {
-				return false, fmt.Sprintf("stamped %s=%d, a later run than attempt %d that this action may remove (attempt fence)",
+				return false, true, fmt.Sprintf("stamped %s=%d, a later run than attempt %d that this action may remove (attempt fence)",
 					AttemptMetadataKey, attempt, f.MaxAttempt)
 			}
-			return true, ""
+			return true, false, ""
 		}
 		// An unreadable stamp is ignored: the time fence still applies.
 	}
 	if f.CreatedBefore.IsZero() {
-		return false, "no server time to judge its creation by, and no attempt stamp (time fence)"
+		return false, false, "no server time to judge its creation by, and no attempt stamp (time fence)"
 	}
 	if !created.Before(f.CreatedBefore) {
 		cut := f.Cut
 		if cut == "" {
 			cut = "the cut-off"
 		}
-		return false, fmt.Sprintf("created %s, not before %s at %s (server times): it may belong to a later run (time fence)",
+		return false, true, fmt.Sprintf("created %s, not before %s at %s (server times): it belongs to a later run (time fence)",
 			stamp(created), cut, stamp(f.CreatedBefore))
 	}
-	return true, ""
+	return true, false, ""
 }
 
 func stamp(t time.Time) string { return t.UTC().Format("2006-01-02T15:04:05.000Z07:00") }

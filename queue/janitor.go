@@ -138,6 +138,10 @@ type Removal struct {
 	// Notes says what else happened, e.g. a stream that vanished between
 	// the lookup and the delete (removed by someone else).
 	Notes []string `json:"notes,omitempty"`
+	// KeptLaterRun says that something in Kept is known to belong to a run
+	// after the action's (a fence kept it), rather than kept for being in
+	// use (an orphan's activity) or for want of a time to judge by.
+	KeptLaterRun bool `json:"-"`
 }
 
 // ConfirmedGoneOnRetry marks a removal confirmed by absence: the first
@@ -182,7 +186,8 @@ func (j *Janitor) Remove(ctx context.Context, id JobID, fence Fence, auth Author
 	dropStream, dropDLQ := false, false
 	if sinfo != nil {
 		r.StreamFound = true
-		ok, why := fence.Allows(sinfo.Created, sinfo.Config.Metadata)
+		ok, later, why := fence.judge(sinfo.Created, sinfo.Config.Metadata)
+		r.KeptLaterRun = r.KeptLaterRun || later
 		if ok && !fence.IdleSince.IsZero() {
 			ok, why, err = j.idle(ctx, id, sinfo, fence.IdleSince, auth)
 			if err != nil {
@@ -201,9 +206,10 @@ func (j *Janitor) Remove(ctx context.Context, id JobID, fence Fence, auth Author
 			return r, err
 		}
 		if dinfo != nil {
-			if ok, why := fence.Allows(dinfo.Created, dinfo.Config.Metadata); ok {
+			if ok, later, why := fence.judge(dinfo.Created, dinfo.Config.Metadata); ok {
 				dropDLQ = true
 			} else {
+				r.KeptLaterRun = r.KeptLaterRun || later
 				r.Kept = append(r.Kept, fmt.Sprintf("consumer %s/%s: %s", adv, dlq, why))
 			}
 		}
@@ -271,6 +277,7 @@ func (r *Removal) note(d deletion, what string) {
 		r.Notes = append(r.Notes, what+": gone before this service's delete reached it (removed by someone else)")
 	case replaced:
 		r.Kept = append(r.Kept, what+": recreated since the fence judged it (another creation time): a later run's, kept")
+		r.KeptLaterRun = true
 	}
 }
 

@@ -116,6 +116,9 @@ func TestLostDeleteReplyIsReportedRemoved(t *testing.T) {
 	if streamExists(t, e.js, e.names.StreamName(id)) {
 		t.Fatal("job 8's stream is still there")
 	}
+	if got.EffectTime.IsZero() || time.Since(got.EffectTime) > time.Minute {
+		t.Errorf("effect_time = %v; want when the effect finished", got.EffectTime)
+	}
 }
 
 func contains(list []string, s string) bool {

@@ -254,7 +254,7 @@ func TestReadOnlyCommandsCreateNothing(t *testing.T) {
 				t.Errorf("ls --json = %v, %s; want job 5, unknown", err, text)
 			}
 		case "ls":
-			assertContains(t, text, "no records yet", "job_5", "unknown", "1 job streams")
+			assertContains(t, text, "no records yet", "job_5", "unknown", "1 job stream")
 		default:
 			assertContains(t, text, "no records yet", "dry run, nothing changed: streams seen 1")
 		}

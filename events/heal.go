@@ -6,8 +6,9 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/example/queue-janitor/queue"
 )
 
 // This file is the intake's self-healing. The backend's operator tooling may
@@ -116,7 +117,7 @@ func (in *Intake) watch(ctx context.Context, cons jetstream.Consumer) (done bool
 // consumerGone asks the server whether the consumer or its stream is gone;
 // while the connection is down it does not ask (the nats check says so).
 func (in *Intake) consumerGone(ctx context.Context, cons jetstream.Consumer) bool {
-	if connected(in.js) != nil {
+	if queue.Connected(in.js) != nil {
 		return false
 	}
 	ctx, cancel := context.WithTimeout(ctx, watchEvery)
@@ -167,7 +168,7 @@ func (in *Intake) recover(ctx context.Context) (jetstream.Consumer, error) {
 
 // rebind is one attempt of recover.
 func (in *Intake) rebind(ctx context.Context, toldMissing *bool) (jetstream.Consumer, error) {
-	if err := connected(in.js); err != nil {
+	if err := queue.Connected(in.js); err != nil {
 		in.setProblem(fmt.Sprintf("event consumer %s/%s not bound: %v; waiting for NATS", in.cfg.Stream, in.cfg.Consumer, err))
 		return nil, err
 	}
@@ -224,13 +225,3 @@ func (in *Intake) drainSignals() {
 	}
 }
 
-// connected fails at once when js's connection is not up.
-func connected(js jetstream.JetStream) error {
-	if js == nil || js.Conn() == nil {
-		return nil
-	}
-	if st := js.Conn().Status(); st != nats.CONNECTED {
-		return fmt.Errorf("NATS connection is %s", st)
-	}
-	return nil
-}

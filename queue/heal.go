@@ -38,7 +38,7 @@ func (s *Store) SetHealObserver(f HealObserver) { s.observer.Store(&f) }
 // opened with [OpenStore]) before it answers. Errors name the bucket and
 // say what is being done.
 func (s *Store) Ping(ctx context.Context) error {
-	if err := connected(s.js); err != nil {
+	if err := Connected(s.js); err != nil {
 		return err
 	}
 	if p := s.problem.Load(); p != nil && !s.healing.TryLock() {
@@ -74,9 +74,9 @@ func (s *Store) Watch(ctx context.Context, interval time.Duration) {
 	}
 }
 
-// connected fails at once when js's connection is not up, so that a check
+// Connected fails at once when js's connection is not up, so that a check
 // does not wait for a request that cannot be answered.
-func connected(js jetstream.JetStream) error {
+func Connected(js jetstream.JetStream) error {
 	if js == nil || js.Conn() == nil {
 		return nil
 	}
@@ -116,7 +116,7 @@ func withHeal[T any](ctx context.Context, s *Store, fn func(jetstream.KeyValue) 
 func (s *Store) heal(ctx context.Context) (healed bool, err error) {
 	s.healing.Lock()
 	defer s.healing.Unlock()
-	if err := connected(s.js); err != nil {
+	if err := Connected(s.js); err != nil {
 		return false, nil //nolint:nilerr // the caller's own error says more
 	}
 	kv, err := s.js.KeyValue(ctx, s.cfg.Bucket)

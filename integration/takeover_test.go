@@ -229,3 +229,33 @@ func (e *env) heldJob(t *testing.T, n int, cleaned *received) queue.JobID {
 	}
 	return fallback
 }
+
+// TestServerDownMidStorm: the NATS server goes down in the middle of a
+// storm (for QJ_OUTAGE, default 5s; the run used 45s) and comes
+// back on the same store. Every queue is gone soon after, every terminal
+// job answered, live jobs intact.
+func TestServerDownMidStorm(t *testing.T) {
+	t.Parallel()
+	outage := 5 * time.Second
+	if d, err := time.ParseDuration(os.Getenv("QJ_OUTAGE")); err == nil && d > 0 {
+		outage = d
+	}
+	e := setup(t)
+	n, live := takeoverJobs(), []queue.JobID{9001, 9002}
+	cleaned := e.storm(t, n, live)
+	startServe(t, e.js, append(defaultArgs(e.url), "--log-level", "warn"), zerolog.NewTestWriter(t))
+	published := e.emitTerminals(t, n)
+	if err := published(); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 60*time.Second, "a fifth of the answers", func() bool { return cleaned.count() >= n/5 })
+	e.srv.Stop()
+	atStop := cleaned.count()
+	time.Sleep(outage)
+	e.srv.Restart(t)
+	back := time.Now()
+	e.awaitJobsGone(t, n, 120*time.Second, "every queue gone after the server came back")
+	t.Logf("server down mid-storm at %d answers of %d, for %s: every queue gone %s after it came back",
+		atStop, n, outage, time.Since(back).Round(100*time.Millisecond))
+	e.checkNothingWrong(t, n, live, cleaned, 0)
+}

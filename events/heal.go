@@ -224,4 +224,3 @@ func (in *Intake) drainSignals() {
 		}
 	}
 }
-

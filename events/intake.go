@@ -181,6 +181,7 @@ type Intake struct {
 	// parked counts events waiting for another claim on their job; halt is
 	// closed at shutdown to hand them back.
 	parked   sync.WaitGroup
+	parkMu   sync.Mutex // orders parked.Add before unpark's Wait
 	halt     chan struct{}
 	haltOnce sync.Once
 }
@@ -272,6 +273,7 @@ func (in *Intake) Run(ctx context.Context) error {
 		if cons, err = in.recover(ctx); err != nil {
 			// Only ctx ends recovery: wait for the events still in flight.
 			in.stopping.Store(true)
+			in.unpark()
 			wctx, cancel := context.WithTimeout(base, in.cfg.ShutdownTimeout)
 			in.dispatch.wait(wctx)
 			cancel()
@@ -283,7 +285,6 @@ func (in *Intake) Run(ctx context.Context) error {
 func (in *Intake) shutdown(ctx context.Context, cc jetstream.ConsumeContext) {
 	in.stopping.Store(true)
 	in.bound.Store(false)
-	in.haltOnce.Do(func() { close(in.halt) })
 	cc.Drain()
 	ctx, cancel := context.WithTimeout(ctx, in.cfg.ShutdownTimeout)
 	defer cancel()
@@ -291,7 +292,7 @@ func (in *Intake) shutdown(ctx context.Context, cc jetstream.ConsumeContext) {
 	case <-cc.Closed():
 	case <-ctx.Done():
 	}
-	in.parked.Wait() // parked events are handed back at once
+	in.unpark()
 	if !in.dispatch.wait(ctx) {
 		in.log.Warn().Dur("waited_ms", in.cfg.ShutdownTimeout).
 			Msg("shutdown: events still in flight; they were not acked and will be redelivered")
@@ -439,7 +440,14 @@ func (in *Intake) park(base context.Context, span trace.Span, msg jetstream.Msg,
 		attribute.Int64("queue_janitor.parked_ms", wait.Milliseconds()))
 	in.log.Debug().Int64("job_id", int64(ev.JobID)).Str("event_id", ev.ID).Str("status", string(ev.Status)).
 		Int64("park_ms", wait.Milliseconds()).Str("reason", busy.Error()).Msg("event parked: another claim holds its job")
+	in.parkMu.Lock()
+	if in.stopping.Load() {
+		in.parkMu.Unlock()
+		_ = msg.Nak()
+		return
+	}
 	in.parked.Add(1)
+	in.parkMu.Unlock()
 	go func() {
 		defer in.parked.Done()
 		stop := in.keepAlive(msg)
@@ -455,6 +463,15 @@ func (in *Intake) park(base context.Context, span trace.Span, msg jetstream.Msg,
 		stop()
 		in.dispatch.submit(ev.JobID.String(), func() { in.process(base, msg, ev, nil, received, parked+wait) })
 	}()
+}
+
+// unpark hands every parked event back to the server at once and waits
+// until they are; no event is parked after it.
+func (in *Intake) unpark() {
+	in.parkMu.Lock()
+	in.haltOnce.Do(func() { close(in.halt) })
+	in.parkMu.Unlock()
+	in.parked.Wait()
 }
 
 // parkSlack is added to a lease's remaining time before trying again, so

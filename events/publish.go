@@ -46,8 +46,8 @@ const (
 	OutcomeKeptLaterRun = "kept_later_run"
 	// OutcomeKept: something was found and left alone, not for belonging to
 	// a later run: an orphan in use, or nothing to judge its creation by.
-	OutcomeKept = "kept"
-	OutcomeAlreadyDone  = "already_done"
+	OutcomeKept        = "kept"
+	OutcomeAlreadyDone = "already_done"
 	// OutcomeStale answers a restart request that a newer event of the job
 	// superseded: nothing was removed, and the backend must not publish a
 	// round for it.

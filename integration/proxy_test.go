@@ -18,7 +18,6 @@ import (
 // a connection whose request got no reply): then they are discarded, as a
 // closed socket's unsent bytes are, and never delivered.
 type tcpProxy struct {
-	t      testing.TB
 	ln     net.Listener
 	target string
 
@@ -50,16 +49,16 @@ type proxyTrigger struct {
 	fired   chan struct{}
 }
 
-func newTCPProxy(t testing.TB, target string) *tcpProxy {
-	t.Helper()
+func newTCPProxy(tb testing.TB, target string) *tcpProxy {
+	tb.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
-	p := &tcpProxy{t: t, ln: ln, target: target, conns: map[net.Conn]struct{}{}}
+	p := &tcpProxy{ln: ln, target: target, conns: map[net.Conn]struct{}{}}
 	p.cond = sync.NewCond(&p.mu)
 	go p.accept()
-	t.Cleanup(func() {
+	tb.Cleanup(func() {
 		_ = ln.Close()
 		p.restore()
 		p.cutAll()

@@ -7,7 +7,7 @@ import (
 
 const devNATSAbout = `Run a NATS server with JetStream, and nothing else, until interrupted
 (SIGINT or SIGTERM). For development and tests only: the same in-process server
-as serve --embedded-nats, without the service, so that a backend's behaviour
+as serve --embedded-nats, without the service, so that a backend's behavior
 can be tried while queue-janitor is down (its restart handshake then times out).
 Prints "nats-url: <url>" on standard output once the server accepts clients.
 Not for production: no authentication, no TLS, one node.`

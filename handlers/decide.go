@@ -149,7 +149,7 @@ func fenceFor(k kind, ev events.JobStatus, rec queue.Record) queue.Fence {
 			at, cut = rec.Stored, "the restart request first reached NATS"
 		}
 	}
-	f := queue.Fence{CreatedBefore: at, Cut: cut}
+	f := queue.Fence{CreatedBefore: at, Cut: cut, PurgeFirst: k == kindRestart}
 	if ev.HasAttempt {
 		f.AttemptKnown, f.MaxAttempt = true, ev.Attempt
 		if k == kindRestart {

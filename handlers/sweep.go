@@ -77,7 +77,9 @@ func (h *Handler) Sweep(ctx context.Context, req SweepRequest) (events.Outcome, 
 		if err != nil {
 			return out, err
 		}
-		removal, err := h.q.Remove(ctx, req.ID, req.Fence, c)
+		fence := req.Fence
+		fence.PurgeFirst = fence.PurgeFirst || req.Announce == AnnounceFlushed // a new run follows
+		removal, err := h.q.Remove(ctx, req.ID, fence, c)
 		out.Removal = &removal
 		if err != nil {
 			c.release(ctx)

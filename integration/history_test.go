@@ -177,6 +177,7 @@ type jobPlan struct {
 	created   []time.Time // per run: the stream's server-side creation time
 	dlqMade   []time.Time // per run: its dead-letter consumer's server-side creation time (zero: none)
 	published []published // every event publication, in order
+	answers   []string    // the flushed answers the backend acted on
 	problems  []string
 }
 
@@ -229,6 +230,9 @@ func (h *history) describe() string {
 		}
 		for _, p := range j.published {
 			fmt.Fprintf(&b, "    published %s %s (run %d)\n", p.at.Format("15:04:05.000000"), p.status, p.run+1)
+		}
+		for _, a := range j.answers {
+			fmt.Fprintf(&b, "    flushed %s\n", a)
 		}
 	}
 	return b.String()
@@ -420,7 +424,16 @@ func (g *historyGroup) live(j *jobPlan) {
 		if j.stamp {
 			attempt = events.Attempt(run.attempt)
 		}
-		if err := queue.Provision(ctx, g.js, g.names, j.id, attempt); err != nil {
+		// Creating the queue is idempotent: like a backend, try again when
+		// a loaded server times out.
+		var err error
+		for try := 0; try < 5; try++ {
+			if err = queue.Provision(ctx, g.js, g.names, j.id, attempt); err == nil || !queue.IsTransient(err) {
+				break
+			}
+			time.Sleep(time.Second)
+		}
+		if err != nil {
 			j.fail("provision run %d: %v", r+1, err)
 			return
 		}
@@ -485,7 +498,15 @@ func (g *historyGroup) publish(j *jobPlan, p pending) {
 
 // awaitFlushed waits for the flushed answer to restart event id.
 func (g *historyGroup) awaitFlushed(j *jobPlan, sub *nats.Subscription, id string) bool {
-	if _, ok := nextAnswer(sub, id, 60*time.Second); ok {
+	if res, ok := nextAnswer(sub, id, 60*time.Second); ok {
+		j.mu.Lock()
+		j.answers = append(j.answers, fmt.Sprintf("%s %s deleted=%v kept=%v confirmed=%q trigger=%q",
+			time.Now().Format("15:04:05.000000"), res.Outcome, res.Deleted, res.Kept, res.Confirmed, res.Trigger))
+		j.mu.Unlock()
+		if res.Outcome == events.OutcomeStale {
+			j.fail("LIVENESS: restart %s answered stale", id)
+			return false // a real backend does not publish then
+		}
 		return true
 	}
 	j.fail("LIVENESS: no job.queue.flushed for restart %s within 60s", id)

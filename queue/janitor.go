@@ -221,7 +221,7 @@ func (j *Janitor) Remove(ctx context.Context, id JobID, fence Fence, auth Author
 	err = both(
 		func() (err error) {
 			if dropStream {
-				streamDone, err = j.deleteStream(ctx, r.Stream, sinfo.Created, auth)
+				streamDone, err = j.deleteStream(ctx, r.Stream, sinfo.Created, fence.PurgeFirst, auth)
 			}
 			return err
 		},
@@ -292,8 +292,9 @@ func both(a, b func() error) error {
 	return errA
 }
 
-// deleteStream deletes the stream the fence judged (created at created).
-func (j *Janitor) deleteStream(ctx context.Context, stream string, created time.Time, auth Authority) (deletion, error) {
+// deleteStream deletes the stream the fence judged (created at created),
+// emptying it first when purge is set.
+func (j *Janitor) deleteStream(ctx context.Context, stream string, created time.Time, purge bool, auth Authority) (deletion, error) {
 	attrs := []attribute.KeyValue{attribute.String("jetstream.stream", stream)}
 	d, err := j.deleteOnce(ctx, "jetstream.delete_stream", attrs, auth,
 		func(ctx context.Context) (time.Time, bool, error) {
@@ -304,7 +305,16 @@ func (j *Janitor) deleteStream(ctx context.Context, stream string, created time.
 			return info.Created, true, nil
 		},
 		created,
-		func(ctx context.Context) error { return j.server.DeleteStream(ctx, stream) })
+		func(ctx context.Context) error {
+			del := func(ctx context.Context) error { return j.server.DeleteStream(ctx, stream) }
+			if !purge {
+				return del(ctx)
+			}
+			if err := j.server.PurgeStream(ctx, stream); err != nil {
+				return err
+			}
+			return j.authorized(ctx, auth, del) // a second request: a second check
+		})
 	if err != nil {
 		return d, fmt.Errorf("delete stream %q: %w", stream, err)
 	}

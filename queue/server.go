@@ -19,6 +19,9 @@ type Server interface {
 	ConsumerInfo(ctx context.Context, stream, consumer string) (*jetstream.ConsumerInfo, error)
 	// DeleteStream deletes a stream; [ErrGone] when it does not exist.
 	DeleteStream(ctx context.Context, stream string) error
+	// PurgeStream removes every message of a stream; [ErrGone] when it
+	// does not exist.
+	PurgeStream(ctx context.Context, stream string) error
 	// DeleteConsumer deletes a consumer; [ErrGone] when it or its stream
 	// does not exist.
 	DeleteConsumer(ctx context.Context, stream, consumer string) error
@@ -55,6 +58,21 @@ func (s jsServer) ConsumerInfo(ctx context.Context, stream, consumer string) (*j
 
 func (s jsServer) DeleteStream(ctx context.Context, stream string) error {
 	err := s.js.DeleteStream(ctx, stream)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		return ErrGone
+	}
+	return err
+}
+
+func (s jsServer) PurgeStream(ctx context.Context, stream string) error {
+	st, err := s.js.Stream(ctx, stream)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		return ErrGone
+	}
+	if err != nil {
+		return err
+	}
+	err = st.Purge(ctx)
 	if errors.Is(err, jetstream.ErrStreamNotFound) {
 		return ErrGone
 	}

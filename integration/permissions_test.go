@@ -374,7 +374,7 @@ func TestPermissionsJanitorUserCannot(t *testing.T) {
 			// A restart flush may purge a job's stream (before deleting it);
 			// the shared ones never.
 			name: "purge the advisory stream", subject: "$JS.API.STREAM.PURGE.advisories",
-			do:   purge("advisories"),
+			do: purge("advisories"),
 			intact: func(t *testing.T) {
 				t.Helper()
 				if !streamExists(t, j.js, "advisories") {

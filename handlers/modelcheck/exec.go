@@ -209,7 +209,6 @@ func (x *exec) note(s string) {
 	}
 }
 
-
 // abort is the janitor's WithAbort: the process's connection is closed,
 // so its requests still buffered in the client never reach the server.
 func (x *exec) abort(a *actor) {

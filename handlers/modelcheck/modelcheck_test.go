@@ -19,6 +19,8 @@ var (
 	mutation = flag.String("modelcheck.mutation", "", "replay or explore with this mutation")
 	maxState = flag.Int("modelcheck.maxstates", 0, "stop each exploration after that many states (0: no limit)")
 	maxSteps = flag.Int("modelcheck.maxsteps", 0, "override the bound on a history's length")
+	withMutants = flag.Bool("modelcheck.mutants", false, "run TestMutations")
+	bounds   = flag.String("modelcheck.bounds", "", "override bounds: time,faults,crashes,renewals,passes,duplicates,reasks")
 )
 
 // TestMain fails the package if an execution leaves a goroutine behind.
@@ -36,23 +38,27 @@ func realNow() time.Time {
 	return time.Unix(tv.Unix())
 }
 
-// configs are the scenarios, at CI bounds or deeper ones.
+// configs are the scenarios, at CI bounds or deeper ones. Time is the
+// costliest dimension: every claim adds a deadline and a lease end at
+// which a tick may fall, anywhere among the other steps.
 func configs(deeper bool) []Config {
-	ci := []Config{
-		{Name: "attempts+stamps", Attempts: true, Stamps: true, Run2Terminal: true,
-			MaxSteps: 40, MaxTime: 6, MaxFaults: 1, MaxCrashes: 1, MaxRenewals: 1, MaxPasses: 1},
-		{Name: "no-attempts", Run2Terminal: true, ReplicaOffsets: [2]time.Duration{0, 3 * time.Second},
-			BackendOffset: -5 * time.Hour,
-			MaxSteps: 40, MaxTime: 6, MaxFaults: 1, MaxCrashes: 1, MaxRenewals: 1, MaxPasses: 1},
+	cs := []Config{
+		{Name: "time", Attempts: true, Stamps: true, MaxSteps: 60, MaxTime: 5},
+		{Name: "faults", Attempts: true, Stamps: true, MaxSteps: 60, MaxFaults: 1},
+		{Name: "crash", Attempts: true, Stamps: true, MaxSteps: 60, MaxCrashes: 1},
+		{Name: "no-attempts", ReplicaOffsets: [2]time.Duration{-3 * time.Second, 0}, BackendOffset: -5 * time.Hour,
+			MaxSteps: 60, MaxFaults: 1, MaxReasks: 1},
 	}
-	if !deeper {
-		return ci
+	if deeper {
+		cs = append(cs,
+			Config{Name: "deep-time-crash", Attempts: true, Stamps: true, MaxSteps: 60, MaxTime: 9, MaxCrashes: 1, MaxRenewals: 1},
+			Config{Name: "deep-time-fault", Attempts: true, Stamps: true, MaxSteps: 60, MaxTime: 5, MaxFaults: 1},
+			Config{Name: "deep-no-attempts", ReplicaOffsets: [2]time.Duration{-3 * time.Second, 0}, BackendOffset: -5 * time.Hour,
+				MaxSteps: 60, MaxTime: 5, MaxFaults: 1, MaxCrashes: 1, MaxReasks: 1, MaxDuplicates: 1},
+			Config{Name: "deep-reconciler", Attempts: true, Run2Terminal: true, MaxSteps: 60, MaxTime: 5, MaxPasses: 1},
+		)
 	}
-	for i := range ci {
-		ci[i].MaxSteps, ci[i].MaxTime, ci[i].MaxFaults, ci[i].MaxCrashes = 60, 10, 2, 1
-		ci[i].MaxRenewals, ci[i].MaxPasses, ci[i].MaxDuplicates, ci[i].MaxReasks = 2, 2, 1, 1
-	}
-	return ci
+	return cs
 }
 
 func pick(t *testing.T, cs []Config) []Config {
@@ -97,6 +103,14 @@ func TestProtocolExhaustive(t *testing.T) {
 			if *maxSteps > 0 {
 				cfg.MaxSteps = *maxSteps
 			}
+			if *bounds != "" {
+				var b [7]int
+				for i, f := range strings.Split(*bounds, ",") {
+					b[i], _ = strconv.Atoi(f)
+				}
+				cfg.MaxTime, cfg.MaxFaults, cfg.MaxCrashes, cfg.MaxRenewals, cfg.MaxPasses, cfg.MaxDuplicates, cfg.MaxReasks =
+					b[0], b[1], b[2], b[3], b[4], b[5], b[6]
+			}
 			synctest.Test(t, func(t *testing.T) {
 				res := Explore(cfg, synctest.Wait, realNow)
 				t.Logf("%s: %d states, %d executions, %d steps, %d complete histories checked for liveness, in %s (truncated: %v)",
@@ -135,4 +149,48 @@ func TestReplay(t *testing.T) {
 		}
 		t.Logf("%s", ce)
 	})
+}
+
+// mutants pairs each mutation with a configuration in which the guard it
+// disables is the one in the way.
+var mutants = []struct {
+	m   Mutation
+	cfg Config
+}{
+	{MutAuthorityNeverExpires, Config{Name: "no-stamps-time", MaxSteps: 60, MaxTime: 9}},
+	{MutReconnectBuffer, Config{Name: "no-stamps-faults", MaxSteps: 60, MaxFaults: 1}},
+	{MutLeaseByHolderClock, Config{Name: "holder-behind", ReplicaOffsets: [2]time.Duration{-3 * time.Second, 0}, MaxSteps: 60, MaxTime: 9}},
+	{MutFenceIgnoresCreation, Config{Name: "no-attempts-reask", MaxSteps: 60, MaxReasks: 1}},
+	{MutAnswerBeforeRecord, Config{Name: "no-stamps-crash", MaxSteps: 60, MaxTime: 9, MaxCrashes: 1}},
+}
+
+// TestMutations shows that the checker finds what each guard prevents: with
+// the guard disabled in the model, a counterexample must be found. It runs
+// with -modelcheck.mutants (make check-model).
+func TestMutations(t *testing.T) {
+	t.Parallel()
+	if !*withMutants {
+		t.Skip("run with -modelcheck.mutants")
+	}
+	for _, mc := range mutants {
+		t.Run(mc.m.String(), func(t *testing.T) {
+			t.Parallel()
+			cfg := mc.cfg
+			cfg.Mutation, cfg.MaxStates = mc.m, 200000
+			if *maxState > 0 {
+				cfg.MaxStates = *maxState
+			}
+			synctest.Test(t, func(t *testing.T) {
+				res := Explore(cfg, synctest.Wait, realNow)
+				t.Logf("%s on %s: %d states, %d executions in %s (truncated: %v)", mc.m, cfg.Name, res.States, res.Executions,
+					res.Took.Round(time.Millisecond), res.Truncated)
+				if res.Violation == nil {
+					t.Logf("%s: NO counterexample within the bounds", mc.m)
+					return
+				}
+				t.Logf("%s: first counterexample after %s (%d steps); shortest found: %d steps\n%s", mc.m,
+					res.FirstAfter.Round(time.Millisecond), res.FirstSteps, len(res.Violation.Choices), res.Violation)
+			})
+		})
+	}
 }

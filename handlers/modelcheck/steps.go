@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"strings"
+	"time"
 
 	"github.com/example/queue-janitor/events"
 	"github.com/example/queue-janitor/handlers"
@@ -127,7 +128,7 @@ func (x *exec) enabled(explore bool) []step {
 	if r := x.actors[2]; r.task == nil && x.usedP < x.cfg.MaxPasses {
 		out = append(out, step{kind: sPass, a: r})
 	}
-	if x.w.Now.S < x.cfg.MaxTime && x.tickAllowed() {
+	if next, ok := x.nextThreshold(); ok && stampOf(next).S <= x.cfg.MaxTime && x.tickAllowed() {
 		out = append(out, step{kind: sTick})
 	}
 	return out
@@ -153,7 +154,14 @@ func (x *exec) inEffect(t *task) bool {
 // effect, sent before its claim's deadline, reaches the server (or is
 // given up) before the clock passes that deadline by a whole tick, the
 // margin the handler keeps before its lease ends.
+//
+// Under MutAuthorityNeverExpires the janitor's check always passes, so a
+// request may leave at any time after it (a replica paused between its
+// check and its send): no bound.
 func (x *exec) tickAllowed() bool {
+	if x.cfg.Mutation == MutAuthorityNeverExpires {
+		return true
+	}
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	for _, c := range x.pending {
@@ -165,6 +173,58 @@ func (x *exec) tickAllowed() bool {
 		}
 	}
 	return true
+}
+
+// nextThreshold is the next instant at which time changes a decision: a
+// lease ends (in server time, or by its holder's clock under
+// MutLeaseByHolderClock), a claim's deadline passes (by its holder's
+// clock), a stream leaves the reconciler's grace period. Between two such
+// instants time changes nothing any code decides on (every time stamp only
+// moves later together), so the clock jumps from one to the next: one tick
+// a step. ok is false when no instant is ahead.
+func (x *exec) nextThreshold() (next time.Time, ok bool) {
+	now := x.w.Now.time()
+	consider := func(t time.Time) {
+		if t.After(now) && (!ok || t.Before(next)) {
+			next, ok = t, true
+		}
+	}
+	for _, r := range x.w.Recs {
+		if l := r.Rec.Lease; l != nil {
+			consider(r.At.time().Add(l.TTL))
+			consider(l.Until)
+		}
+	}
+	x.mu.Lock()
+	for _, a := range x.actors {
+		if t := a.task; t != nil && t.claim != nil {
+			consider(t.claim.Deadline().Add(-a.offset))
+		}
+	}
+	x.mu.Unlock()
+	if x.usedP < x.cfg.MaxPasses {
+		for _, r := range x.w.Resources {
+			if r.Run > 0 {
+				consider(r.Created.time().Add(Grace))
+			}
+		}
+	}
+	return next, ok
+}
+
+// tickTarget is where a tick takes the clock: the next threshold, or a
+// second on when none is ahead (the fair completion's idle ticks).
+func (x *exec) tickTarget() stamp {
+	if next, ok := x.nextThreshold(); ok {
+		return stampOf(next)
+	}
+	return stamp{S: x.w.Now.S + 1, K: x.w.Now.K}
+}
+
+// stampOf is the server stamp of a model time.
+func stampOf(t time.Time) stamp {
+	d := t.Sub(base)
+	return stamp{S: int(d / time.Second), K: int(d % time.Second / time.Millisecond)}
 }
 
 // label is how a step is shown in a history, before it runs.
@@ -185,7 +245,7 @@ func (x *exec) label(s step) string {
 	case sPass:
 		return "reconciler: starts a pass"
 	case sTick:
-		return fmt.Sprintf("clock: t=%d → t=%d", x.w.Now.S, x.w.Now.S+1)
+		return fmt.Sprintf("clock: %s → %s", x.w.Now, x.tickTarget())
 	}
 	return ""
 }
@@ -255,7 +315,7 @@ func (x *exec) apply(s step) {
 			return events.Outcome{}, err
 		})
 	case sTick:
-		x.w.Now = stamp{S: x.w.Now.S + 1}
+		x.w.Now = x.tickTarget()
 	}
 	x.history = append(x.history, line)
 	if s.kind != sTick && s.kind != sPass && (s.c == nil || !s.c.t.a.reconciler()) {

@@ -159,7 +159,7 @@ func (w *world) tick() stamp {
 	return w.Now
 }
 
-func streamKey(name string) string          { return name }
+func streamKey(name string) string           { return name }
 func consumerKey(stream, name string) string { return stream + "/" + name }
 
 func (w *world) streamInfo(name string) *jetstream.StreamInfo {

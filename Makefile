@@ -26,7 +26,7 @@ build: ## build a static binary into bin/ (the same flags as deploy/Dockerfile)
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/queue-janitor ./cmd/queue-janitor
 
 .PHONY: test
-test: vet staticcheck test-race fuzz test-python ## everything CI checks: vet, staticcheck, race tests, short fuzz runs, the backend module's tests
+test: vet staticcheck test-race check-model-ci fuzz test-python ## everything CI checks: vet, staticcheck, race tests, the model checker at CI bounds, short fuzz runs, the backend module's tests
 
 .PHONY: vet
 vet: ## gofmt and go vet
@@ -44,6 +44,15 @@ test-race: ## all tests with the race detector
 .PHONY: test-short
 test-short: ## quick tests without the race detector
 	$(GO) test -short -count=1 $(PKGS)
+
+.PHONY: check-model-ci
+check-model-ci: ## the exhaustive model check at CI bounds (under two minutes), with the states explored
+	set -o pipefail; $(GO) test -count=1 -timeout 10m -run '^TestProtocolExhaustive$$' -v ./handlers/modelcheck/ | grep -E 'states|counterexample|^(---|ok|FAIL)'
+
+.PHONY: check-model
+check-model: ## the exhaustive model check at deeper bounds, and each guard disabled in the model (mutations); about half an hour
+	$(GO) test -count=1 -timeout 120m -run '^(TestProtocolExhaustive|TestMutations)$$' -v ./handlers/modelcheck/ \
+		-modelcheck.deep -modelcheck.mutants
 
 .PHONY: test-python
 test-python: ## the backend's Python module (standard library only)

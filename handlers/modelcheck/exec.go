@@ -43,7 +43,6 @@ type task struct {
 	a       *actor
 	n       int
 	ev      *modelEvent
-	ctx     context.Context
 	claim   handlers.ClaimHandle
 	calls   int
 	crashed bool
@@ -51,6 +50,12 @@ type task struct {
 	out     events.Outcome
 	err     error
 	obs     strings.Builder // what it has observed, for the state hash
+}
+
+// context is the context of the task's requests: the adapter tells by it
+// whose request it is.
+func (t *task) context() context.Context {
+	return context.WithValue(context.Background(), taskKey{}, t)
 }
 
 // exec is one execution of the model, from the initial state along a
@@ -141,14 +146,14 @@ func (x *exec) now(a *actor) time.Time { return x.w.Now.time().Add(a.offset) }
 func (x *exec) start(a *actor, ev *modelEvent, fn func(ctx context.Context) (events.Outcome, error)) {
 	a.tasks++
 	t := &task{a: a, n: a.tasks, ev: ev}
-	t.ctx = context.WithValue(context.Background(), taskKey{}, t)
+	ctx := t.context()
 	x.mu.Lock()
 	a.task = t
 	x.mu.Unlock()
 	x.wg.Add(1)
 	go func() {
 		defer x.wg.Done()
-		out, err := fn(t.ctx)
+		out, err := fn(ctx)
 		x.mu.Lock()
 		t.done, t.out, t.err = true, out, err
 		x.mu.Unlock()

@@ -13,14 +13,14 @@ import (
 )
 
 var (
-	deep     = flag.Bool("modelcheck.deep", false, "explore the deeper bounds (make check-model)")
-	only     = flag.String("modelcheck.config", "", "explore only the configuration of that name")
-	replay   = flag.String("modelcheck.replay", "", "replay one history: comma-separated choices (with -modelcheck.config)")
-	mutation = flag.String("modelcheck.mutation", "", "replay or explore with this mutation")
-	maxState = flag.Int("modelcheck.maxstates", 0, "stop each exploration after that many states (0: no limit)")
-	maxSteps = flag.Int("modelcheck.maxsteps", 0, "override the bound on a history's length")
+	deep        = flag.Bool("modelcheck.deep", false, "explore the deeper bounds (make check-model)")
+	only        = flag.String("modelcheck.config", "", "explore only the configuration of that name")
+	replay      = flag.String("modelcheck.replay", "", "replay one history: comma-separated choices (with -modelcheck.config)")
+	mutation    = flag.String("modelcheck.mutation", "", "replay or explore with this mutation")
+	maxState    = flag.Int("modelcheck.maxstates", 0, "stop each exploration after that many states (0: no limit)")
+	maxSteps    = flag.Int("modelcheck.maxsteps", 0, "override the bound on a history's length")
 	withMutants = flag.Bool("modelcheck.mutants", false, "run TestMutations")
-	bounds   = flag.String("modelcheck.bounds", "", "override bounds: time,faults,crashes,renewals,passes,duplicates,reasks")
+	bounds      = flag.String("modelcheck.bounds", "", "override bounds: time,faults,crashes,renewals,passes,duplicates,reasks")
 )
 
 // TestMain fails the package if an execution leaves a goroutine behind.
@@ -51,11 +51,13 @@ func configs(deeper bool) []Config {
 	}
 	if deeper {
 		cs = append(cs,
-			Config{Name: "deep-time-crash", Attempts: true, Stamps: true, MaxSteps: 60, MaxTime: 9, MaxCrashes: 1, MaxRenewals: 1},
+			Config{Name: "deep-time-crash", Attempts: true, Stamps: true, MaxSteps: 60, MaxTime: 5, MaxCrashes: 1, MaxRenewals: 1},
 			Config{Name: "deep-time-fault", Attempts: true, Stamps: true, MaxSteps: 60, MaxTime: 5, MaxFaults: 1},
+			Config{Name: "deep-time-9", Attempts: true, Stamps: true, MaxSteps: 60, MaxTime: 9},
 			Config{Name: "deep-no-attempts", ReplicaOffsets: [2]time.Duration{-3 * time.Second, 0}, BackendOffset: -5 * time.Hour,
-				MaxSteps: 60, MaxTime: 5, MaxFaults: 1, MaxCrashes: 1, MaxReasks: 1, MaxDuplicates: 1},
+				MaxSteps: 60, MaxTime: 5, MaxFaults: 1, MaxReasks: 1},
 			Config{Name: "deep-reconciler", Attempts: true, Run2Terminal: true, MaxSteps: 60, MaxTime: 5, MaxPasses: 1},
+			Config{Name: "deep-duplicates", Attempts: true, MaxSteps: 60, MaxFaults: 1, MaxCrashes: 1, MaxDuplicates: 1},
 		)
 	}
 	return cs
@@ -100,6 +102,9 @@ func TestProtocolExhaustive(t *testing.T) {
 				cfg.Mutation = mutationNamed(t, *mutation)
 			}
 			cfg.MaxStates = *maxState
+			if raceEnabled && cfg.MaxStates == 0 {
+				cfg.MaxStates = 2000 // the race detector checks the harness; check-model-ci checks the bounds
+			}
 			if *maxSteps > 0 {
 				cfg.MaxSteps = *maxSteps
 			}

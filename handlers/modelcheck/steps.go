@@ -349,7 +349,7 @@ func (x *exec) crash(a *actor) {
 // renew runs the claim's Renew as one step, as the renewal loop would.
 func (x *exec) renew(a *actor) string {
 	t := a.task
-	ctx := context.WithValue(t.ctx, renewKey{}, true)
+	ctx := context.WithValue(t.context(), renewKey{}, true)
 	done := make(chan bool, 1)
 	x.wg.Add(1)
 	go func() {

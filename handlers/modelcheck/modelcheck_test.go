@@ -47,7 +47,7 @@ func configs(deeper bool) []Config {
 		{Name: "faults", Attempts: true, Stamps: true, MaxSteps: 60, MaxFaults: 1},
 		{Name: "crash", Attempts: true, Stamps: true, MaxSteps: 60, MaxCrashes: 1},
 		{Name: "no-attempts", ReplicaOffsets: [2]time.Duration{-3 * time.Second, 0}, BackendOffset: -5 * time.Hour,
-			MaxSteps: 60, MaxFaults: 1, MaxReasks: 1},
+			MaxSteps: 60, MaxFaults: 1},
 	}
 	if deeper {
 		cs = append(cs,

@@ -38,15 +38,6 @@ type step struct {
 	a     *actor
 }
 
-func (x *exec) actorNamed(n string) *actor {
-	for _, a := range x.actors {
-		if a.name == n {
-			return a
-		}
-	}
-	return nil
-}
-
 // enabled lists the steps possible at the current state, in a stable
 // order. explore bounds time, faults, crashes and the like.
 func (x *exec) enabled(explore bool) []step {

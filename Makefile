@@ -52,7 +52,7 @@ check-model-ci: ## the exhaustive model check at CI bounds (under two minutes), 
 .PHONY: check-model
 check-model: ## the exhaustive model check at deeper bounds, and each guard disabled in the model (mutations); about half an hour
 	$(GO) test -count=1 -timeout 120m -run '^(TestProtocolExhaustive|TestMutations)$$' -v ./handlers/modelcheck/ \
-		-modelcheck.deep -modelcheck.mutants
+		-modelcheck.deep -modelcheck.mutants -modelcheck.maxstates=1000000
 
 .PHONY: test-python
 test-python: ## the backend's Python module (standard library only)

@@ -512,7 +512,7 @@ func (x *exec) delete(c *call, f fault, rep *reply) string {
 // errs for the crashed and the buffered.
 func (x *exec) failCall(c *call, err error) {
 	x.remove(c)
-	c.t.obs.WriteString(fmt.Sprintf("%d:%s:%s|", c.op, c.target(), shortErr(err)))
+	fmt.Fprintf(&c.t.obs, "%d:%s:%s|", c.op, c.target(), shortErr(err))
 	if !errors.Is(err, errCrashed) {
 		x.slept = true
 	}

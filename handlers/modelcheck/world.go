@@ -50,7 +50,7 @@ type resource struct {
 	// Attempt is the stamped job_attempt metadata, 0 when unstamped.
 	Attempt   int
 	Consumers int
-	Msgs      int
+	Msgs      uint64
 }
 
 func (r *resource) describe() string {
@@ -170,7 +170,7 @@ func (w *world) streamInfo(name string) *jetstream.StreamInfo {
 	info := &jetstream.StreamInfo{
 		Config:    jetstream.StreamConfig{Name: name, Subjects: []string{subjectOf(name)}},
 		Created:   r.Created.time(),
-		State:     jetstream.StreamState{Msgs: uint64(r.Msgs), Consumers: r.Consumers},
+		State:     jetstream.StreamState{Msgs: r.Msgs, Consumers: r.Consumers},
 		TimeStamp: w.Now.time(),
 	}
 	if r.Msgs > 0 {

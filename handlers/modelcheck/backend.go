@@ -16,6 +16,7 @@ const (
 	bTerminal                  // publish the run's terminal event (revoked)
 	bRestart                   // publish restart_requested for the next run
 	bWait                      // wait for job.queue.flushed answering it
+	bStarted                   // publish the run's started event (a status that is only recorded)
 )
 
 // backend is the job backend: a script over runs 1 and 2 of job 7.
@@ -32,6 +33,9 @@ type backend struct {
 
 func newBackend(cfg Config) backend {
 	s := []bstep{bCreateStream, bCreateDLQ, bTerminal, bRestart, bWait, bCreateStream, bCreateDLQ}
+	if cfg.Run2Started {
+		s = append(s, bStarted)
+	}
 	if cfg.Run2Terminal {
 		s = append(s, bTerminal)
 	}
@@ -118,6 +122,9 @@ func (x *exec) backendStep() string {
 		return fmt.Sprintf("backend: creates %s for run %d at %s, publishes its tasks", key, b.run, at)
 	case bTerminal:
 		e := x.publish(events.StatusRevoked, b.run)
+		return fmt.Sprintf("backend: publishes %s for run %d, stored at %s", e.label(), b.run, e.Stored)
+	case bStarted:
+		e := x.publish(events.StatusStarted, b.run)
 		return fmt.Sprintf("backend: publishes %s for run %d, stored at %s", e.label(), b.run, e.Stored)
 	case bRestart:
 		e := x.publish(events.StatusRestartRequested, b.run+1)

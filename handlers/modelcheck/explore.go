@@ -13,8 +13,9 @@ type Config struct {
 	// Attempts: the backend sends attempt in its events. Stamps: it
 	// stamps job_attempt on the streams and consumers it creates.
 	Attempts, Stamps bool
-	// Run2Terminal: the backend ends run 2 with a terminal event too.
-	Run2Terminal bool
+	// Run2Started: the backend publishes run 2's started event (only
+	// recorded). Run2Terminal: it ends run 2 with a terminal event too.
+	Run2Started, Run2Terminal bool
 	// ReplicaOffsets are the clock offsets of replicas A and B (the
 	// reconciler runs with A's).
 	ReplicaOffsets [2]time.Duration

@@ -58,6 +58,7 @@ func configs(deeper bool) []Config {
 				MaxSteps: 60, MaxFaults: 1, MaxReasks: 1},
 			Config{Name: "deep-reconciler", Attempts: true, Run2Terminal: true, MaxSteps: 60, MaxTime: 5, MaxPasses: 1},
 			Config{Name: "deep-duplicates", Attempts: true, MaxSteps: 60, MaxFaults: 1, MaxCrashes: 1, MaxDuplicates: 1},
+			Config{Name: "deep-started", Attempts: true, Run2Started: true, MaxSteps: 60, MaxDuplicates: 1},
 		)
 		cs = cs[4:]
 	}

@@ -145,9 +145,18 @@ func TestReplay(t *testing.T) {
 		}
 		choices = append(choices, n)
 	}
-	cfg := pick(t, configs(*deep))[0]
+	var cfg Config
 	if *mutation != "" {
-		cfg.Mutation = mutationNamed(t, *mutation)
+		// A mutation's counterexample replays in the mutation's scenario.
+		m := mutationNamed(t, *mutation)
+		for _, mc := range mutants {
+			if mc.m == m {
+				cfg = mc.cfg
+			}
+		}
+		cfg.Mutation = m
+	} else {
+		cfg = pick(t, append(configs(false), configs(true)...))[0]
 	}
 	synctest.Test(t, func(t *testing.T) {
 		ce, err := Replay(cfg, synctest.Wait, choices)

@@ -29,10 +29,10 @@ build: ## build a static binary into bin/ (the same flags as deploy/Dockerfile)
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/queue-janitor ./cmd/queue-janitor
 
 # The steps of `make test`, in order; CI (.ci/run) adds the demo and `make lint`.
-TEST_STEPS := vet staticcheck test-race fuzz test-python
+TEST_STEPS := vet staticcheck test-race check-model-ci fuzz test-python
 
 .PHONY: test
-test: ## gofmt, vet, staticcheck, race tests, short fuzz runs, the backend's Python tests (about 10 min cold on 2 cores)
+test: ## gofmt, vet, staticcheck, race tests, the model checker at CI bounds, short fuzz runs, the backend's Python tests (about 10 min cold on 2 cores)
 	@start=$$SECONDS; n=0; total=$(words $(TEST_STEPS)); \
 	for step in $(TEST_STEPS); do \
 		n=$$((n + 1)); \
@@ -57,6 +57,15 @@ test-race: ## all tests with the race detector
 .PHONY: test-short
 test-short: ## quick tests without the race detector
 	$(GO) test -short -count=1 $(PKGS)
+
+.PHONY: check-model-ci
+check-model-ci: ## the exhaustive model check at CI bounds (under two minutes), with the states explored
+	set -o pipefail; $(GO) test -count=1 -timeout 10m -run '^TestProtocolExhaustive$$' -v ./handlers/modelcheck/ | grep -E 'states|counterexample|^(---|ok|FAIL)'
+
+.PHONY: check-model
+check-model: ## the exhaustive model check at deeper bounds, and each guard disabled in the model (mutations); about an hour
+	$(GO) test -count=1 -timeout 120m -run '^(TestProtocolExhaustive|TestMutations)$$' -v ./handlers/modelcheck/ \
+		-modelcheck.deep -modelcheck.mutants -modelcheck.maxstates=1000000
 
 .PHONY: test-python
 test-python: ## the backend's Python module (python3 >= 3.9): unit tests, and end to end with the real nats-py and queue-janitor serve

@@ -1,0 +1,520 @@
+package modelcheck
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/example/queue-janitor/events"
+	"github.com/example/queue-janitor/handlers"
+	"github.com/example/queue-janitor/queue"
+)
+
+// Lease is the lease of the model's replicas: the shortest the handler
+// accepts. With one tick a second, a holder stops sending a tick before
+// its lease ends ([handlers.Config.Lease]).
+const Lease = 4 * time.Second
+
+// Grace is the reconciler's grace period in the model.
+const Grace = 2 * time.Second
+
+// actor is a replica (or the reconciler): a real handler, with its own
+// janitor over the model's server, its own clock, one task at a time.
+type actor struct {
+	name   string
+	offset time.Duration
+	h      *handlers.Handler
+	rc     *handlers.Reconciler
+	task   *task
+	tasks  int
+	claims int
+}
+
+func (a *actor) reconciler() bool { return a.rc != nil }
+
+// task is one Handle (or one reconciler pass) running in a goroutine.
+type task struct {
+	a       *actor
+	n       int
+	ev      *modelEvent
+	claim   handlers.ClaimHandle
+	calls   int
+	crashed bool
+	done    bool
+	out     events.Outcome
+	err     error
+	obs     strings.Builder // what it has observed, for the state hash
+}
+
+// context is the context of the task's requests: the adapter tells by it
+// whose request it is.
+func (t *task) context() context.Context {
+	return context.WithValue(context.Background(), taskKey{}, t)
+}
+
+// exec is one execution of the model, from the initial state along a
+// sequence of choices.
+type exec struct {
+	cfg    Config
+	w      *world
+	actors []*actor
+	back   backend
+	settle func()
+
+	mu       sync.Mutex
+	pending  []*call
+	closing  bool
+	wg       sync.WaitGroup
+	slept    bool // a transient error was answered: let backoff timers fire
+	usedF    int  // faults used
+	usedC    int  // crashes used
+	usedR    int  // renewals used
+	usedD    int  // duplicates used
+	usedP    int  // reconciler passes used
+	violated string
+	history  []string
+	activity int  // steps by anyone but the clock and the reconciler
+	quiet    bool // no history text (exploring; a counterexample is replayed with it)
+	failed   bool // the last handled event failed (for the fair completion)
+}
+
+// newExec builds the initial state: two replicas, the reconciler, the
+// backend at the start of its script.
+func newExec(cfg Config, settle func()) *exec {
+	x := &exec{cfg: cfg, w: newWorld(), settle: settle}
+	x.back = newBackend(cfg)
+	for i, name := range []string{"A", "B"} {
+		x.actors = append(x.actors, x.newActor(name, cfg.ReplicaOffsets[i], false))
+	}
+	x.actors = append(x.actors, x.newActor("R", cfg.ReplicaOffsets[0], true))
+	return x
+}
+
+func (x *exec) newActor(name string, offset time.Duration, reconciler bool) *actor {
+	a := &actor{name: name, offset: offset}
+	clock := func() time.Time { return x.w.Now.time().Add(offset) }
+	jclock := clock
+	if x.cfg.Mutation == MutAuthorityNeverExpires {
+		// The janitor judges the authority by a clock that never reaches
+		// any deadline.
+		jclock = func() time.Time { return base.Add(-24 * time.Hour) }
+	}
+	var srv queue.Server = server{x}
+	if x.cfg.Mutation == MutFenceIgnoresCreation {
+		srv = ancientServer{server{x}}
+	}
+	owner := "replica-" + name
+	if reconciler {
+		owner = "reconciler"
+	}
+	jan := queue.NewJanitor(nil, names,
+		queue.WithServer(srv), queue.WithClock(jclock), queue.WithAbort(func() { x.abort(a) }),
+		queue.WithRetryPolicy(queue.RetryPolicy{Initial: time.Millisecond, Max: time.Millisecond,
+			MaxElapsed: 1000 * time.Hour, AttemptTimeout: 1000 * time.Hour}))
+	hcfg := handlers.DefaultConfig(owner)
+	hcfg.Lease = Lease
+	var recs handlers.Records = records{x}
+	if x.cfg.Mutation == MutLeaseByHolderClock {
+		recs = holderClockRecords{records{x}}
+	}
+	a.h = handlers.New(jan, recs, emitter{x}, hcfg, handlers.WithClock(clock), handlers.WithoutRenewal(),
+		handlers.WithClaimHook(func(c handlers.ClaimHandle) {
+			x.mu.Lock()
+			defer x.mu.Unlock()
+			if a.task != nil {
+				a.task.claim = c
+			}
+		}))
+	if reconciler {
+		a.rc = handlers.NewReconciler(a.h, lister{x}, recs, nil,
+			handlers.SweepConfig{Grace: Grace, OrphanIdle: 100 * time.Second},
+			handlers.ReconcilerDeps{Logger: zerolog.Nop()})
+	}
+	return a
+}
+
+// now is an actor's clock: the server's plus its offset.
+func (x *exec) now(a *actor) time.Time { return x.w.Now.time().Add(a.offset) }
+
+// start runs fn as a's new task.
+func (x *exec) start(a *actor, ev *modelEvent, fn func(ctx context.Context) (events.Outcome, error)) {
+	a.tasks++
+	t := &task{a: a, n: a.tasks, ev: ev}
+	ctx := t.context()
+	x.mu.Lock()
+	a.task = t
+	x.mu.Unlock()
+	x.wg.Add(1)
+	go func() {
+		defer x.wg.Done()
+		out, err := fn(ctx)
+		x.mu.Lock()
+		t.done, t.out, t.err = true, out, err
+		x.mu.Unlock()
+	}()
+}
+
+// quiesce lets every goroutine run until it waits for the scheduler, then
+// settles what finished.
+func (x *exec) quiesce() {
+	x.settle()
+	if x.slept {
+		// A transient error sends the janitor into its backoff (1ms in
+		// the bubble's fake clock): let it fire.
+		x.slept = false
+		time.Sleep(10 * time.Millisecond)
+		x.settle()
+	}
+	for _, a := range x.actors {
+		t := a.task
+		if t == nil || !t.done {
+			continue
+		}
+		a.task = nil
+		x.finished(t)
+	}
+}
+
+// finished settles a task that returned: its event is acked, or handed
+// back for redelivery.
+func (x *exec) finished(t *task) {
+	who := t.a.name
+	if t.a.reconciler() {
+		x.note(fmt.Sprintf("   reconciler pass ends (err: %v)", t.err))
+		return
+	}
+	e := t.ev
+	e.Handler = ""
+	if t.err == nil {
+		e.State = evAcked
+		x.failed = false
+		x.note(fmt.Sprintf("   replica %s: %s handled: %s %s → acked", who, e.label(), t.out.Decision, t.out.Result))
+		return
+	}
+	e.State = evPending
+	x.failed = true
+	var busy *handlers.BusyError
+	if errors.As(t.err, &busy) {
+		x.note(fmt.Sprintf("   replica %s: %s busy (lease of %s) → handed back", who, e.label(), busy.Holder))
+		return
+	}
+	x.note(fmt.Sprintf("   replica %s: %s failed (%v) → nak, redelivered later", who, e.label(), t.err))
+}
+
+// note adds a line to the current step's history entry.
+func (x *exec) note(s string) {
+	if n := len(x.history); n > 0 && !x.quiet {
+		x.history[n-1] += "\n" + s
+	}
+}
+
+// abort is the janitor's WithAbort: the process's connection is closed,
+// so its requests still buffered in the client never reach the server.
+func (x *exec) abort(a *actor) {
+	if x.cfg.Mutation == MutReconnectBuffer {
+		return // a reconnect buffer would send them after reconnecting
+	}
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	for _, c := range x.pending {
+		if c.buffered && c.t.a == a {
+			c.dropped = true
+		}
+	}
+}
+
+// close ends the execution: every blocked goroutine gets an error and
+// exits before close returns.
+func (x *exec) close() {
+	x.mu.Lock()
+	x.closing = true
+	pend := x.pending
+	x.pending = nil
+	for _, a := range x.actors {
+		if a.task != nil {
+			a.task.crashed = true
+		}
+	}
+	x.mu.Unlock()
+	for _, c := range pend {
+		c.reply <- reply{err: errCrashed}
+	}
+	x.wg.Wait()
+}
+
+// sortedPending returns the pending requests in a stable order.
+func (x *exec) sortedPending() []*call {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	sort.SliceStable(x.pending, func(i, j int) bool { return x.pending[i].sortKey() < x.pending[j].sortKey() })
+	return append([]*call(nil), x.pending...)
+}
+
+func (x *exec) remove(c *call) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	for i, p := range x.pending {
+		if p == c {
+			x.pending = append(x.pending[:i], x.pending[i+1:]...)
+			return
+		}
+	}
+}
+
+// copyRecord is the record as the store would give it back: through its
+// JSON encoding.
+func copyRecord(rec queue.Record) queue.Record {
+	rec.V, rec.At = queue.RecordVersion, time.Time{}
+	if rec.Attempt != nil {
+		a := *rec.Attempt
+		rec.Attempt = &a
+	}
+	if rec.Lease != nil {
+		l := *rec.Lease
+		rec.Lease = &l
+	}
+	rec.Time, rec.Stored, rec.CleanedAt = rec.Time.Round(0), rec.Stored.Round(0), rec.CleanedAt.Round(0)
+	return rec
+}
+
+// fault is how a request goes wrong.
+type fault int
+
+const (
+	faultNone      fault = iota
+	faultLostReply       // applied, but the reply is lost
+	faultDrop            // never applied; no reply
+	faultDelay           // held in the client's buffer; sent later or never
+)
+
+var faultNames = [...]string{"", "reply lost", "dropped", "delayed"}
+
+// serve applies c to the world and answers it. It returns the history
+// text.
+func (x *exec) serve(c *call, f fault) string {
+	x.remove(c)
+	w := x.w
+	var rep reply
+	var what string
+	switch c.op {
+	case opGet:
+		if r, ok := w.Recs[c.job]; ok {
+			rep.rec, rep.rev = copyRecord(r.Rec), r.Rev
+			rep.rec.At = r.At.time()
+			if !x.quiet {
+				what = fmt.Sprintf("rev %d (%s)", r.Rev, describeRecord(w, r))
+			}
+		} else {
+			what = "no record"
+		}
+	case opPut:
+		what = x.put(c, f, &rep)
+	case opNow:
+		rep.now = w.Now.time()
+		what = w.Now.String()
+	case opStreamInfo:
+		rep.sinfo = w.streamInfo(c.stream)
+		what = describeFound(w, c.stream)
+	case opConsumerInfo:
+		rep.cinfo = w.consumerInfo(c.stream, c.consumer)
+		what = describeFound(w, consumerKey(c.stream, c.consumer))
+	case opDeleteStream, opDeleteConsumer:
+		what = x.delete(c, f, &rep)
+	case opEmit:
+		a := answer{Kind: c.kind, Cause: c.res.CauseEventID, Outcome: c.res.Outcome, Trigger: c.res.Trigger, Lost: f == faultLostReply}
+		w.Answers = append(w.Answers, a)
+		what = "sent"
+		if a.Lost {
+			what = "LOST on the way (core NATS)"
+		}
+	case opList:
+		for _, name := range []string{names.StreamName(job), names.StreamName(otherJob)} {
+			if info := w.streamInfo(name); info != nil {
+				id, _ := names.JobFromStream(name)
+				rep.list = append(rep.list, queue.JobStream{ID: id, Info: info})
+				what += name + " "
+			}
+		}
+		if what == "" {
+			what = "none"
+		}
+	case opTaskConsumer:
+		rep.cinfo = w.consumerInfo(names.StreamName(c.job), names.ConsumerName(c.job))
+	}
+	c.t.obs.WriteString(opNames[c.op])
+	c.t.obs.WriteString(c.target())
+	c.t.obs.WriteString(canonObs(x, c, rep))
+	c.t.obs.WriteByte('|')
+	if rep.err != nil && !errors.Is(rep.err, queue.ErrConflict) && !errors.Is(rep.err, queue.ErrGone) {
+		x.slept = true
+	}
+	c.reply <- rep
+	if x.quiet {
+		return ""
+	}
+	who := "replica " + c.t.a.name
+	if c.t.a.reconciler() {
+		who = "reconciler"
+	}
+	if c.renew {
+		who += " (renewal)"
+	}
+	if rep.err != nil {
+		what += " → error: " + shortErr(rep.err)
+	}
+	return fmt.Sprintf("%s: %s %s → %s", who, c.op, c.target(), what)
+}
+
+func shortErr(err error) string {
+	switch {
+	case errors.Is(err, queue.ErrConflict):
+		return "revision conflict"
+	case errors.Is(err, queue.ErrGone):
+		return "not found"
+	case errors.Is(err, errNoReply):
+		return "no reply (timeout)"
+	}
+	return err.Error()
+}
+
+// canonObs is what a reply tells its caller, with lease tokens named by
+// their claims.
+func canonObs(x *exec, c *call, rep reply) string {
+	var b strings.Builder
+	if rep.err != nil {
+		b.WriteString(shortErr(rep.err))
+	}
+	switch c.op {
+	case opGet:
+		fmt.Fprintf(&b, "%d %s", rep.rev, x.w.canonRecord(rep.rec))
+	case opPut:
+		fmt.Fprintf(&b, "%d", rep.rev)
+	case opNow:
+		b.WriteString(rep.now.Sub(base).String())
+	case opStreamInfo:
+		if rep.sinfo != nil {
+			b.WriteString(rep.sinfo.Created.Sub(base).String())
+		}
+	case opConsumerInfo, opTaskConsumer:
+		if rep.cinfo != nil {
+			b.WriteString(rep.cinfo.Created.Sub(base).String())
+		}
+	case opList:
+		for _, s := range rep.list {
+			b.WriteString(s.Info.Config.Name)
+		}
+	}
+	return b.String()
+}
+
+func describeFound(w *world, key string) string {
+	if r, ok := w.Resources[key]; ok {
+		return "found " + r.describe()
+	}
+	return "not found"
+}
+
+func describeRecord(w *world, r *storedRecord) string {
+	rec := r.Rec
+	s := fmt.Sprintf("%s %s", rec.State, rec.EventID)
+	if rec.Attempt != nil {
+		s += fmt.Sprintf(" attempt=%d", *rec.Attempt)
+	}
+	if rec.Done {
+		s += " done"
+	}
+	if rec.Lease != nil {
+		s += fmt.Sprintf(", lease %s until %s", w.tokens[rec.Lease.Token],
+			stamp{S: r.At.S + int(rec.Lease.TTL/time.Second), K: r.At.K})
+	}
+	return s
+}
+
+// put is the store's compare-and-set write.
+func (x *exec) put(c *call, f fault, rep *reply) string {
+	w := x.w
+	var cur uint64
+	if r, ok := w.Recs[c.job]; ok {
+		cur = r.Rev
+	}
+	if f == faultDrop {
+		rep.err = errNoReply
+		return "request cut: not applied"
+	}
+	if c.rev != cur {
+		rep.err = queue.ErrConflict
+		return fmt.Sprintf("expected rev %d, is %d", c.rev, cur)
+	}
+	rec := copyRecord(c.rec)
+	if rec.Lease != nil {
+		if _, ok := w.tokens[rec.Lease.Token]; !ok {
+			c.t.a.claims++
+			w.tokens[rec.Lease.Token] = fmt.Sprintf("%s#%d", c.t.a.name, c.t.a.claims)
+		}
+	}
+	w.NextRev++
+	sr := &storedRecord{Rec: rec, Rev: w.NextRev, At: w.tick()}
+	w.Recs[c.job] = sr
+	rep.rev = sr.Rev
+	var what string
+	if !x.quiet {
+		what = fmt.Sprintf("rev %d at %s (%s)", sr.Rev, sr.At, describeRecord(w, sr))
+	}
+	if f == faultLostReply {
+		// The store's retry finds the revision moved on: a conflict.
+		rep.rev, rep.err = 0, queue.ErrConflict
+		what += ", reply lost: the store's retry sees a conflict"
+	}
+	return what
+}
+
+// delete removes a stream or consumer, checking the safety property.
+func (x *exec) delete(c *call, f fault, rep *reply) string {
+	w := x.w
+	if f == faultDrop {
+		rep.err = errNoReply
+		return "request dropped: not applied, no reply"
+	}
+	key := streamKey(c.stream)
+	if c.op == opDeleteConsumer {
+		key = consumerKey(c.stream, c.consumer)
+	}
+	r, ok := w.Resources[key]
+	var what string
+	if !ok {
+		rep.err = queue.ErrGone
+		what = "nothing there"
+	} else {
+		delete(w.Resources, key)
+		w.tick()
+		w.Deleted = append(w.Deleted, key)
+		what = "DELETED " + r.describe()
+		if why := w.mayDelete(r); why != "" {
+			what += "  ← " + why
+			if x.violated == "" {
+				x.violated = why
+			}
+		}
+	}
+	if f == faultLostReply {
+		rep.err = errNoReply
+		what += ", reply lost"
+	}
+	return what
+}
+
+// errs for the crashed and the buffered.
+func (x *exec) failCall(c *call, err error) {
+	x.remove(c)
+	fmt.Fprintf(&c.t.obs, "%d:%s:%s|", c.op, c.target(), shortErr(err))
+	if !errors.Is(err, errCrashed) {
+		x.slept = true
+	}
+	c.reply <- reply{err: err}
+}

@@ -1,0 +1,284 @@
+package modelcheck
+
+import (
+	"fmt"
+	"strings"
+	"time"
+)
+
+// Config is one scenario of the model and the bounds of its exploration.
+type Config struct {
+	// Name names the configuration in reports.
+	Name string
+	// Attempts: the backend sends attempt in its events. Stamps: it
+	// stamps job_attempt on the streams and consumers it creates.
+	Attempts, Stamps bool
+	// Run2Started: the backend publishes run 2's started event (only
+	// recorded). Run2Terminal: it ends run 2 with a terminal event too.
+	Run2Started, Run2Terminal bool
+	// ReplicaOffsets are the clock offsets of replicas A and B (the
+	// reconciler runs with A's).
+	ReplicaOffsets [2]time.Duration
+	// BackendOffset is the producer's clock offset (its event times).
+	BackendOffset time.Duration
+
+	// MaxSteps bounds the length of an explored history; MaxTime the
+	// server clock (whole seconds).
+	MaxSteps, MaxTime int
+	// MaxFaults bounds lost replies, dropped, delayed or cut requests, lost
+	// answers and lost acks in one history; MaxCrashes crashes; MaxRenewals
+	// lease renewals; MaxDuplicates duplicate publications; MaxPasses
+	// reconciler passes; MaxReasks the backend's repeated restart requests.
+	MaxFaults, MaxCrashes, MaxRenewals, MaxDuplicates, MaxPasses, MaxReasks int
+	// MaxStates stops the exploration after that many states (0: no
+	// limit); the result then says it was cut short.
+	MaxStates int
+	// Mutation weakens one guard in the model.
+	Mutation Mutation
+	// StopAtFirst stops at the first violation instead of searching on for
+	// a shorter one.
+	StopAtFirst bool
+}
+
+// Result is what an exploration found.
+type Result struct {
+	Config     Config
+	States     int // distinct states visited
+	Executions int // executions started from the initial state (replays)
+	Steps      int // steps run, replays included
+	Leaves     int // complete executions checked for liveness
+	Took       time.Duration
+	Truncated  bool // MaxStates reached
+	// Violation is the shortest counterexample found, nil when none.
+	Violation *Counterexample
+	// FirstAfter is how long the first counterexample took to find, and
+	// FirstSteps its length in explored steps.
+	FirstAfter time.Duration
+	FirstSteps int
+}
+
+// Counterexample is a history that breaks a property.
+type Counterexample struct {
+	Property string
+	Choices  []int
+	History  []string
+}
+
+// String prints the numbered history and the choices that replay it.
+func (c *Counterexample) String() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "property broken: %s\n", c.Property)
+	for i, h := range c.History {
+		fmt.Fprintf(&b, "%3d. %s\n", i+1, h)
+	}
+	fmt.Fprintf(&b, "replay: -modelcheck.replay=%s", joinInts(c.Choices))
+	return b.String()
+}
+
+func joinInts(xs []int) string {
+	s := make([]string, len(xs))
+	for i, x := range xs {
+		s[i] = fmt.Sprint(x)
+	}
+	return strings.Join(s, ",")
+}
+
+// Explore checks cfg exhaustively: every interleaving of the enabled steps
+// up to the bounds, depth first, re-executing the real handler code from
+// the initial state for each branch (stateless search) and pruning states
+// already explored at no greater depth. settle must return once every
+// goroutine started by the model waits (testing/synctest's Wait); Explore
+// must run inside a synctest bubble. clock is a real clock (time.Now is
+// the bubble's fake one), for the times reported.
+func Explore(cfg Config, settle func(), clock func() time.Time) Result {
+	start := clock()
+	since := func() time.Duration { return clock().Sub(start) }
+	res := Result{Config: cfg}
+	visited := map[[16]byte]int{}
+	type frame struct{ n, i int }
+	var frames []frame
+	var path []int
+	x := newExec(cfg, settle)
+	x.quiet = true
+	res.Executions++
+	maxSteps := cfg.MaxSteps
+	for {
+		leaf := false
+		depth := len(path)
+		if x.violated != "" {
+			if res.record(settle, path, x.violated, since) {
+				maxSteps = len(path) - 1
+			}
+			leaf = true
+		} else if h := x.hash(); visited[h] > 0 && visited[h]-1 <= depth {
+			leaf = true
+		} else {
+			visited[h] = depth + 1
+			res.States++
+			var steps []step
+			if depth < maxSteps {
+				steps = x.enabled(true)
+			}
+			if len(steps) == 0 {
+				res.Leaves++
+				if why := x.complete(); why != "" && res.record(settle, path, why, since) {
+					maxSteps = depth - 1
+				}
+				leaf = true
+			} else {
+				frames = append(frames, frame{n: len(steps)})
+				path = append(path, 0)
+				x.apply(steps[0])
+				res.Steps++
+			}
+		}
+		if res.Violation != nil && cfg.StopAtFirst || cfg.MaxStates > 0 && res.States >= cfg.MaxStates {
+			res.Truncated = res.Violation == nil || !cfg.StopAtFirst
+			x.close()
+			break
+		}
+		if !leaf {
+			continue
+		}
+		x.close()
+		// Backtrack to the deepest choice with an untried sibling.
+		for len(frames) > 0 && (frames[len(frames)-1].i+1 >= frames[len(frames)-1].n || len(frames) > maxSteps) {
+			frames = frames[:len(frames)-1]
+		}
+		if len(frames) == 0 {
+			break
+		}
+		frames[len(frames)-1].i++
+		path = path[:len(frames)]
+		path[len(path)-1] = frames[len(frames)-1].i
+		x = newExec(cfg, settle)
+		x.quiet = true
+		res.Executions++
+		for _, c := range path {
+			x.apply(x.enabled(true)[c])
+			res.Steps++
+		}
+	}
+	res.Took = since()
+	return res
+}
+
+// record keeps a counterexample if it is the first or shorter; it reports
+// whether it did.
+func (r *Result) record(settle func(), path []int, why string, since func() time.Duration) bool {
+	if r.Violation == nil {
+		r.FirstAfter = since()
+		r.FirstSteps = len(path)
+	} else if len(r.Violation.Choices) <= len(path) {
+		return false
+	}
+	ce, err := Replay(r.Config, settle, append([]int(nil), path...))
+	if err != nil || ce.Property != why {
+		// Replaying must give the same history: the model is deterministic.
+		ce = &Counterexample{Property: fmt.Sprintf("%s (REPLAY DIVERGED: %v, %q)", why, err, ce), Choices: path}
+	}
+	r.Violation = ce
+	return true
+}
+
+// Replay runs one history given by its choices and returns it, with the
+// violation it shows, if any.
+func Replay(cfg Config, settle func(), choices []int) (*Counterexample, error) {
+	x := newExec(cfg, settle)
+	defer x.close()
+	for i, c := range choices {
+		steps := x.enabled(true)
+		if c < 0 || c >= len(steps) {
+			return nil, fmt.Errorf("choice %d at step %d: only %d steps are enabled", c, i+1, len(steps))
+		}
+		x.apply(steps[c])
+	}
+	why := x.violated
+	if why == "" {
+		why = x.complete()
+	}
+	return &Counterexample{Property: why, Choices: choices, History: x.history}, nil
+}
+
+// complete runs the execution on without faults under a fair scheduler
+// (every request served, every event delivered, time advancing, the
+// reconciler passing) until nothing is left to do, and checks liveness.
+// It returns "" when the job ends as it must.
+func (x *exec) complete() string {
+	const limit = 400
+	x.history = append(x.history, "— no more faults from here: the fair completion runs —")
+	idle, passLine, passDeleted := 0, -1, 0
+	for range limit {
+		if x.violated != "" {
+			return x.violated
+		}
+		steps := x.enabled(false)
+		var next *step
+		for i := range steps {
+			s := steps[i]
+			if s.kind == sTimeout && !s.c.dropped {
+				continue
+			}
+			if s.kind == sDeliver && x.failed {
+				continue // tick first: the lease in the way must run out
+			}
+			next = &s
+			break
+		}
+		if next != nil {
+			x.apply(*next)
+			idle = 0
+			continue
+		}
+		busy := x.actors[0].task != nil || x.actors[1].task != nil || x.actors[2].task != nil
+		if !busy && x.back.waiting() && x.pendingEvents() == 0 && x.back.tries < 3 {
+			x.apply(step{kind: sReask})
+			continue
+		}
+		if busy || x.pendingEvents() > 0 || idle < int((Lease+Grace)/time.Second)+1 {
+			x.failed = false
+			x.apply(step{kind: sTick})
+			idle++
+			continue
+		}
+		if passLine >= 0 && len(x.w.Deleted) == passDeleted && x.activity == passLine {
+			return x.liveness()
+		}
+		passLine, passDeleted = x.activity, len(x.w.Deleted)
+		x.apply(step{kind: sPass, a: x.actors[2]})
+		idle = 0
+	}
+	return fmt.Sprintf("LIVENESS: no quiescence within %d steps of the fair completion", limit)
+}
+
+func (x *exec) pendingEvents() int {
+	n := 0
+	for _, e := range x.w.Events {
+		if e.State != evAcked {
+			n++
+		}
+	}
+	return n
+}
+
+// liveness checks the end state: a terminal job has no queue left, the
+// backend got its answer.
+func (x *exec) liveness() string {
+	if x.back.waiting() {
+		return "LIVENESS: the restart request was never answered (the backend gave up after 3 tries)"
+	}
+	var last *modelEvent
+	for _, e := range x.w.Events {
+		if e.Copy == 0 && (e.terminal() || e.restart()) {
+			last = e
+		}
+	}
+	if last != nil && last.terminal() && x.back.done() {
+		for _, k := range []string{streamKey(names.StreamName(job)), consumerKey(names.AdvisoryStream, names.DeadLetterConsumerName(job))} {
+			if r, ok := x.w.Resources[k]; ok {
+				return fmt.Sprintf("LIVENESS: job 7 ended (%s) but %s is still there", last.label(), r.describe())
+			}
+		}
+	}
+	return ""
+}

@@ -1,0 +1,394 @@
+package modelcheck
+
+import (
+	"context"
+	"fmt"
+	"hash/fnv"
+	"strings"
+	"time"
+
+	"github.com/example/queue-janitor/events"
+	"github.com/example/queue-janitor/handlers"
+)
+
+// stepKind is what a step of the model does.
+type stepKind int
+
+const (
+	sServe     stepKind = iota // the server answers a request (possibly with a fault)
+	sRelease                   // a buffered request leaves the client and is applied
+	sTimeout                   // a buffered request times out at its caller
+	sDeliver                   // the event stream delivers an event to a replica
+	sBackend                   // the backend's next script step
+	sReask                     // the backend times out and asks again
+	sDuplicate                 // the backend's outbox publishes an event twice
+	sRedeliver                 // an ack was lost: the event is delivered again
+	sCrash                     // a replica (or the reconciler) crashes
+	sRenew                     // a claim's renewal runs
+	sPass                      // the reconciler starts a pass
+	sTick                      // the clock advances by one second
+)
+
+// step is one choice at a state.
+type step struct {
+	kind  stepKind
+	c     *call
+	fault fault
+	ev    *modelEvent
+	a     *actor
+}
+
+// enabled lists the steps possible at the current state, in a stable
+// order. explore bounds time, faults, crashes and the like.
+func (x *exec) enabled(explore bool) []step {
+	var out []step
+	faults := explore && x.usedF < x.cfg.MaxFaults
+	for _, c := range x.sortedPending() {
+		switch {
+		case c.ghost:
+			out = append(out, step{kind: sRelease, c: c})
+			continue
+		case c.buffered:
+			if !c.dropped {
+				out = append(out, step{kind: sRelease, c: c})
+			}
+			out = append(out, step{kind: sTimeout, c: c})
+			continue
+		case c.renew:
+			continue // served within the renewal's step
+		}
+		out = append(out, step{kind: sServe, c: c})
+		if !faults {
+			continue
+		}
+		switch c.op {
+		case opDeleteStream, opDeleteConsumer:
+			out = append(out, step{kind: sServe, c: c, fault: faultLostReply}, step{kind: sServe, c: c, fault: faultDrop},
+				step{kind: sServe, c: c, fault: faultDelay})
+		case opPut:
+			out = append(out, step{kind: sServe, c: c, fault: faultLostReply}, step{kind: sServe, c: c, fault: faultDrop})
+		case opEmit:
+			out = append(out, step{kind: sServe, c: c, fault: faultLostReply})
+		}
+	}
+	for _, e := range x.w.Events {
+		if e.State != evPending {
+			continue
+		}
+		for _, a := range x.actors[:2] {
+			if a.task == nil {
+				out = append(out, step{kind: sDeliver, ev: e, a: a})
+			}
+		}
+	}
+	if x.backendEnabled() {
+		out = append(out, step{kind: sBackend})
+	}
+	if !explore {
+		return out
+	}
+	if x.back.waiting() && x.back.tries < 1+x.cfg.MaxReasks {
+		out = append(out, step{kind: sReask})
+	}
+	if x.usedD < x.cfg.MaxDuplicates {
+		for _, e := range x.w.Events {
+			if e.Copy == 0 {
+				out = append(out, step{kind: sDuplicate, ev: e})
+			}
+		}
+	}
+	if faults {
+		for _, e := range x.w.Events {
+			if e.State == evAcked {
+				out = append(out, step{kind: sRedeliver, ev: e})
+			}
+		}
+	}
+	for _, a := range x.actors {
+		t := a.task
+		if t == nil {
+			continue
+		}
+		if x.usedC < x.cfg.MaxCrashes {
+			out = append(out, step{kind: sCrash, a: a})
+		}
+		if x.usedR < x.cfg.MaxRenewals && x.inEffect(t) {
+			out = append(out, step{kind: sRenew, a: a})
+		}
+	}
+	if r := x.actors[2]; r.task == nil && x.usedP < x.cfg.MaxPasses {
+		out = append(out, step{kind: sPass, a: r})
+	}
+	if next, ok := x.nextThreshold(); ok && stampOf(next).S <= x.cfg.MaxTime && x.tickAllowed() {
+		out = append(out, step{kind: sTick})
+	}
+	return out
+}
+
+// inEffect reports whether t holds a claim and waits on one of the
+// janitor's requests: the moments at which its renewal loop may fire.
+func (x *exec) inEffect(t *task) bool {
+	if t.claim == nil {
+		return false
+	}
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	for _, c := range x.pending {
+		if c.t == t && c.op.effect() && !c.ghost {
+			return true
+		}
+	}
+	return false
+}
+
+// tickAllowed is the bound on a request's time in flight: a request of an
+// effect, sent before its claim's deadline, reaches the server (or is
+// given up) before the clock passes that deadline by a whole tick, the
+// margin the handler keeps before its lease ends.
+//
+// Under MutAuthorityNeverExpires the janitor's check always passes, so a
+// request may leave at any time after it (a replica paused between its
+// check and its send): no bound.
+func (x *exec) tickAllowed() bool {
+	if x.cfg.Mutation == MutAuthorityNeverExpires {
+		return true
+	}
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	for _, c := range x.pending {
+		if c.ghost || c.renew || !c.op.effect() || c.t.claim == nil || c.t.crashed {
+			continue
+		}
+		if !x.now(c.t.a).Before(c.t.claim.Deadline()) {
+			return false
+		}
+	}
+	return true
+}
+
+// nextThreshold is the next instant at which time changes a decision: a
+// lease ends (in server time, or by its holder's clock under
+// MutLeaseByHolderClock), a claim's deadline passes (by its holder's
+// clock), a stream leaves the reconciler's grace period. Between two such
+// instants time changes nothing any code decides on (every time stamp only
+// moves later together), so the clock jumps from one to the next: one tick
+// a step. ok is false when no instant is ahead.
+func (x *exec) nextThreshold() (next time.Time, ok bool) {
+	now := x.w.Now.time()
+	consider := func(t time.Time) {
+		if t.After(now) && (!ok || t.Before(next)) {
+			next, ok = t, true
+		}
+	}
+	for _, r := range x.w.Recs {
+		if l := r.Rec.Lease; l != nil {
+			consider(r.At.time().Add(l.TTL))
+			consider(l.Until)
+		}
+	}
+	x.mu.Lock()
+	for _, a := range x.actors {
+		if t := a.task; t != nil && t.claim != nil {
+			consider(t.claim.Deadline().Add(-a.offset))
+		}
+	}
+	x.mu.Unlock()
+	if x.usedP < x.cfg.MaxPasses {
+		for _, r := range x.w.Resources {
+			if r.Run > 0 {
+				consider(r.Created.time().Add(Grace))
+			}
+		}
+	}
+	return next, ok
+}
+
+// tickTarget is where a tick takes the clock: the next threshold, or a
+// second on when none is ahead (the fair completion's idle ticks).
+func (x *exec) tickTarget() stamp {
+	if next, ok := x.nextThreshold(); ok {
+		return stampOf(next)
+	}
+	return stamp{S: x.w.Now.S + 1, K: x.w.Now.K}
+}
+
+// stampOf is the server stamp of a model time.
+func stampOf(t time.Time) stamp {
+	d := t.Sub(base)
+	return stamp{S: int(d / time.Second), K: int(d % time.Second / time.Millisecond)}
+}
+
+// label is how a step is shown in a history, before it runs.
+func (x *exec) label(s step) string {
+	switch s.kind {
+	case sServe:
+		if s.fault != faultNone {
+			return fmt.Sprintf("[%s] ", faultNames[s.fault])
+		}
+	case sDeliver:
+		return fmt.Sprintf("event stream: delivers %s to replica %s", s.ev.label(), s.a.name)
+	case sDuplicate:
+		return ""
+	case sRedeliver:
+		return fmt.Sprintf("event stream: the ack of %s was lost → redelivered", s.ev.label())
+	case sCrash:
+		return fmt.Sprintf("CRASH of %s (its lease stays until it expires)", s.a.name)
+	case sPass:
+		return "reconciler: starts a pass"
+	case sTick:
+		return fmt.Sprintf("clock: %s → %s", x.w.Now, x.tickTarget())
+	}
+	return ""
+}
+
+// apply runs one step and lets the actors run until they wait again.
+func (x *exec) apply(s step) {
+	var line string
+	if !x.quiet {
+		line = x.label(s)
+	}
+	switch s.kind {
+	case sServe:
+		switch s.fault {
+		case faultDelay:
+			s.c.buffered = true
+			x.usedF++
+			line += fmt.Sprintf("replica %s: %s %s held in the client's buffer", s.c.t.a.name, s.c.op, s.c.target())
+		case faultNone:
+			line += x.serve(s.c, s.fault)
+		default:
+			x.usedF++
+			line += x.serve(s.c, s.fault)
+		}
+	case sRelease:
+		line = "network: buffered request sent → " + x.serve(s.c, faultNone)
+	case sTimeout:
+		line = fmt.Sprintf("replica %s: %s %s times out", s.c.t.a.name, s.c.op, s.c.target())
+		if x.cfg.Mutation == MutReconnectBuffer && !s.c.dropped {
+			// The request stays in the reconnect buffer.
+			s.c.ghost, s.c.buffered = true, false
+			s.c.t.obs.WriteString("timeout|")
+			x.slept = true
+			s.c.reply <- reply{err: errNoReply}
+			line += " (it stays in the reconnect buffer)"
+		} else {
+			if s.c.dropped {
+				line += " (dropped by the abort)"
+			}
+			x.failCall(s.c, errNoReply)
+		}
+	case sDeliver:
+		s.ev.State, s.ev.Handler = evInFlight, s.a.name
+		ev := s.ev.jobStatus()
+		h := s.a.h
+		x.start(s.a, s.ev, func(ctx context.Context) (events.Outcome, error) { return h.Handle(ctx, ev) })
+	case sBackend:
+		line = x.backendStep()
+	case sReask:
+		line = x.reask()
+	case sDuplicate:
+		x.usedD++
+		line = x.duplicate(s.ev)
+	case sRedeliver:
+		x.usedF++
+		s.ev.State = evPending
+	case sCrash:
+		x.usedC++
+		x.crash(s.a)
+	case sRenew:
+		x.usedR++
+		line = x.renew(s.a)
+	case sPass:
+		x.usedP++
+		rc := s.a.rc
+		x.start(s.a, nil, func(ctx context.Context) (events.Outcome, error) {
+			_, err := rc.Pass(ctx, handlers.PassOptions{})
+			return events.Outcome{}, err
+		})
+	case sTick:
+		x.w.Now = x.tickTarget()
+	}
+	x.history = append(x.history, line)
+	if s.kind != sTick && s.kind != sPass && (s.c == nil || !s.c.t.a.reconciler()) {
+		x.activity++
+	}
+	x.quiesce()
+}
+
+// crash abandons a's task: its requests fail, its buffered requests die
+// with its connection, its event is redelivered.
+func (x *exec) crash(a *actor) {
+	t := a.task
+	x.mu.Lock()
+	t.crashed = true
+	var mine []*call
+	for _, c := range x.pending {
+		if c.t == t && !c.ghost {
+			mine = append(mine, c)
+		}
+	}
+	a.task = nil
+	x.mu.Unlock()
+	for _, c := range mine {
+		x.failCall(c, errCrashed)
+	}
+	if t.ev != nil {
+		t.ev.State, t.ev.Handler = evPending, ""
+	}
+}
+
+// renew runs the claim's Renew as one step, as the renewal loop would.
+func (x *exec) renew(a *actor) string {
+	t := a.task
+	ctx := context.WithValue(t.context(), renewKey{}, true)
+	done := make(chan bool, 1)
+	x.wg.Add(1)
+	go func() {
+		defer x.wg.Done()
+		done <- t.claim.Renew(ctx)
+	}()
+	var lines []string
+	for {
+		x.settle()
+		var next *call
+		for _, c := range x.sortedPending() {
+			if c.renew && c.t == t {
+				next = c
+				break
+			}
+		}
+		if next == nil {
+			break
+		}
+		lines = append(lines, "   "+x.serve(next, faultNone))
+	}
+	held := <-done
+	return fmt.Sprintf("replica %s: renews its lease → held=%v, deadline %s\n%s", a.name, held,
+		t.claim.Deadline().Sub(base), strings.Join(lines, "\n"))
+}
+
+// hash is the state: the world, the backend, the budgets used, and each
+// actor's position (what its task has observed and what it waits on).
+func (x *exec) hash() [16]byte {
+	var b strings.Builder
+	x.w.key(&b)
+	x.back.key(&b)
+	fmt.Fprintf(&b, "used=%d/%d/%d/%d/%d;", x.usedF, x.usedC, x.usedR, x.usedD, x.usedP)
+	for _, a := range x.actors {
+		if t := a.task; t != nil {
+			ev := ""
+			if t.ev != nil {
+				ev = t.ev.ID + t.ev.Stored.String()
+			}
+			fmt.Fprintf(&b, "%s:%s:%s;", a.name, ev, t.obs.String())
+		}
+	}
+	for _, c := range x.sortedPending() {
+		fmt.Fprintf(&b, "p=%s/%v/%v/%v;", c.sortKey(), c.buffered, c.dropped, c.ghost)
+	}
+	h := fnv.New128a()
+	h.Write([]byte(b.String()))
+	var out [16]byte
+	copy(out[:], h.Sum(nil))
+	return out
+}

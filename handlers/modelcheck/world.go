@@ -1,0 +1,291 @@
+package modelcheck
+
+import (
+	"fmt"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/example/queue-janitor/events"
+	"github.com/example/queue-janitor/queue"
+)
+
+// base is the model's epoch. It lies far ahead of the fake clock of a
+// testing/synctest bubble (2000-01-01), so that no context deadline derived
+// from a model time ever fires on its own: every timeout is a step.
+var base = time.Date(2100, 1, 1, 0, 0, 0, 0, time.UTC)
+
+// The model's job, the other job whose resources must never be touched, and
+// the shared stream.
+const (
+	job      queue.JobID = 7
+	otherJob queue.JobID = 8
+)
+
+var names = queue.DefaultNames()
+
+// stamp is a server time: S whole ticks (seconds) and K server actions
+// within the tick (milliseconds), so that two actions in one tick are
+// ordered as the server would order them.
+type stamp struct{ S, K int }
+
+func (s stamp) time() time.Time {
+	return base.Add(time.Duration(s.S)*time.Second + time.Duration(s.K)*time.Millisecond)
+}
+
+func (s stamp) String() string { return fmt.Sprintf("t=%d.%03d", s.S, s.K) }
+
+// resource is a stream or a consumer on the model's server.
+type resource struct {
+	Key string // "job_7", "advisories/job-7-dlq"
+	// Run is the run of job 7 whose tasks it holds; 0 for the other job's
+	// resources and the shared stream, which must never be deleted.
+	Run int
+	// Created is the server's creation time; Since is when run Run took it
+	// (its creation, or its reuse by a later run).
+	Created, Since stamp
+	// Attempt is the stamped job_attempt metadata, 0 when unstamped.
+	Attempt   int
+	Consumers int
+	Msgs      uint64
+}
+
+func (r *resource) describe() string {
+	if r.Run == 0 {
+		return r.Key + " (not job 7's: must never be deleted)"
+	}
+	return fmt.Sprintf("%s (run %d's, created %s)", r.Key, r.Run, r.Created)
+}
+
+// modelEvent is a message on the event stream.
+type modelEvent struct {
+	ID      string
+	Status  events.Status
+	Attempt int // 0: no attempt sent
+	Run     int // the run it is about
+	Time    time.Time
+	Stored  stamp
+	Copy    int // >0: the Copy-th duplicate of an earlier publication
+	State   evState
+	Handler string // replica handling it, while in flight
+}
+
+type evState int
+
+const (
+	evPending evState = iota
+	evInFlight
+	evAcked
+)
+
+func (e *modelEvent) terminal() bool {
+	return e.Status == events.StatusRevoked || e.Status == events.StatusFailure || e.Status == events.StatusCancelled
+}
+
+func (e *modelEvent) restart() bool { return e.Status == events.StatusRestartRequested }
+
+func (e *modelEvent) label() string {
+	s := fmt.Sprintf("%s[%s", e.ID, e.Status)
+	if e.Attempt > 0 {
+		s += fmt.Sprintf(" attempt=%d", e.Attempt)
+	}
+	if e.Copy > 0 {
+		s += fmt.Sprintf(" copy %d", e.Copy)
+	}
+	return s + "]"
+}
+
+func (e *modelEvent) jobStatus() events.JobStatus {
+	ev := events.JobStatus{
+		ID: e.ID, Source: "modelcheck", Type: "org.example.job.status." + string(e.Status),
+		Time: e.Time, Stored: e.Stored.time(), JobID: job, Status: e.Status, Subject: "job.status." + string(e.Status),
+	}
+	if e.Attempt > 0 {
+		ev.Attempt, ev.HasAttempt = int64(e.Attempt), true
+	}
+	return ev
+}
+
+// answer is a job.queue.cleaned or job.queue.flushed event.
+type answer struct {
+	Kind    string
+	Cause   string
+	Outcome string
+	Trigger string
+	Lost    bool
+}
+
+// world is everything outside the replicas: the server (streams,
+// consumers, the key-value record, the event stream, the clock) and the
+// answers.
+type world struct {
+	Now       stamp
+	Resources map[string]*resource
+
+	// The record of each job: its JSON value as the store keeps it, its
+	// revision and the revision's server time.
+	Recs    map[queue.JobID]*storedRecord
+	NextRev uint64
+	// tokens names each lease token by the claim that created it, so that
+	// the random tokens do not make equal states look different.
+	tokens map[string]string
+
+	Events  []*modelEvent
+	Answers []answer
+	Deleted []string
+}
+
+type storedRecord struct {
+	Rec queue.Record
+	Rev uint64
+	At  stamp
+}
+
+func newWorld() *world {
+	w := &world{Resources: map[string]*resource{}, Recs: map[queue.JobID]*storedRecord{}, tokens: map[string]string{}}
+	// The shared stream and the other job's queue exist from the start.
+	w.Resources["advisories"] = &resource{Key: "advisories", Consumers: 2}
+	w.Resources["advisories/job-8-dlq"] = &resource{Key: "advisories/job-8-dlq"}
+	w.Resources["job_8"] = &resource{Key: "job_8", Consumers: 1, Msgs: 3}
+	return w
+}
+
+// tick stamps a server action: the clock moves on by one action.
+func (w *world) tick() stamp {
+	w.Now.K++
+	return w.Now
+}
+
+func streamKey(name string) string           { return name }
+func consumerKey(stream, name string) string { return stream + "/" + name }
+
+func (w *world) streamInfo(name string) *jetstream.StreamInfo {
+	r, ok := w.Resources[streamKey(name)]
+	if !ok {
+		return nil
+	}
+	info := &jetstream.StreamInfo{
+		Config:    jetstream.StreamConfig{Name: name, Subjects: []string{subjectOf(name)}},
+		Created:   r.Created.time(),
+		State:     jetstream.StreamState{Msgs: r.Msgs, Consumers: r.Consumers},
+		TimeStamp: w.Now.time(),
+	}
+	if r.Msgs > 0 {
+		info.State.LastTime = r.Since.time()
+	}
+	if r.Attempt > 0 {
+		info.Config.Metadata = map[string]string{queue.AttemptMetadataKey: fmt.Sprint(r.Attempt)}
+	}
+	return info
+}
+
+func subjectOf(stream string) string {
+	if id, ok := names.JobFromStream(stream); ok {
+		return names.SubjectName(id)
+	}
+	return "$JS.EVENT.ADVISORY.>"
+}
+
+func (w *world) consumerInfo(stream, name string) *jetstream.ConsumerInfo {
+	if r, ok := w.Resources[consumerKey(stream, name)]; ok {
+		info := &jetstream.ConsumerInfo{Stream: stream, Name: name, Created: r.Created.time(), TimeStamp: w.Now.time()}
+		if r.Attempt > 0 {
+			info.Config.Metadata = map[string]string{queue.AttemptMetadataKey: fmt.Sprint(r.Attempt)}
+		}
+		return info
+	}
+	// A task consumer goes with its stream.
+	if id, ok := names.JobFromStream(stream); ok && name == names.ConsumerName(id) {
+		if r, ok := w.Resources[streamKey(stream)]; ok && r.Consumers > 0 {
+			return &jetstream.ConsumerInfo{Stream: stream, Name: name, Created: r.Created.time(), TimeStamp: w.Now.time()}
+		}
+	}
+	return nil
+}
+
+// canonRecord is the record with its lease token named by its claim.
+func (w *world) canonRecord(rec queue.Record) string {
+	var b strings.Builder
+	if rec.Attempt != nil {
+		b.WriteString(strconv.FormatInt(*rec.Attempt, 10))
+	}
+	for _, t := range []time.Time{rec.Time, rec.Stored, rec.CleanedAt, rec.At} {
+		b.WriteByte(',')
+		b.WriteString(strconv.FormatInt(t.UnixMilli(), 10))
+	}
+	b.WriteString(rec.EventID)
+	b.WriteByte(',')
+	b.WriteString(rec.Status)
+	b.WriteString(string(rec.State))
+	if rec.Done {
+		b.WriteString(",done")
+	}
+	if l := rec.Lease; l != nil {
+		fmt.Fprintf(&b, ",lease:%s:%s:%d:%d", l.Owner, w.tokens[l.Token], l.TTL, l.Until.UnixMilli())
+	}
+	return b.String()
+}
+
+// key is the canonical text of the world, for the state hash.
+func (w *world) key(b *strings.Builder) {
+	fmt.Fprintf(b, "now=%v;", w.Now)
+	keys := make([]string, 0, len(w.Resources))
+	for k := range w.Resources {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		r := w.Resources[k]
+		fmt.Fprintf(b, "%s:%d:%v:%v:%d:%d:%d;", r.Key, r.Run, r.Created, r.Since, r.Attempt, r.Consumers, r.Msgs)
+	}
+	for id, r := range w.Recs {
+		fmt.Fprintf(b, "rec%d=%d@%v:%s;", id, r.Rev, r.At, w.canonRecord(r.Rec))
+	}
+	for _, e := range w.Events {
+		fmt.Fprintf(b, "ev=%s/%v/%d/%s;", e.ID, e.Stored, e.State, e.Handler)
+	}
+	for _, a := range w.Answers {
+		fmt.Fprintf(b, "ans=%s:%s:%s:%s:%v;", a.Kind, a.Cause, a.Outcome, a.Trigger, a.Lost)
+	}
+}
+
+// terminalPublished reports whether a terminal event of run run or later
+// has been published.
+func (w *world) terminalPublished(run int) bool {
+	for _, e := range w.Events {
+		if e.terminal() && e.Run >= run {
+			return true
+		}
+	}
+	return false
+}
+
+// restartAfter returns a restart request published after at, if any.
+func (w *world) restartAfter(at stamp) *modelEvent {
+	for _, e := range w.Events {
+		if e.restart() && (e.Stored.S > at.S || e.Stored.S == at.S && e.Stored.K > at.K) {
+			return e
+		}
+	}
+	return nil
+}
+
+// mayDelete is the safety property: run N's resource may go only once run
+// N (or a later run) ended by a terminal event, or once a restart request
+// was published after run N took it; nothing that is not job 7's may ever
+// go. It returns "" when allowed, else why not.
+func (w *world) mayDelete(r *resource) string {
+	switch {
+	case r.Run == 0:
+		return "VIOLATION: " + r.Key + " is not job 7's (the shared advisories stream or another job's queue)"
+	case w.terminalPublished(r.Run):
+		return ""
+	case w.restartAfter(r.Since) != nil:
+		return ""
+	}
+	return fmt.Sprintf("VIOLATION: run %d's %s deleted, but no terminal event of run %d or later and no restart request after its creation was published",
+		r.Run, r.Key, r.Run)
+}

@@ -2,6 +2,7 @@ package integration
 
 import (
 	"context"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -109,7 +110,7 @@ func TestLostDeleteReplyIsReportedRemoved(t *testing.T) {
 	}
 	got := answerFor(t, cleaned, 60*time.Second, "the cleaned answer", func(a emitted) bool { return a.Data.Outcome != "" }).Data
 	if got.Outcome != events.OutcomeRemoved || got.Confirmed != queue.ConfirmedGoneOnRetry || got.MessagesDiscarded != 25 ||
-		!got.StreamFound || !contains(got.Deleted, "stream job_8") {
+		!got.StreamFound || !slices.Contains(got.Deleted, "stream job_8") {
 		t.Fatalf("answer = outcome %q confirmed %q, %d messages, deleted %v; want removed, gone_on_retry, 25, stream job_8",
 			got.Outcome, got.Confirmed, got.MessagesDiscarded, got.Deleted)
 	}
@@ -119,13 +120,4 @@ func TestLostDeleteReplyIsReportedRemoved(t *testing.T) {
 	if got.EffectTime.IsZero() || time.Since(got.EffectTime) > time.Minute {
 		t.Errorf("effect_time = %v; want when the effect finished", got.EffectTime)
 	}
-}
-
-func contains(list []string, s string) bool {
-	for _, v := range list {
-		if v == s {
-			return true
-		}
-	}
-	return false
 }

@@ -85,7 +85,7 @@ lint: ## golangci-lint (pinned; the first run builds it, about ten minutes)
 	$(GOLANGCI_LINT) run $(PKGS)
 
 .PHONY: bench
-bench: ## the side-by-side benchmarks of BENCHMARKS.md
+bench: ## the side-by-side benchmarks of docs/BENCHMARKS.md
 	$(GO) test -run '^$$' -bench . -benchtime 1x -count 1 -timeout 60m ./integration/
 
 .PHONY: clean

@@ -48,7 +48,8 @@ type code struct {
 	// absent from it does not exist.
 	flags map[string]map[string]bool
 	// env are the variables `serve` reads: its flags' variables, the OTEL_*
-	// names that the serve help and the README document.
+	// names that the serve help and the configuration reference
+	// (docs/OPERATIONS.md) document.
 	env map[string]bool
 	// envPrefixes are documented families, e.g. OTEL_EXPORTER_OTLP_.
 	envPrefixes []string
@@ -57,7 +58,8 @@ type code struct {
 }
 
 // learn runs `queue-janitor <cmd> --help` for every command and reads the
-// README for the OpenTelemetry variables.
+// configuration reference (docs/OPERATIONS.md) for the OpenTelemetry
+// variables.
 func learn(t *testing.T) code {
 	t.Helper()
 	c := code{flags: map[string]map[string]bool{}, env: map[string]bool{}, cfg: cli.DefaultConfig()}
@@ -74,7 +76,7 @@ func learn(t *testing.T) code {
 			c.env[m[1]] = true
 		}
 		otel := regexp.MustCompile(`\bOTEL_[A-Z0-9_]+`)
-		readme := readFile(t, "../README.md")
+		readme := readFile(t, "../docs/OPERATIONS.md")
 		for _, name := range append(otel.FindAllString(text, -1), otel.FindAllString(readme, -1)...) {
 			if strings.HasSuffix(name, "_") { // "OTEL_EXPORTER_OTLP_*": a family
 				c.envPrefixes = append(c.envPrefixes, name)
@@ -1165,7 +1167,7 @@ func readBytes(t *testing.T, name string) []byte {
 }
 
 // readFile reads a file outside the deploy directory (the module's README,
-// Makefile, go.mod).
+// docs, Makefile, go.mod).
 func readFile(t *testing.T, rel string) string {
 	t.Helper()
 	root, err := os.OpenRoot("..")

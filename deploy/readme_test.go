@@ -1,6 +1,8 @@
 package deploy_test
 
 import (
+	"io/fs"
+	"os"
 	"regexp"
 	"strings"
 	"testing"
@@ -8,9 +10,9 @@ import (
 	yaml "go.yaml.in/yaml/v3"
 )
 
-// TestManifestReadmesAgree: the images the READMEs name for the local stack
-// (docker run lines, the compose table) are the ones compose.yaml runs, and
-// the Go release the README asks for is go.mod's.
+// TestManifestReadmesAgree: the images the READMEs and the documents under
+// docs/ name for the local stack (docker run lines, the compose table) are the
+// ones compose.yaml runs, and the Go release they ask for is go.mod's.
 func TestManifestReadmesAgree(t *testing.T) {
 	t.Parallel()
 	var f struct {
@@ -28,8 +30,11 @@ func TestManifestReadmesAgree(t *testing.T) {
 		}
 	}
 	ref := regexp.MustCompile(`\b(nats|jaegertracing/[a-z-]+|prom/prometheus|grafana/grafana(?:-oss)?):[A-Za-z0-9._-]+`)
-	for readme, file := range map[string]string{"README.md": "../README.md", "deploy/README.md": "README.md"} {
-		text := readFile(t, file)
+	docs := map[string]string{"README.md": readFile(t, "../README.md"), "deploy/README.md": string(readBytes(t, "README.md"))}
+	for _, name := range moduleDocs(t) {
+		docs[name] = readFile(t, "../"+name)
+	}
+	for readme, text := range docs {
 		for _, m := range ref.FindAllStringSubmatch(text, -1) {
 			want, ok := images[m[1]]
 			if !ok && strings.HasPrefix(m[1], "jaegertracing/") {
@@ -45,13 +50,33 @@ func TestManifestReadmesAgree(t *testing.T) {
 	if goMod == nil {
 		t.Fatal("go.mod: no go directive")
 	}
-	mentions := regexp.MustCompile(`\bGo (1\.\d+(?:\.\d+)?)\b`).FindAllStringSubmatch(readFile(t, "../README.md"), -1)
-	if len(mentions) == 0 {
+	goRelease := regexp.MustCompile(`\bGo (1\.\d+(?:\.\d+)?)\b`)
+	if len(goRelease.FindAllStringSubmatch(docs["README.md"], -1)) == 0 {
 		t.Error("README.md does not say which Go it needs")
 	}
-	for _, m := range mentions {
-		if m[1] != goMod[1] {
-			t.Errorf("README.md asks for Go %s; go.mod's go directive is %s", m[1], goMod[1])
+	for name, text := range docs {
+		for _, m := range goRelease.FindAllStringSubmatch(text, -1) {
+			if m[1] != goMod[1] {
+				t.Errorf("%s names Go %s; go.mod's go directive is %s", name, m[1], goMod[1])
+			}
 		}
 	}
+}
+
+// moduleDocs lists the documents under docs/ (paths from the module root).
+func moduleDocs(t *testing.T) []string {
+	t.Helper()
+	root, err := os.OpenRoot("..")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = root.Close() }()
+	names, err := fs.Glob(root.FS(), "docs/*.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(names) == 0 {
+		t.Fatal("no documents under docs/")
+	}
+	return names
 }

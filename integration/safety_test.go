@@ -29,8 +29,8 @@ var fenceModes = []fenceMode{{"attempts", true}, {"times-only", false}}
 // latePublication are the modes for events published after the job's next
 // transition (an outbox that lags, a replay): only attempts can order those.
 // Without attempts the service orders events by their arrival at NATS, so a
-// backend must publish each event before the job's next transition (README,
-// Safety); late delivery without attempts is covered by the clock tests and
+// backend must publish each event before the job's next transition
+// (docs/SAFETY.md); late delivery without attempts is covered by the clock tests and
 // the history test.
 var latePublication = []fenceMode{{"attempts", true}}
 

@@ -14,7 +14,7 @@ import (
 
 // Metrics holds the service's instruments. The Prometheus names are the
 // OpenTelemetry names with dots as underscores, plus _total for counters and
-// _seconds for durations; the README lists them all.
+// _seconds for durations; docs/OBSERVABILITY.md lists them all.
 type Metrics struct {
 	events            metric.Int64Counter
 	actionDuration    metric.Float64Histogram

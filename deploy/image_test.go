@@ -411,3 +411,34 @@ func shellWords(t *testing.T, s string) []string {
 	}
 	return words
 }
+
+// TestManifestBuildKitRequirementIsDocumented: the Dockerfile uses RUN
+// --mount, which the legacy builder refuses; the README and the
+// Dockerfile say that BuildKit (or podman/buildah) is needed and how to get
+// it, and that podman and buildah need --format docker to keep HEALTHCHECK.
+func TestManifestBuildKitRequirementIsDocumented(t *testing.T) {
+	t.Parallel()
+	mounts := false
+	for _, in := range dockerfile(t) {
+		mounts = mounts || in.cmd == "RUN" && strings.Contains(in.args, "--mount=")
+	}
+	healthcheck := slices.ContainsFunc(dockerfile(t), func(in instruction) bool { return in.cmd == "HEALTHCHECK" })
+	readme := readFile(t, "deploy/README.md")
+	for name, text := range map[string]string{"deploy/README.md": readme, "deploy/Dockerfile": string(readBytes(t, "Dockerfile"))} {
+		var want []string
+		if mounts {
+			want = append(want, "requires BuildKit", "DOCKER_BUILDKIT=1", "docker buildx build", "podman build", "buildah build")
+		}
+		if healthcheck {
+			want = append(want, "--format docker")
+		}
+		for _, w := range want {
+			if !strings.Contains(text, w) {
+				t.Errorf("%s does not say %q (the Dockerfile uses RUN --mount: BuildKit or buildah is required)", name, w)
+			}
+		}
+	}
+	if mounts && strings.Contains(readme, "legacy builder ignores it") {
+		t.Error("deploy/README.md still says the legacy builder builds the image")
+	}
+}

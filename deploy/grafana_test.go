@@ -67,9 +67,9 @@ func TestManifestGrafana(t *testing.T) {
 	}
 	var name, promName string
 	for n, s := range f.Services {
-		repo, _, _ := strings.Cut(s.Image, ":")
+		repo, _ := imageRef(s.Image)
 		switch {
-		case repo == "grafana/grafana" || repo == "grafana/grafana-oss":
+		case strings.HasSuffix(repo, "/grafana/grafana") || strings.HasSuffix(repo, "/grafana/grafana-oss"):
 			name = n
 		case strings.HasSuffix(repo, "prometheus"):
 			promName = n
@@ -79,8 +79,8 @@ func TestManifestGrafana(t *testing.T) {
 		t.Fatalf("compose.yaml: want a Grafana and a Prometheus service, found %q and %q", name, promName)
 	}
 	g := f.Services[name]
-	if _, tag, _ := strings.Cut(g.Image, ":"); !regexp.MustCompile(`^\d+\.\d+\.\d+`).MatchString(tag) {
-		t.Errorf("%s: image %q: pin a release (grafana/grafana:X.Y.Z)", name, g.Image)
+	if _, tag := imageRef(g.Image); !regexp.MustCompile(`^\d+\.\d+\.\d+`).MatchString(tag) {
+		t.Errorf("%s: image %q: pin a release (docker.io/grafana/grafana:X.Y.Z)", name, g.Image)
 	}
 	if g.Healthcheck == nil || g.Healthcheck.Test == nil {
 		t.Errorf("%s: no health check", name)

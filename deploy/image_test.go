@@ -16,6 +16,8 @@ import (
 	"strings"
 	"testing"
 
+	yaml "go.yaml.in/yaml/v3"
+
 	"github.com/example/queue-janitor/cmd/queue-janitor/cli"
 )
 
@@ -190,9 +192,12 @@ func TestManifestDockerfile(t *testing.T) {
 	final := finalStage(ins)
 
 	from := strings.Fields(ins[0].args)
-	goMod := regexp.MustCompile(`(?m)^go (\d+\.\d+)`).FindStringSubmatch(readFile(t, "../go.mod"))
-	if goMod == nil || len(from) == 0 || !regexp.MustCompile(`^golang:`+regexp.QuoteMeta(goMod[1])+`\b`).MatchString(from[0]) {
-		t.Errorf("build stage FROM %v, want golang:%v (go.mod)", from, goMod)
+	goMod := regexp.MustCompile(`(?m)^go (\d+\.\d+\.\d+)\s*$`).FindStringSubmatch(readFile(t, "../go.mod"))
+	if goMod == nil || len(from) == 0 {
+		t.Fatalf("build stage FROM %v, go.mod's go directive %v", from, goMod)
+	}
+	if repo, tag := imageRef(from[0]); repo != "docker.io/library/golang" || tag != goMod[1] && !strings.HasPrefix(tag, goMod[1]+"-") {
+		t.Errorf("build stage FROM %s, want docker.io/library/golang:%s (go.mod's go directive)", from[0], goMod[1])
 	}
 	if base := strings.Fields(only(t, final, "FROM").args)[0]; !strings.HasPrefix(base, "gcr.io/distroless/static") || !strings.HasSuffix(base, ":nonroot") {
 		t.Errorf("final stage FROM %s, want gcr.io/distroless/static-*:nonroot (a static binary, non-root)", base)
@@ -410,6 +415,99 @@ func shellWords(t *testing.T, s string) []string {
 		words = append(words, cur.String())
 	}
 	return words
+}
+
+// imageRef splits an image reference into its repository and its tag, the
+// digest dropped: docker.io/library/nats:2.10.27-alpine gives
+// docker.io/library/nats and 2.10.27-alpine. A reference without a tag
+// gives "".
+func imageRef(ref string) (repo, tag string) {
+	ref, _, _ = strings.Cut(ref, "@")
+	if i := strings.LastIndex(ref, ":"); i > strings.LastIndex(ref, "/") {
+		return ref[:i], ref[i+1:]
+	}
+	return ref, ""
+}
+
+// unqualified says why ref is not a fully qualified image reference pinned
+// by tag, or "". Fully qualified: the first component names a registry (it
+// has a dot or a port, or is localhost), as podman and buildah require
+// unless short-name aliases are configured.
+func unqualified(ref string) string {
+	repo, tag := imageRef(ref)
+	registry, _, ok := strings.Cut(repo, "/")
+	switch {
+	case !ok || !strings.ContainsAny(registry, ".:") && registry != "localhost":
+		return "a short name: name the registry (docker.io/library/..., gcr.io/..., localhost/...); podman and buildah refuse short names"
+	case tag == "":
+		return "no tag: pin one"
+	case tag == "latest":
+		return "tag latest: pin a release"
+	}
+	return ""
+}
+
+func TestImageRefs(t *testing.T) {
+	t.Parallel()
+	for ref, want := range map[string]bool{
+		"docker.io/library/golang:1.26.8":           true,
+		"gcr.io/distroless/static-debian12:nonroot": true,
+		"localhost/queue-janitor:dev":               true,
+		"localhost:5000/queue-janitor:v1@sha256:ab": true,
+		"golang:1.26":                   false,
+		"nats:2.10-alpine":              false,
+		"jaegertracing/jaeger:2.14.0":   false,
+		"docker.io/library/nats":        false,
+		"docker.io/library/nats:latest": false,
+	} {
+		if got := unqualified(ref) == ""; got != want {
+			t.Errorf("unqualified(%q) = %q, want qualified %v", ref, unqualified(ref), want)
+		}
+	}
+}
+
+// TestManifestImagesAreFullyQualified: every image the Dockerfile builds
+// from and every image compose runs is fully qualified and pinned by tag,
+// and no syntax directive makes BuildKit fetch a frontend image.
+func TestManifestImagesAreFullyQualified(t *testing.T) {
+	t.Parallel()
+	stages := map[string]bool{}
+	for _, in := range dockerfile(t) {
+		if in.cmd != "FROM" {
+			continue
+		}
+		w := strings.Fields(in.args)
+		if len(w) > 0 && !stages[w[0]] {
+			if why := unqualified(w[0]); why != "" {
+				t.Errorf("Dockerfile: FROM %s: %s", w[0], why)
+			}
+		}
+		if len(w) >= 3 && strings.EqualFold(w[len(w)-2], "AS") {
+			stages[w[len(w)-1]] = true
+		}
+	}
+	for _, line := range strings.Split(string(readBytes(t, "Dockerfile")), "\n") {
+		line = strings.TrimSpace(line)
+		if !strings.HasPrefix(line, "#") {
+			break // parser directives come before the first instruction
+		}
+		if m := regexp.MustCompile(`(?i)^#\s*syntax\s*=\s*(\S+)`).FindStringSubmatch(line); m != nil && !strings.Contains(m[1], "@sha256:") {
+			t.Errorf("Dockerfile: %q makes every BuildKit build fetch %s from its registry (failing offline and behind mirrors); RUN --mount needs no syntax line", line, m[1])
+		}
+	}
+	var f struct {
+		Services map[string]struct {
+			Image string `yaml:"image"`
+		} `yaml:"services"`
+	}
+	if err := yaml.Unmarshal(readBytes(t, "compose.yaml"), &f); err != nil {
+		t.Fatalf("compose.yaml: %v", err)
+	}
+	for name, s := range f.Services {
+		if why := unqualified(s.Image); why != "" {
+			t.Errorf("compose.yaml: %s: image %q: %s", name, s.Image, why)
+		}
+	}
 }
 
 // TestManifestBuildKitRequirementIsDocumented: the Dockerfile uses RUN

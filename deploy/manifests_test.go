@@ -932,7 +932,7 @@ func TestManifestCompose(t *testing.T) {
 func checkComposeNATS(t *testing.T, f composeFile) (*server.Options, string) {
 	t.Helper()
 	for name, s := range f.Services {
-		repo, tag, _ := strings.Cut(s.Image, ":")
+		repo, tag := imageRef(s.Image)
 		if repo != "nats" && !strings.HasSuffix(repo, "/nats") {
 			continue
 		}

@@ -11,8 +11,10 @@ import (
 )
 
 // TestManifestReadmesAgree: the images the READMEs and the documents under
-// docs/ name for the local stack (docker run lines, the compose table) are the
-// ones compose.yaml runs, and the Go release they ask for is go.mod's.
+// docs/ name (docker run lines, the compose table, the build stages) are the
+// ones compose.yaml runs and the Dockerfile builds from; deploy/README.md
+// names them fully qualified, as the files do, the others may name them
+// short (docker.io implied). And the Go release they ask for is go.mod's.
 func TestManifestReadmesAgree(t *testing.T) {
 	t.Parallel()
 	var f struct {
@@ -23,25 +25,39 @@ func TestManifestReadmesAgree(t *testing.T) {
 	if err := yaml.Unmarshal(readBytes(t, "compose.yaml"), &f); err != nil {
 		t.Fatalf("compose.yaml: %v", err)
 	}
-	images := map[string]string{} // repository -> image
+	var known []string
 	for _, s := range f.Services {
-		if repo, _, ok := strings.Cut(s.Image, ":"); ok {
-			images[repo] = s.Image
+		known = append(known, s.Image)
+	}
+	for _, in := range dockerfile(t) {
+		if w := strings.Fields(in.args); in.cmd == "FROM" && len(w) > 0 {
+			known = append(known, w[0])
 		}
 	}
-	ref := regexp.MustCompile(`\b(nats|jaegertracing/[a-z-]+|prom/prometheus|grafana/grafana(?:-oss)?):[A-Za-z0-9._-]+`)
+	images := map[string]string{} // short repository -> image
+	for _, img := range known {
+		repo, _ := imageRef(img)
+		images[shortRepo(repo)] = img
+	}
+	ref := regexp.MustCompile(`(?:[a-z0-9][a-z0-9.:-]*/)*(?:nats|jaeger|prometheus|grafana|grafana-oss|golang|static-debian\d+):[A-Za-z0-9._-]*[A-Za-z0-9]`)
 	docs := map[string]string{"README.md": readFile(t, "../README.md"), "deploy/README.md": string(readBytes(t, "README.md"))}
 	for _, name := range moduleDocs(t) {
 		docs[name] = readFile(t, "../"+name)
 	}
 	for readme, text := range docs {
-		for _, m := range ref.FindAllStringSubmatch(text, -1) {
-			want, ok := images[m[1]]
-			if !ok && strings.HasPrefix(m[1], "jaegertracing/") {
-				want = images["jaegertracing/jaeger"]
+		for _, m := range ref.FindAllString(text, -1) {
+			repo, _ := imageRef(m)
+			want, ok := images[shortRepo(repo)]
+			if !ok && strings.HasPrefix(shortRepo(repo), "jaegertracing/") {
+				want, ok = images["jaegertracing/jaeger"]
 			}
-			if m[0] != want {
-				t.Errorf("%s names %s; compose.yaml runs %q", readme, m[0], want)
+			switch {
+			case !ok:
+				t.Errorf("%s names %s, an image neither compose.yaml nor the Dockerfile uses", readme, m)
+			case readme == "deploy/README.md" && m != want:
+				t.Errorf("%s names %s; the deploy files use %q (fully qualified)", readme, m, want)
+			case readme != "deploy/README.md" && normalImage(m) != normalImage(want):
+				t.Errorf("%s names %s; the deploy files use %q", readme, m, want)
 			}
 		}
 	}
@@ -61,6 +77,19 @@ func TestManifestReadmesAgree(t *testing.T) {
 			}
 		}
 	}
+}
+
+// shortRepo drops the docker.io registry and its library/ namespace:
+// docker.io/library/nats gives nats.
+func shortRepo(repo string) string {
+	repo = strings.TrimPrefix(repo, "docker.io/")
+	return strings.TrimPrefix(repo, "library/")
+}
+
+// normalImage is an image reference with docker.io and library/ implied.
+func normalImage(ref string) string {
+	repo, tag := imageRef(ref)
+	return shortRepo(repo) + ":" + tag
 }
 
 // moduleDocs lists the documents under docs/ (paths from the module root).

@@ -369,43 +369,6 @@ type kustomization struct {
 	} `yaml:"images"`
 }
 
-// loadK8s reads every document of every YAML file in k8s/ but the
-// kustomization.
-func loadK8s(t *testing.T) []k8sObject {
-	t.Helper()
-	names, err := fs.Glob(files, "k8s/*.yaml")
-	if err != nil || len(names) == 0 {
-		t.Fatalf("no manifests in k8s/: %v", err)
-	}
-	var objs []k8sObject
-	for _, name := range names {
-		if path.Base(name) == "kustomization.yaml" {
-			continue
-		}
-		dec := yaml.NewDecoder(bytes.NewReader(readBytes(t, name)))
-		for {
-			var node yaml.Node
-			err := dec.Decode(&node)
-			if errors.Is(err, io.EOF) {
-				break
-			}
-			if err != nil {
-				t.Fatalf("%s: %v", name, err)
-			}
-			var o k8sObject
-			if err := node.Decode(&o); err != nil {
-				t.Fatalf("%s: %v", name, err)
-			}
-			if o.APIVersion == "" || o.Kind == "" || o.Metadata.Name == "" {
-				t.Fatalf("%s: a document without apiVersion, kind or metadata.name", name)
-			}
-			o.file, o.node = name, &node
-			objs = append(objs, o)
-		}
-	}
-	return objs
-}
-
 // find returns the only object of kind, decoded into v.
 func find(t *testing.T, objs []k8sObject, kind string, v any) k8sObject {
 	t.Helper()
@@ -416,7 +379,7 @@ func find(t *testing.T, objs []k8sObject, kind string, v any) k8sObject {
 		}
 	}
 	if len(found) != 1 {
-		t.Fatalf("want one %s in k8s/, found %d", kind, len(found))
+		t.Fatalf("want one %s, found %d", kind, len(found))
 	}
 	if v != nil {
 		if err := found[0].node.Decode(v); err != nil {
@@ -448,11 +411,22 @@ func selects(selector, labels map[string]string) bool {
 	return true
 }
 
-// TestManifestKubernetes checks the Kubernetes manifests against the code.
+// TestManifestKubernetes checks the Kubernetes manifests, as each entry
+// point renders them, against the code.
 func TestManifestKubernetes(t *testing.T) {
 	t.Parallel()
 	c := learn(t)
-	objs := loadK8s(t)
+	for _, dir := range sortedKeys(k8sEntryPoints) {
+		t.Run(dir, func(t *testing.T) {
+			t.Parallel()
+			checkKubernetes(t, c, k8sObjects(t, dir))
+		})
+	}
+}
+
+// checkKubernetes checks one entry point's objects.
+func checkKubernetes(t *testing.T, c code, objs []k8sObject) {
+	t.Helper()
 	var dep deployment
 	depObj := find(t, objs, "Deployment", &dep)
 	spec := dep.Spec.Template.Spec
@@ -483,7 +457,7 @@ func TestManifestKubernetes(t *testing.T) {
 		case from.ConfigMapRef != nil:
 			cm, ok := findNamed(objs, "ConfigMap", from.ConfigMapRef.Name)
 			if !ok {
-				t.Fatalf("envFrom ConfigMap %q is not in k8s/", from.ConfigMapRef.Name)
+				t.Fatalf("envFrom ConfigMap %q is not among the manifests", from.ConfigMapRef.Name)
 			}
 			for k, v := range cm.Data {
 				env[k] = v
@@ -578,7 +552,7 @@ func TestManifestKubernetes(t *testing.T) {
 	}
 	if spec.ServiceAccountName != "" {
 		if _, ok := findNamed(objs, "ServiceAccount", spec.ServiceAccountName); !ok {
-			t.Errorf("ServiceAccount %q is not in k8s/", spec.ServiceAccountName)
+			t.Errorf("ServiceAccount %q is not among the manifests", spec.ServiceAccountName)
 		}
 	}
 
@@ -625,7 +599,7 @@ func TestManifestKubernetes(t *testing.T) {
 		t.Errorf("Service does not expose the metrics port %s", httpPort)
 	}
 
-	checkKustomization(t, objs, depObj, ctr.Image)
+	checkKustomization(t, objs, depObj)
 }
 
 // checkCredsMount: the NATS_CREDS file is in a read-only mount of a Secret
@@ -706,43 +680,46 @@ func checkSecurityContext(t *testing.T, pod, ctr securityContext) {
 	}
 }
 
-// checkKustomization: every manifest is listed, except the Secret example,
-// and the image override names the Deployment's image.
-func checkKustomization(t *testing.T, objs []k8sObject, dep k8sObject, image string) {
+// checkKustomization: the base lists every manifest in k8s/base, nothing
+// renders a Secret (the example is not applied), and the base's image
+// override names the Deployment's image.
+func checkKustomization(t *testing.T, objs []k8sObject, dep k8sObject) {
 	t.Helper()
-	var k kustomization
-	if err := yaml.Unmarshal(readBytes(t, "k8s/kustomization.yaml"), &k); err != nil {
-		t.Fatalf("kustomization.yaml: %v", err)
+	k := readKustomization(t, "k8s/base")
+	names, err := fs.Glob(files, "k8s/base/*.yaml")
+	if err != nil || len(names) == 0 {
+		t.Fatalf("no manifests in k8s/base: %v", err)
 	}
-	listed := map[string]bool{}
-	for _, r := range k.Resources {
-		listed[path.Join("k8s", r)] = true
-		if _, err := fs.Stat(files, path.Join("k8s", r)); err != nil {
-			t.Errorf("kustomization.yaml lists %s: %v", r, err)
+	for _, name := range names {
+		if path.Base(name) != "kustomization.yaml" && !slices.Contains(k.Resources, path.Base(name)) {
+			t.Errorf("k8s/base/kustomization.yaml does not list %s", name)
 		}
 	}
 	for _, o := range objs {
-		switch {
-		case o.Kind == "Secret" && listed[o.file]:
-			t.Errorf("kustomization.yaml applies %s: create the Secret from the real .creds file instead", o.file)
-		case o.Kind != "Secret" && !listed[o.file]:
-			t.Errorf("kustomization.yaml does not list %s", o.file)
+		if o.Kind == "Secret" && o.file != secretExample {
+			t.Errorf("%s applies a Secret: create it from the real .creds file instead", o.file)
 		}
 	}
-	if !listed[dep.file] {
-		t.Errorf("kustomization.yaml does not list the Deployment's %s", dep.file)
+	var image struct {
+		Spec struct {
+			Template struct {
+				Spec struct {
+					Containers []container `yaml:"containers"`
+				} `yaml:"spec"`
+			} `yaml:"template"`
+		} `yaml:"spec"`
 	}
-	name, _, _ := strings.Cut(image, "@")
-	if i := strings.LastIndex(name, ":"); i > strings.LastIndex(name, "/") {
-		name = name[:i]
+	if err := yaml.Unmarshal(readBytes(t, "k8s/base/deployment.yaml"), &image); err != nil || len(image.Spec.Template.Spec.Containers) == 0 {
+		t.Fatalf("k8s/base/deployment.yaml: %v", err)
 	}
+	name, _ := imageRef(image.Spec.Template.Spec.Containers[0].Image)
 	for _, img := range k.Images {
 		if img.Name == name {
 			return
 		}
 	}
 	if len(k.Images) > 0 {
-		t.Errorf("kustomization.yaml images %v do not name the Deployment's image %s", k.Images, name)
+		t.Errorf("k8s/base/kustomization.yaml images %v do not name the Deployment's image %s (%s)", k.Images, name, dep.Metadata.Name)
 	}
 }
 

@@ -534,8 +534,19 @@ func checkKubernetes(t *testing.T, c code, objs []k8sObject) {
 		}
 	}
 	ann := dep.Spec.Template.Metadata.Annotations
-	if ann["prometheus.io/port"] != "" && (ann["prometheus.io/port"] != httpPort || !servedPaths[ann["prometheus.io/path"]]) {
-		t.Errorf("prometheus.io annotations %v do not point at %s/metrics", ann, httpPort)
+	if ann["prometheus.io/scrape"] != "true" || ann["prometheus.io/port"] != httpPort || ann["prometheus.io/path"] != "/metrics" {
+		t.Errorf("pod prometheus.io annotations %v do not point at %s/metrics", ann, httpPort)
+	}
+	// One scrape per replica: annotating the Service too makes the common
+	// Prometheus configurations (the Helm chart's kubernetes-pods and
+	// kubernetes-service-endpoints jobs) collect every pod twice, doubling
+	// each sum() on the dashboard.
+	for _, o := range objs {
+		for key := range o.Metadata.Annotations {
+			if strings.HasPrefix(key, "prometheus.io/") && o.Kind != "Deployment" {
+				t.Errorf("%s %s has the annotation %s: the pods are scraped already, this would scrape them twice", o.Kind, o.Metadata.Name, key)
+			}
+		}
 	}
 
 	// Resources.

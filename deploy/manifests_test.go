@@ -471,7 +471,10 @@ func checkKubernetes(t *testing.T, c code, objs []k8sObject) {
 			if !c.reads(e.Name) {
 				t.Errorf("Deployment: %s is not a variable queue-janitor reads", e.Name)
 			}
-			continue // resolved by Kubernetes (GOMEMLIMIT from the memory limit)
+			if e.Name == "GOMEMLIMIT" {
+				t.Error("GOMEMLIMIT comes from a resourceFieldRef: that is 100% of the memory limit (a divisor cannot take a fraction); set a value below it")
+			}
+			continue // resolved by Kubernetes
 		}
 		env[e.Name] = e.Value
 	}
@@ -555,6 +558,7 @@ func checkKubernetes(t *testing.T, c code, objs []k8sObject) {
 			t.Errorf("resources: want requests and limits for %s, got %+v", r, ctr.Resources)
 		}
 	}
+	checkGOMEMLIMIT(t, env["GOMEMLIMIT"], ctr.Resources.Limits["memory"])
 
 	// Security.
 	checkSecurityContext(t, spec.SecurityContext, ctr.SecurityContext)
@@ -611,6 +615,55 @@ func checkKubernetes(t *testing.T, c code, objs []k8sObject) {
 	}
 
 	checkKustomization(t, objs, depObj)
+}
+
+// checkGOMEMLIMIT: the Go runtime's soft limit leaves headroom under the
+// container's memory limit, 10 to 25% of it, for what the runtime does not
+// count exactly, so that the runtime collects harder before the kernel's OOM
+// killer acts.
+func checkGOMEMLIMIT(t *testing.T, goMemLimit, limit string) {
+	t.Helper()
+	if goMemLimit == "" {
+		t.Error("GOMEMLIMIT is not set: the Go runtime would not know the memory limit")
+		return
+	}
+	soft, err := goMemBytes(goMemLimit)
+	if err != nil {
+		t.Errorf("GOMEMLIMIT %q: %v", goMemLimit, err)
+		return
+	}
+	hard, err := quantityBytes(limit)
+	if err != nil {
+		t.Errorf("limits.memory %q: %v", limit, err)
+		return
+	}
+	if ratio := float64(soft) / float64(hard); ratio < 0.75 || ratio > 0.9 {
+		t.Errorf("GOMEMLIMIT %s is %.0f%% of limits.memory %s: want 75-90%%, leaving headroom under the limit", goMemLimit, 100*ratio, limit)
+	}
+}
+
+// goMemBytes parses a GOMEMLIMIT value as the Go runtime does: a number
+// with an optional unit B, KiB, MiB, GiB or TiB.
+func goMemBytes(s string) (int64, error) {
+	m := regexp.MustCompile(`^(\d+)(B|KiB|MiB|GiB|TiB)?$`).FindStringSubmatch(s)
+	if m == nil {
+		return 0, errors.New("want a number of bytes with an optional unit B, KiB, MiB, GiB or TiB (the Go runtime refuses Mi, M or MB)")
+	}
+	n, err := strconv.ParseInt(m[1], 10, 64)
+	shift := map[string]uint{"": 0, "B": 0, "KiB": 10, "MiB": 20, "GiB": 30, "TiB": 40}[m[2]]
+	return n << shift, err
+}
+
+// quantityBytes parses a Kubernetes memory quantity with a binary or
+// decimal suffix (256Mi, 1Gi, 500M) or none.
+func quantityBytes(s string) (int64, error) {
+	m := regexp.MustCompile(`^(\d+)(Ki|Mi|Gi|Ti|k|M|G|T)?$`).FindStringSubmatch(s)
+	if m == nil {
+		return 0, errors.New("not a quantity this test reads (a whole number with Ki, Mi, Gi, Ti, k, M, G or T)")
+	}
+	n, err := strconv.ParseInt(m[1], 10, 64)
+	mult := map[string]int64{"": 1, "Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "Ti": 1 << 40, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}[m[2]]
+	return n * mult, err
 }
 
 // checkCredsMount: the NATS_CREDS file is in a read-only mount of a Secret
@@ -924,8 +977,10 @@ func checkComposeNATS(t *testing.T, f composeFile) (*server.Options, string) {
 		if repo != "nats" && !strings.HasSuffix(repo, "/nats") {
 			continue
 		}
-		if m := regexp.MustCompile(`^(\d+)\.(\d+)`).FindStringSubmatch(tag); m == nil || m[1] != "2" || atoi(t, m[2]) < 10 {
-			t.Errorf("%s: image %s, want NATS 2.10 or later", name, s.Image)
+		// NATS 2.10 is what Antenna deploys; pin a release of it (CI tests
+		// the service on 2.10.27 as well as on the embedded 2.15 server).
+		if !regexp.MustCompile(`^2\.10\.\d+(-|$)`).MatchString(tag) {
+			t.Errorf("%s: image %s, want a pinned NATS 2.10 release (docker.io/library/nats:2.10.N-alpine), the line Antenna deploys", name, s.Image)
 		}
 		argv := words(t, s.Command)
 		if !slices.Contains(argv, "-js") && !slices.Contains(argv, "--jetstream") {

@@ -109,3 +109,28 @@ func moduleDocs(t *testing.T) []string {
 	}
 	return names
 }
+
+// TestManifestComposeVersionIsDocumented: compose.yaml has a top-level
+// name, which Compose v1 (docker-compose 1.29) refuses; its header and the
+// README say that Compose v2 is needed.
+func TestManifestComposeVersionIsDocumented(t *testing.T) {
+	t.Parallel()
+	var f struct {
+		Name string `yaml:"name"`
+	}
+	compose := readBytes(t, "compose.yaml")
+	if err := yaml.Unmarshal(compose, &f); err != nil {
+		t.Fatalf("compose.yaml: %v", err)
+	}
+	if f.Name == "" {
+		t.Skip("no top-level name: Compose v1 would read the file")
+	}
+	header, _, _ := strings.Cut(string(compose), "\nname:")
+	for file, text := range map[string]string{"compose.yaml's header": header, "deploy/README.md": string(readBytes(t, "README.md"))} {
+		for _, want := range []string{"Compose v2", "1.29"} {
+			if !strings.Contains(text, want) {
+				t.Errorf("%s does not say %q: the top-level name needs Compose v2, and docker-compose 1.29 refuses it", file, want)
+			}
+		}
+	}
+}

@@ -6,12 +6,16 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/rs/zerolog"
+	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/exporters/otlp/otlpmetric/otlpmetricgrpc"
 	"go.opentelemetry.io/otel/exporters/otlp/otlpmetric/otlpmetrichttp"
 	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracegrpc"
@@ -20,6 +24,7 @@ import (
 	"go.opentelemetry.io/otel/exporters/stdout/stdouttrace"
 	"go.opentelemetry.io/otel/metric"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 	"go.opentelemetry.io/otel/sdk/resource"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
@@ -51,7 +56,18 @@ type Config struct {
 	// Redact, when set, masks secrets in every span before a processor or
 	// exporter sees it.
 	Redact *Redactor
+	// Logger receives OpenTelemetry's own errors as structured warnings:
+	// "telemetry export failed" when an exporter fails (the collector is
+	// down, a timeout), with the error and the signal; at most one line
+	// per [ErrorLogInterval], counting the ones left out. The zero value
+	// drops them.
+	Logger zerolog.Logger
 }
+
+// ErrorLogInterval is the shortest time between two lines about
+// OpenTelemetry errors from one Setup: an unreachable collector fails every
+// export, every few seconds.
+const ErrorLogInterval = time.Minute
 
 // Telemetry is the set of providers the service passes down.
 type Telemetry struct {
@@ -63,6 +79,7 @@ type Telemetry struct {
 	Exporters []string
 
 	shutdown []func(context.Context) error
+	errs     *errorLog
 }
 
 // Tracer returns the service's tracer.
@@ -74,11 +91,16 @@ func (t *Telemetry) Meter() metric.Meter { return t.MeterProvider.Meter(Instrume
 // InstrumentationName is the instrumentation scope of every span and metric.
 const InstrumentationName = "github.com/example/queue-janitor"
 
-// Shutdown flushes and stops the exporters; call it once, last.
+// Shutdown flushes and stops the exporters; call it once, last. It
+// returns the errors of the final flush; an export that failed earlier was
+// logged through Config.Logger.
 func (t *Telemetry) Shutdown(ctx context.Context) error {
 	var errs []error
 	for i := len(t.shutdown) - 1; i >= 0; i-- {
 		errs = append(errs, t.shutdown[i](ctx))
+	}
+	if t.errs != nil {
+		otelErrors.remove(t.errs)
 	}
 	return errors.Join(errs...)
 }
@@ -96,11 +118,13 @@ func Setup(ctx context.Context, cfg Config) (*Telemetry, error) {
 	if err != nil && res == nil {
 		return nil, fmt.Errorf("telemetry resource: %w", err)
 	}
-	t := &Telemetry{}
+	t := &Telemetry{errs: newErrorLog(cfg.Logger, ErrorLogInterval, time.Now)}
+	otelErrors.add(t.errs)
 	if sdkDisabled(getenv) {
 		t.TracerProvider = noop.NewTracerProvider()
 		t.Exporters = append(t.Exporters, "traces:disabled")
 	} else if err := t.setupTraces(ctx, cfg, getenv, res); err != nil {
+		otelErrors.remove(t.errs)
 		return nil, err
 	}
 	if err := t.setupMetrics(ctx, cfg, getenv, res); err != nil {
@@ -137,6 +161,7 @@ func (t *Telemetry) setupTraces(ctx context.Context, cfg Config, getenv func(str
 		if cfg.Redact != nil {
 			exp = cfg.Redact.SpanExporter(exp)
 		}
+		exp = taggedSpanExporter{SpanExporter: exp, log: t.errs}
 		if name == "console" {
 			opts = append(opts, sdktrace.WithSyncer(exp))
 		} else {
@@ -209,6 +234,7 @@ func (t *Telemetry) setupMetrics(ctx context.Context, cfg Config, getenv func(st
 		if err != nil {
 			return fmt.Errorf("metric exporter otlp: %w", err)
 		}
+		exp = taggedMetricExporter{Exporter: exp, log: t.errs}
 		opts = append(opts, sdkmetric.WithReader(sdkmetric.NewPeriodicReader(exp, sdkmetric.WithInterval(15*time.Second))))
 		t.Exporters = append(t.Exporters, "metrics:otlp")
 	}
@@ -267,4 +293,165 @@ func contains(list []string, s string) bool {
 		}
 	}
 	return false
+}
+
+// OpenTelemetry reports an export that failed, and its other errors,
+// through one process-wide handler (otel.Handle), which by default prints
+// plain text to standard error, among the JSON logs. otelErrors is that
+// handler: it logs each error through the logger of the Setup it comes
+// from, as a structured, rate-limited warning. Setup tags the errors of its
+// own exporters (taggedSpanExporter, taggedMetricExporter), so that
+// several Setups in one process (tests run many) each get their own; an
+// untagged error goes to the most recent Setup still running. It is the
+// package's one global, because the handler it stands in for is one.
+var otelErrors = &errorRouter{}
+
+// errorRouter is the process-wide otel error handler.
+type errorRouter struct {
+	install sync.Once
+
+	mu   sync.Mutex
+	logs []*errorLog // the running Setups', oldest first
+}
+
+// add installs the router as otel's error handler (once) and routes
+// untagged errors to l until it is removed.
+func (r *errorRouter) add(l *errorLog) {
+	r.install.Do(func() { otel.SetErrorHandler(r) })
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.logs = append(r.logs, l)
+}
+
+// remove stops routing untagged errors to l and logs what its rate limit
+// held back.
+func (r *errorRouter) remove(l *errorLog) {
+	r.mu.Lock()
+	for i, x := range r.logs {
+		if x == l {
+			r.logs = append(r.logs[:i], r.logs[i+1:]...)
+			break
+		}
+	}
+	r.mu.Unlock()
+	l.flush()
+}
+
+// Handle implements otel.ErrorHandler.
+func (r *errorRouter) Handle(err error) {
+	if err == nil {
+		return
+	}
+	var tagged *exportError
+	if errors.As(err, &tagged) {
+		tagged.log.log(tagged.signal, err)
+		return
+	}
+	r.mu.Lock()
+	var l *errorLog
+	if n := len(r.logs); n > 0 {
+		l = r.logs[n-1]
+	}
+	r.mu.Unlock()
+	if l == nil {
+		// No Setup is running: still a JSON line, never plain text.
+		fallback := zerolog.New(os.Stderr).With().Timestamp().Logger()
+		fallback.Warn().Err(err).Msg("OpenTelemetry error")
+		return
+	}
+	l.log("", err)
+}
+
+// errorLog logs one Setup's OpenTelemetry errors: the first at once, then
+// at most one line per interval, saying how many were left out.
+type errorLog struct {
+	logger   zerolog.Logger
+	interval time.Duration
+	now      func() time.Time
+
+	mu         sync.Mutex
+	last       time.Time // of the last line; zero before the first
+	suppressed int
+	held       error // the last error left out
+	heldSignal string
+}
+
+func newErrorLog(logger zerolog.Logger, interval time.Duration, now func() time.Time) *errorLog {
+	return &errorLog{logger: logger, interval: interval, now: now}
+}
+
+// log logs err (an export of signal failed, or, with no signal, another
+// OpenTelemetry error) unless a line went out less than interval ago.
+func (l *errorLog) log(signal string, err error) {
+	l.mu.Lock()
+	now := l.now()
+	if !l.last.IsZero() && now.Sub(l.last) < l.interval {
+		l.suppressed++
+		l.held, l.heldSignal = err, signal
+		l.mu.Unlock()
+		return
+	}
+	suppressed := l.suppressed
+	l.last, l.suppressed, l.held = now, 0, nil
+	l.mu.Unlock()
+	l.write(signal, err, suppressed)
+}
+
+// flush logs the last error the rate limit held back, if any.
+func (l *errorLog) flush() {
+	l.mu.Lock()
+	err, signal, suppressed := l.held, l.heldSignal, l.suppressed
+	l.held, l.suppressed = nil, 0
+	l.mu.Unlock()
+	if err != nil {
+		l.write(signal, err, suppressed-1)
+	}
+}
+
+func (l *errorLog) write(signal string, err error, suppressed int) {
+	e := l.logger.Warn().Err(err)
+	msg := "OpenTelemetry error"
+	if signal != "" {
+		e, msg = e.Str("signal", signal), "telemetry export failed"
+	}
+	if suppressed > 0 {
+		e = e.Int("suppressed", suppressed)
+	}
+	e.Msg(msg)
+}
+
+// exportError is an exporter's error, tagged with the Setup it belongs to.
+type exportError struct {
+	signal string
+	log    *errorLog
+	err    error
+}
+
+func (e *exportError) Error() string { return e.err.Error() }
+func (e *exportError) Unwrap() error { return e.err }
+
+// taggedSpanExporter tags its exporter's errors for the router.
+type taggedSpanExporter struct {
+	sdktrace.SpanExporter
+	log *errorLog
+}
+
+func (x taggedSpanExporter) ExportSpans(ctx context.Context, spans []sdktrace.ReadOnlySpan) error {
+	if err := x.SpanExporter.ExportSpans(ctx, spans); err != nil {
+		return &exportError{signal: "traces", log: x.log, err: err}
+	}
+	return nil
+}
+
+// taggedMetricExporter tags its exporter's errors for the router.
+type taggedMetricExporter struct {
+	sdkmetric.Exporter
+	log *errorLog
+}
+
+func (x taggedMetricExporter) Export(ctx context.Context, rm *metricdata.ResourceMetrics) error {
+	if err := x.Exporter.Export(ctx, rm); err != nil {
+		return &exportError{signal: "metrics", log: x.log, err: err}
+	}
+	return nil
 }

@@ -56,7 +56,7 @@ func runDemo(ctx context.Context, args []string, cio cmdIO) error {
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrUsage, err)
 	}
-	tel, err := setupTelemetry(ctx, cio, traces)
+	tel, err := setupTelemetry(ctx, cio, log, traces)
 	if err != nil {
 		return err
 	}

@@ -47,7 +47,7 @@ func openOps(ctx context.Context, cfg Config, cio cmdIO, readOnly bool) (svc *se
 	if log, err = telemetry.NewLogger(cio.stderr, cfg.LogLevel, cfg.LogFormat); err != nil {
 		return nil, zerolog.Nop(), nil, nil, fmt.Errorf("%w: %w", ErrUsage, err)
 	}
-	if tel, err = setupTelemetry(ctx, cio, false); err != nil {
+	if tel, err = setupTelemetry(ctx, cio, log, false); err != nil {
 		return nil, log, nil, nil, err
 	}
 	metrics, err := telemetry.NewMetrics(tel.MeterProvider)

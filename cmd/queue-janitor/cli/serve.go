@@ -54,7 +54,7 @@ func runServe(ctx context.Context, args []string, cio cmdIO) error {
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrUsage, err)
 	}
-	tel, err := setupTelemetry(ctx, cio, false)
+	tel, err := setupTelemetry(ctx, cio, log, false)
 	if err != nil {
 		return err
 	}
@@ -243,11 +243,12 @@ func jetStreamHint(err error) error {
 }
 
 // setupTelemetry builds the providers from the OTEL_* environment plus the
-// test hooks; console sends spans to standard error as JSON.
-func setupTelemetry(ctx context.Context, cio cmdIO, console bool) (*telemetry.Telemetry, error) {
+// test hooks; console sends spans to standard error as JSON. OpenTelemetry's
+// own errors (a failed export) go to log.
+func setupTelemetry(ctx context.Context, cio cmdIO, log zerolog.Logger, console bool) (*telemetry.Telemetry, error) {
 	return telemetry.Setup(ctx, telemetry.Config{
 		ServiceName: "queue-janitor", ServiceVersion: version(), Getenv: cio.getenv,
-		Console: cio.stderr, ForceConsole: console,
+		Console: cio.stderr, ForceConsole: console, Logger: log,
 		SpanProcessors: cio.hooks.SpanProcessors, MetricReaders: cio.hooks.MetricReaders, Redact: cio.redact,
 	})
 }

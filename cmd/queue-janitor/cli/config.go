@@ -91,6 +91,12 @@ type ReconcileConfig struct {
 // DefaultNATSURL is where the service looks for NATS when told nothing.
 const DefaultNATSURL = "nats://127.0.0.1:4222"
 
+// EmbeddedHTTPAddr is serve's default --http-addr with --embedded-nats: the
+// loopback interface only, like the embedded server itself, instead of
+// every interface. An --http-addr or QUEUE_JANITOR_HTTP_ADDR that is set
+// wins; `healthcheck` probes 127.0.0.1 either way.
+const EmbeddedHTTPAddr = "127.0.0.1:8080"
+
 // DefaultConfig returns the contract's defaults.
 func DefaultConfig() Config {
 	return Config{

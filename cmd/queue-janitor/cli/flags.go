@@ -24,6 +24,8 @@ type flagSet struct {
 	// positional holds the arguments that are not flags, wherever they
 	// stood on the command line.
 	positional []string
+	// set are the flags given on the command line or by their variable.
+	set map[string]bool
 }
 
 type flagGroup struct {
@@ -136,10 +138,16 @@ func (f *flagSet) parse(args []string, getenv func(string) string) error {
 			if err := f.fs.Set(name, v); err != nil {
 				return fmt.Errorf("environment variable %s=%q (for --%s): %w", env, v, name, err)
 			}
+			given[name] = true
 		}
 	}
+	f.set = given
 	return nil
 }
+
+// isSet reports whether the flag was given, on the command line or by its
+// environment variable, rather than left at its default.
+func (f *flagSet) isSet(name string) bool { return f.set[name] }
 
 // suggestFlag is a "did you mean" for an unknown flag, or "".
 func (f *flagSet) suggestFlag(err error) string {

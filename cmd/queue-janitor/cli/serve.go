@@ -39,14 +39,26 @@ func serveFlags(c *Config) *flagSet {
 	reconcileFlags(f, c)
 	logFlags(f, c)
 	httpFlags(f, c)
+	f.fs.Lookup("http-addr").Usage += "; with --embedded-nats the default is " + EmbeddedHTTPAddr + " (loopback only)"
 	return f
+}
+
+// applyEmbeddedDefaults: with --embedded-nats, whose server listens on
+// the loopback interface, the health and metrics listener does too unless
+// --http-addr (or its variable) says otherwise.
+func applyEmbeddedDefaults(cfg *Config, f *flagSet) {
+	if cfg.Embedded.Enabled && !f.isSet("http-addr") {
+		cfg.HTTPAddr = EmbeddedHTTPAddr
+	}
 }
 
 func runServe(ctx context.Context, args []string, cio cmdIO) error {
 	cfg := DefaultConfig()
-	if err := parseFlags(serveFlags(&cfg), args, cio); err != nil {
+	f := serveFlags(&cfg)
+	if err := parseFlags(f, args, cio); err != nil {
 		return err
 	}
+	applyEmbeddedDefaults(&cfg, f)
 	if err := cfg.Validate(); err != nil {
 		return fmt.Errorf("%w: %w", ErrUsage, err)
 	}

@@ -28,6 +28,7 @@ import (
 	yaml "go.yaml.in/yaml/v3"
 
 	"github.com/example/queue-janitor/cmd/queue-janitor/cli"
+	"github.com/example/queue-janitor/handlers"
 	"github.com/example/queue-janitor/telemetry"
 )
 
@@ -1112,6 +1113,12 @@ func TestManifestNATSPermissions(t *testing.T) {
 		id(cfg.Events.CleanedSubject),
 		id(cfg.Events.FlushedSubject),
 		cfg.Events.DeadLetterSubject,
+		// The record rebuild's read-only replay of the event stream (an
+		// ephemeral consumer), and dropping an old version's bucket TTL.
+		"$JS.API.CONSUMER.CREATE." + stream + ".k3Xb9fQe",
+		"$JS.API.CONSUMER.CREATE." + stream + ".k3Xb9fQe." + cfg.Intake.SubjectPrefix() + ">",
+		"$JS.API.CONSUMER.MSG.NEXT." + stream + ".k3Xb9fQe",
+		"$JS.API.STREAM.UPDATE." + kv,
 	} {
 		if !permits(pub, subject) {
 			t.Errorf("janitor may not publish %s, which the service needs", subject)
@@ -1136,6 +1143,54 @@ func TestManifestNATSPermissions(t *testing.T) {
 	sub := janitor.Permissions.Subscribe
 	if !permits(sub, "_INBOX_janitor.abc.1") || permits(sub, "_INBOX.abc.1") || permits(sub, id(cfg.Names.Subject)) {
 		t.Errorf("janitor subscribe permissions %+v: want its own inbox _INBOX_janitor.> only", sub)
+	}
+	for _, subject := range []string{"$JS.API.STREAM.UPDATE." + stream, "$JS.API.STREAM.UPDATE." + id(cfg.Names.Stream), "$JS.API.STREAM.UPDATE.BILLING"} {
+		if permits(pub, subject) {
+			t.Errorf("janitor may publish %s", subject)
+		}
+	}
+
+	// The backend may write the per-job records and leases (its fallback
+	// flush takes a job's lease like a replica), not the service's other
+	// keys, and may not announce what only the service announces.
+	backend := confUser(opts, "backend")
+	if backend == nil || backend.Permissions == nil || backend.Permissions.Publish == nil {
+		t.Fatal("nats-server.conf: no backend user with publish permissions")
+	}
+	bpub := backend.Permissions.Publish
+	if !permits(bpub, "$KV."+cfg.Records.Bucket+".job.1") || !permits(bpub, id(cfg.Names.Subject)) || !permits(bpub, cfg.Intake.SubjectPrefix()+"revoked") {
+		t.Error("backend may not write a job's record, publish a task or a status event")
+	}
+	for _, subject := range []string{
+		"$KV." + cfg.Records.Bucket + "." + handlers.SweeperLeaseKey,
+		"$KV." + cfg.Records.Bucket + ".rebuild",
+		id(cfg.Events.CleanedSubject),
+		id(cfg.Events.FlushedSubject),
+		cfg.Events.DeadLetterSubject,
+	} {
+		if permits(bpub, subject) {
+			t.Errorf("backend may publish %s, which only the service may", subject)
+		}
+	}
+
+	// The account boundary: janitor and backend share one account, which
+	// holds only them; the backend's other streams live in another
+	// account, without a janitor.
+	if janitor.Account == nil || backend.Account == nil || janitor.Account.Name != backend.Account.Name {
+		t.Fatalf("janitor and backend must share the job queues' account")
+	}
+	jobs := janitor.Account.Name
+	others := 0
+	for _, u := range opts.Users {
+		switch {
+		case u.Account != nil && u.Account.Name == jobs && u.Username != "janitor" && u.Username != "backend":
+			t.Errorf("user %s is in the job queues' account %s: give it its own account, out of the janitor's reach", u.Username, jobs)
+		case u.Account != nil && u.Account.Name != jobs:
+			others++
+		}
+	}
+	if others == 0 {
+		t.Errorf("no account besides %s: the example shows where the backend's other streams go", jobs)
 	}
 }
 

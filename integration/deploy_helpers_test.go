@@ -40,6 +40,10 @@ const (
 	janitorPassword = "janitor-dev-password"
 	// janitorInbox is the inbox prefix the janitor user may read.
 	janitorInbox = "_INBOX_janitor"
+	// appUser is the backend's user in the other account (APP), which
+	// holds its streams that are not job queues.
+	appUser     = "app"
+	appPassword = "app-dev-password"
 )
 
 // confServer is a nats-server started from a configuration file.

@@ -15,6 +15,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/example/queue-janitor/events"
+	"github.com/example/queue-janitor/handlers"
 	"github.com/example/queue-janitor/integration/natstest"
 	"github.com/example/queue-janitor/queue"
 )
@@ -463,10 +464,138 @@ func TestPermissionsJanitorUserCannot(t *testing.T) {
 // loggedViolation reports whether the server logged a violation of kind
 // ("Publish" or "Subscription") by the janitor user on subject.
 func loggedViolation(srv *confServer, kind, subject string) bool {
+	return loggedViolationBy(srv, janitorUser, kind, subject)
+}
+
+// loggedViolationBy reports whether the server logged a violation of kind
+// by user on subject.
+func loggedViolationBy(srv *confServer, user, kind, subject string) bool {
 	for _, line := range srv.log.violations() {
-		if strings.Contains(line, "user:"+janitorUser) && strings.Contains(line, kind+" Violation - Subject \""+subject+"\"") {
+		// The server writes "ACCOUNT/user:name" (with the quotes): the
+		// name ends at the quote, so that "app" does not match "apple".
+		if strings.Contains(line, "user:"+user+`"`) && strings.Contains(line, kind+" Violation - Subject \""+subject+"\"") {
 			return true
 		}
 	}
 	return false
+}
+
+// TestPermissionsOtherAccountIsOutOfReach: the account is the boundary.
+// The backend's streams that are not job queues live in another account
+// (APP): a billing stream, and even one named like a job queue. The
+// service, run as the janitor user with the reconciler sweeping orphans,
+// cleans a revoked job and sweeps an orphan in its own account, and leaves
+// the other account's streams whole; asked directly, the janitor user
+// cannot list, read, purge or delete them: to it they do not exist.
+func TestPermissionsOtherAccountIsOutOfReach(t *testing.T) {
+	t.Parallel()
+	srv, e := deployEnv(t)
+	ctx := t.Context()
+	_, app := natstest.Connect(t, srv.URL(), nats.UserInfo(appUser, appPassword))
+	appStreams := map[string]string{"BILLING": "billing.>", "job_50": "job.50.tasks"}
+	for name, subject := range appStreams {
+		if _, err := app.CreateStream(ctx, jetstream.StreamConfig{Name: name, Subjects: []string{subject}}); err != nil {
+			t.Fatalf("create %s in the other account: %v", name, err)
+		}
+		publishTasks(t, app, strings.Replace(strings.TrimSuffix(subject, ">"), "billing.", "billing.invoice", 1), 0, 3)
+	}
+	e.provision(1, 10, events.Attempt(1))
+	e.provision(50, 4, nil) // an orphan in the job account, with the same name
+	cleaned := subscribe(t, e.nc, "job.queue.cleaned.*")
+	logs := &syncBuffer{}
+	startServe(t, e.js, append(janitorArgs(e.url), "--reconcile-interval", "300ms", "--orphan-idle", "1s",
+		"--sweep-orphans"), io.MultiWriter(zerolog.NewTestWriter(t), logs))
+
+	e.emit(events.StatusEvent{JobID: 1, Status: events.StatusRevoked, Attempt: events.Attempt(1)})
+	eventually(t, 15*time.Second, "job 1 cleaned and the job account's orphan job_50 swept", func() bool {
+		return cleaned.count() >= 1 && !streamExists(t, e.js, "job_1") && !streamExists(t, e.js, "job_50")
+	})
+
+	// Asked directly, as the janitor user.
+	j := connectJanitor(t, e.url)
+	list := j.js.ListStreams(ctx) // $JS.API.STREAM.LIST, which the service uses
+	listed := 0
+	for info := range list.Info() {
+		listed++
+		if _, other := appStreams[info.Config.Name]; other && info.Config.Name != "job_50" || info.Config.Name == "BILLING" {
+			t.Errorf("the janitor user lists %s of the other account", info.Config.Name)
+		}
+		if info.Config.Name == "job_50" {
+			t.Errorf("the janitor user lists a job_50 (the job account's was swept; the other account's must not show)")
+		}
+	}
+	if err := list.Err(); err != nil {
+		t.Fatalf("list streams as janitor: %v", err)
+	}
+	if listed == 0 {
+		t.Fatal("the janitor user lists no stream at all: the listing proves nothing")
+	}
+	for name := range appStreams {
+		if _, err := j.js.Stream(ctx, name); name != "job_50" && !errors.Is(err, jetstream.ErrStreamNotFound) {
+			t.Errorf("stream info %s as janitor: %v, want stream not found", name, err)
+		}
+		for _, op := range []string{"PURGE", "DELETE"} {
+			subject := "$JS.API.STREAM." + op + "." + name
+			msg, err := j.nc.RequestWithContext(ctx, subject, nil)
+			if err != nil {
+				t.Errorf("%s as janitor: %v", subject, err)
+				continue
+			}
+			if !strings.Contains(string(msg.Data), `"code":404`) {
+				t.Errorf("%s as janitor: %s, want stream not found (404)", subject, msg.Data)
+			}
+		}
+	}
+
+	// The other account's streams are whole.
+	for name := range appStreams {
+		s, err := app.Stream(ctx, name)
+		if err != nil {
+			t.Errorf("the other account's %s: %v", name, err)
+			continue
+		}
+		if n := s.CachedInfo().State.Msgs; n != 3 {
+			t.Errorf("the other account's %s holds %d messages, want 3", name, n)
+		}
+	}
+	if v := srv.log.violations(); len(v) > 0 {
+		t.Errorf("permission violations on the server:\n%s", strings.Join(v, "\n"))
+	}
+	if text := logs.String(); strings.Contains(text, "NATS asynchronous error") || strings.Contains(strings.ToLower(text), "permission") {
+		t.Errorf("the service logged a NATS or permission error:\n%s", text)
+	}
+}
+
+// TestPermissionsBackendWritesJobRecordsOnly: the backend user may write a
+// job's record and lease in the service's bucket (its fallback flush takes
+// the lease as a replica does), but not the service's other keys (the
+// reconciler's lease, the rebuild's marker).
+func TestPermissionsBackendWritesJobRecordsOnly(t *testing.T) {
+	t.Parallel()
+	srv, e := deployEnv(t)
+	ctx := t.Context()
+	kv, err := e.js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "queue_janitor_jobs"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kv.Put(ctx, queue.JobKey(7), []byte(`{"lease":"backend"}`)); err != nil {
+		t.Errorf("the backend cannot write job 7's record: %v", err)
+	}
+	for _, key := range []string{handlers.SweeperLeaseKey, "rebuild"} {
+		t.Run(key, func(t *testing.T) {
+			t.Parallel()
+			ctx, cancel := context.WithTimeout(t.Context(), 2*time.Second)
+			defer cancel()
+			if _, err := kv.Put(ctx, key, []byte("backend")); err == nil {
+				t.Errorf("the backend wrote %s", key)
+			}
+			subject := "$KV.queue_janitor_jobs." + key
+			eventually(t, 5*time.Second, "the violation on "+subject, func() bool {
+				return loggedViolationBy(srv, backendUser, "Publish", subject)
+			})
+			if _, err := kv.Get(t.Context(), key); !errors.Is(err, jetstream.ErrKeyNotFound) {
+				t.Errorf("%s: %v, want no such key", key, err)
+			}
+		})
+	}
 }

@@ -362,14 +362,6 @@ type pdb struct {
 	} `yaml:"spec"`
 }
 
-type kustomization struct {
-	Namespace string   `yaml:"namespace"`
-	Resources []string `yaml:"resources"`
-	Images    []struct {
-		Name string `yaml:"name"`
-	} `yaml:"images"`
-}
-
 // find returns the only object of kind, decoded into v.
 func find(t *testing.T, objs []k8sObject, kind string, v any) k8sObject {
 	t.Helper()
@@ -1295,13 +1287,4 @@ func urlHostPort(t *testing.T, url string) (host, port string) {
 		t.Fatalf("%q: %v", url, err)
 	}
 	return host, port
-}
-
-func atoi(t *testing.T, s string) int {
-	t.Helper()
-	n, err := strconv.Atoi(s)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return n
 }

@@ -11,7 +11,7 @@ LDFLAGS  := -s -w -X github.com/example/queue-janitor/cmd/queue-janitor/cli.Vers
 
 .PHONY: help
 help: ## list the targets
-	@grep -hE '^[a-z][a-z-]*:.*## ' $(MAKEFILE_LIST) | sort | awk -F ':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+	@grep -hE '^[a-z][a-z0-9.-]*:.*## ' $(MAKEFILE_LIST) | sort | awk -F ':.*## ' '{printf "  %-17s %s\n", $$1, $$2}'
 
 .PHONY: demo
 demo: ## replay the incident on an embedded NATS server (the one-command tour)
@@ -29,10 +29,10 @@ build: ## build a static binary into bin/ (the same flags as deploy/Dockerfile)
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/queue-janitor ./cmd/queue-janitor
 
 # The steps of `make test`, in order; CI (.ci/run) adds the demo and `make lint`.
-TEST_STEPS := vet staticcheck test-race check-model-ci fuzz test-python
+TEST_STEPS := vet staticcheck test-race check-model-ci fuzz test-python nats-server-2.10 test-nats210
 
 .PHONY: test
-test: ## gofmt, vet, staticcheck, race tests, the model checker at CI bounds, short fuzz runs, the backend's Python tests (about 10 min cold on 2 cores)
+test: ## gofmt, vet, staticcheck, race tests, the model checker at CI bounds, short fuzz runs, the backend's Python tests, the server-behaviour tests on nats-server 2.10 (about 10 min cold on 2 cores)
 	@start=$$SECONDS; n=0; total=$(words $(TEST_STEPS)); \
 	for step in $(TEST_STEPS); do \
 		n=$$((n + 1)); \
@@ -74,6 +74,56 @@ test-python: ## the backend's Python module (python3 >= 3.9): unit tests, and en
 	@# version Antenna pins), found from their own location; without either they are skipped, saying so.
 	CGO_ENABLED=0 $(GO) build -o bin/queue-janitor-test ./cmd/queue-janitor
 	cd deploy/backend && QJ_BIN=$(CURDIR)/bin/queue-janitor-test python3 -m unittest discover -v
+
+# nats-server 2.10, the oldest release line the service supports (the backend
+# deploys nats:2.10-alpine), built from source through the Go module proxy and
+# pinned; every other test runs on the embedded 2.15 of go.mod.
+NATS210_VERSION := v2.10.27
+NATS210_BIN     := bin/nats210/nats-server
+
+.PHONY: nats-server-2.10
+nats-server-2.10: ## build nats-server 2.10.27 into bin/nats210/ (pinned; about 15 s cold)
+	@GOBIN=$(CURDIR)/bin/nats210 $(GO) install github.com/nats-io/nats-server/v2@$(NATS210_VERSION) || \
+		{ echo "make nats-server-2.10: FAILED to build nats-server $(NATS210_VERSION) (go install through the Go module proxy); test-nats210 cannot run without it"; exit 1; }
+	@v="$$($(NATS210_BIN) --version 2>&1)"; case "$$v" in *"$(NATS210_VERSION)"*) echo "$(NATS210_BIN): $$v";; \
+		*) echo "make nats-server-2.10: $(NATS210_BIN) reports '$$v', want $(NATS210_VERSION)"; exit 1;; esac
+
+# The tests of test-nats210: those that exercise the server's behaviour on one
+# node. queue/ and events/ (every test; their cluster test skips itself) and
+# integration/natstest/ run whole; from integration/: lifecycle, cleanup,
+# safety, clock, resurrect, partition, reconcile and its gaps, takeover,
+# liveness, shutdown (mid burst), the random histories, the CLI golden
+# output and doctor. Left out: tests that start their server in-process
+# whatever the mode (deploy configuration, auth, secrets, last delivery,
+# embedded, observability, dashboard), clusters, the frozen-replica test (the
+# service's own scheduling, 47 s), and TestOutageIsRiddenOut and
+# TestSIGTERMWithEffectsStuck: both need a server stop to catch JetStream
+# calls in flight, which 2.15.2 does (its shutdown after a burst takes about
+# 1 s with clients still connected) and 2.10.27 does not (about 80 ms): their
+# precondition fails on 2.10, not the service.
+NATS210_PKGS  := ./queue/ ./events/ ./integration/natstest/
+NATS210_TESTS := TestIncident TestDuplicateAndEmptyAreAnswered TestEventsWhileStoppedAreHandledAfterStart \
+	TestInvalidEventIsDeadLettered TestTerminalStatusRemovesOnlyThatJob TestTerminalStatusesAreConfigurable \
+	TestDuplicateRestartForSameAttempt TestLateTerminalAfterNewRun TestLateTerminalWithoutRecordIsFenced \
+	TestOlderRestartAfterNewer TestRevokeAndRestartRace TestFutureDatedEventIsDeadLettered \
+	TestLateTerminalFromAClockAheadIsStale TestRedeliveredRestartKeepsTheNewRun \
+	TestRestartFlushesALeftoverCreatedJustBefore TestTerminalRightAfterCreationRemovesAtOnce \
+	TestFlushedStreamDoesNotComeBack TestLostDeleteReplyIsReportedRemoved TestPartitionedDeleteNeverArrivesLate \
+	TestDryRunChangesNothing TestOneSweeperAtATime TestOrphansAreReportedThenSweptWhenEnabled \
+	TestReconcilerCleansStreamRecreatedAfterTheEnd TestReconcilerCleansWhatEventsMissed TestReconcilerIsObserved \
+	TestOrphanWithAWorkerBusyIsKept TestReconcilerCleansADeadLetterConsumerLeftWithoutItsStream \
+	TestKilledReplicaIsTakenOverInSeconds TestKilledSingleReplicaRestartsInSeconds TestServerDownMidStorm \
+	TestReadOnlyCommandsCreateNothing TestReadyzAnswersAtOnceWhenNATSDown TestServeBindWaitsForDeletedEventStream \
+	TestServeHealsAfterDeletions TestSIGTERMMidBurst TestRandomHistories TestCLIGolden TestDoctor.*
+empty :=
+space := $(empty) $(empty)
+
+.PHONY: test-nats210
+test-nats210: nats-server-2.10 ## the tests of the server's behaviour, and the backend's Python tests, against nats-server 2.10.27 (no -race)
+	QJ_NATS_SERVER_BIN=$(CURDIR)/$(NATS210_BIN) $(GO) test -count=1 -timeout 20m $(NATS210_PKGS)
+	QJ_NATS_SERVER_BIN=$(CURDIR)/$(NATS210_BIN) $(GO) test -count=1 -timeout 20m \
+		-run '^($(subst $(space),|,$(strip $(NATS210_TESTS))))$$' ./integration/
+	QJ_NATS_SERVER_BIN=$(CURDIR)/$(NATS210_BIN) $(MAKE) --no-print-directory test-python
 
 .PHONY: fuzz
 fuzz: ## run each fuzz target for FUZZTIME (default 10s)

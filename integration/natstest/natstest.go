@@ -2,6 +2,11 @@
 // a single node, or a cluster of several, each with its own store directory
 // under t.TempDir(), listening on free loopback ports. Servers can be
 // stopped and restarted on the same port and store to simulate outages.
+//
+// When the environment variable QJ_NATS_SERVER_BIN names a nats-server
+// binary, RunServer starts that binary as a subprocess instead (external
+// mode: `make test-nats210` runs the tests against nats-server 2.10 this
+// way); see [ServerBinEnv].
 package natstest
 
 import (
@@ -25,31 +30,42 @@ type Server struct {
 	srv  *server.Server
 	opts *server.Options
 	name string
+	// ext is the subprocess in external mode, else nil.
+	ext *external
 }
 
 // Option adjusts a server's options before it starts.
 type Option func(*server.Options)
 
 // RunServer starts a single JetStream node and stops it at the end of the
-// test.
+// test. In external mode (QJ_NATS_SERVER_BIN set) it runs that binary, and
+// skips the test when an option cannot be given to it.
 func RunServer(tb testing.TB, opts ...Option) *Server {
 	tb.Helper()
-	o := &server.Options{
-		Host:       "127.0.0.1",
-		Port:       server.RANDOM_PORT,
-		JetStream:  true,
-		StoreDir:   tb.TempDir(),
-		NoLog:      true,
-		NoSigs:     true,
-		MaxPayload: 8 << 20,
-	}
+	o := singleOptions(tb.TempDir())
 	for _, opt := range opts {
 		opt(o)
+	}
+	if bin := ExternalBin(); bin != "" {
+		return runExternal(tb, bin, o)
 	}
 	s := &Server{opts: o, name: o.ServerName}
 	s.start(tb)
 	tb.Cleanup(s.Stop)
 	return s
+}
+
+// singleOptions are a single node's options before the test's.
+func singleOptions(storeDir string) *server.Options {
+	return &server.Options{
+		Host:       "127.0.0.1",
+		Port:       server.RANDOM_PORT,
+		JetStream:  true,
+		StoreDir:   storeDir,
+		NoLog:      true,
+		NoSigs:     true,
+		MaxPayload: 8 << 20,
+	}
 }
 
 func (s *Server) start(tb testing.TB) {
@@ -88,7 +104,7 @@ func (s *Server) boot() error {
 	return nil
 }
 
-// current is the running server process, or nil.
+// current is the running in-process server, or nil (also in external mode).
 func (s *Server) current() *server.Server {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -104,12 +120,19 @@ func (s *Server) Name() string {
 
 // Running reports whether the server is up.
 func (s *Server) Running() bool {
+	if s.ext != nil {
+		return s.ext.running()
+	}
 	srv := s.current()
 	return srv != nil && srv.Running()
 }
 
-// JetStreamIsLeader reports whether the server leads the meta group.
+// JetStreamIsLeader reports whether the server leads the meta group (a
+// single external server always does while it runs).
 func (s *Server) JetStreamIsLeader() bool {
+	if s.ext != nil {
+		return s.ext.running()
+	}
 	srv := s.current()
 	return srv != nil && srv.Running() && srv.JetStreamIsLeader()
 }
@@ -123,6 +146,10 @@ func (s *Server) URL() string {
 
 // Stop shuts the server down and waits; stopping twice is harmless.
 func (s *Server) Stop() {
+	if s.ext != nil {
+		s.ext.stop()
+		return
+	}
 	if srv := s.current(); srv != nil && srv.Running() {
 		srv.Shutdown()
 		srv.WaitForShutdown()
@@ -140,6 +167,9 @@ func (s *Server) Restart(tb testing.TB) {
 // TryRestart is Restart for goroutines other than the test's.
 func (s *Server) TryRestart() error {
 	s.Stop()
+	if s.ext != nil {
+		return s.ext.start()
+	}
 	return s.boot()
 }
 
@@ -170,6 +200,9 @@ type Cluster struct {
 // parallel test take one in between, it starts over with new ports.
 func RunCluster(tb testing.TB, n int, opts ...Option) *Cluster {
 	tb.Helper()
+	if bin := ExternalBin(); bin != "" {
+		tb.Skipf("natstest: a cluster runs in-process only; %s=%s is set (external mode), so this test runs only without it", ServerBinEnv, bin)
+	}
 	var lastErr error
 	for range 5 {
 		c, err := tryCluster(tb, n, opts)

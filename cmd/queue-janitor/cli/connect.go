@@ -25,6 +25,19 @@ import (
 // later: such a publish fails at once (and is retried by its caller), so
 // that no request can reach the server long after its sender gave up on it.
 func connect(ctx context.Context, c NATSConfig, name string, log zerolog.Logger, extra ...nats.Option) (*nats.Conn, error) {
+	nc, err := dial(c, name, log, extra...)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkJetStream(ctx, nc, c.ConnectTimeout); err != nil {
+		nc.Close()
+		return nil, err
+	}
+	return nc, nil
+}
+
+// dial is connect without the JetStream check.
+func dial(c NATSConfig, name string, log zerolog.Logger, extra ...nats.Option) (*nats.Conn, error) {
 	opts := []nats.Option{
 		nats.Name(name),
 		nats.ReconnectBufSize(-1),
@@ -82,10 +95,6 @@ func connect(ctx context.Context, c NATSConfig, name string, log zerolog.Logger,
 	nc, err := nats.Connect(c.URL, append(opts, extra...)...)
 	if err != nil {
 		return nil, connectError(c, err)
-	}
-	if err := checkJetStream(ctx, nc, c.ConnectTimeout); err != nil {
-		nc.Close()
-		return nil, err
 	}
 	return nc, nil
 }

@@ -39,12 +39,9 @@ func namesFlags(f *flagSet, c *Config) {
 
 func intakeFlags(f *flagSet, c *Config) {
 	f.group("Event intake")
-	f.String(&c.Intake.Stream, "event-stream", envPrefix+"EVENT_STREAM", "JetStream stream holding job-status events")
-	f.String(&c.Intake.Subject, "event-subject", envPrefix+"EVENT_SUBJECT", "subjects of job-status events; * is the status")
-	f.Bool(&c.Intake.Bind, "bind-event-stream", envPrefix+"BIND_EVENT_STREAM", "require the event stream to exist instead of creating it")
+	eventStreamFlags(f, c)
 	f.Int(&c.Intake.Replicas, "event-stream-replicas", envPrefix+"EVENT_STREAM_REPLICAS", "replicas of the event stream when created")
 	f.Duration(&c.Intake.MaxAge, "event-max-age", envPrefix+"EVENT_MAX_AGE", "how long the event stream keeps events when created")
-	f.String(&c.Intake.Consumer, "consumer", envPrefix+"CONSUMER", "durable consumer shared by all replicas")
 	f.Int(&c.Intake.MaxDeliver, "max-deliver", envPrefix+"MAX_DELIVER", "deliveries of an event that fails for a reason of its own before it is dead-lettered (failures of NATS itself are retried until they pass)")
 	f.Duration(&c.Intake.AckWait, "ack-wait", envPrefix+"ACK_WAIT", "redelivery wait for an event left unacknowledged")
 	f.Int(&c.Intake.Concurrency, "concurrency", envPrefix+"CONCURRENCY", "events handled at once per process (one at a time per job)")
@@ -53,9 +50,23 @@ func intakeFlags(f *flagSet, c *Config) {
 	f.Duration(&c.Intake.ShutdownTimeout, "shutdown-timeout", envPrefix+"SHUTDOWN_TIMEOUT", "wait for in-flight events at shutdown")
 }
 
+// eventStreamFlags are the names of the event stream and the durable
+// consumer, and whether the service creates the stream.
+func eventStreamFlags(f *flagSet, c *Config) {
+	f.String(&c.Intake.Stream, "event-stream", envPrefix+"EVENT_STREAM", "JetStream stream holding job-status events")
+	f.String(&c.Intake.Subject, "event-subject", envPrefix+"EVENT_SUBJECT", "subjects of job-status events; * is the status")
+	f.String(&c.Intake.Consumer, "consumer", envPrefix+"CONSUMER", "durable consumer shared by all replicas")
+	f.Bool(&c.Intake.Bind, "bind-event-stream", envPrefix+"BIND_EVENT_STREAM", "require the event stream to exist instead of creating it")
+}
+
 func eventsFlags(f *flagSet, c *Config) {
 	f.group("Emitted events")
 	f.String(&c.Events.Source, "event-source", envPrefix+"EVENT_SOURCE", "CloudEvents source of emitted events")
+	announceFlags(f, c)
+}
+
+// announceFlags are the subjects the service publishes on.
+func announceFlags(f *flagSet, c *Config) {
 	f.String(&c.Events.CleanedSubject, "cleaned-subject", envPrefix+"CLEANED_SUBJECT", "subject announcing a terminal cleanup")
 	f.String(&c.Events.FlushedSubject, "flushed-subject", envPrefix+"FLUSHED_SUBJECT", "subject announcing a restart flush")
 	f.String(&c.Events.DeadLetterSubject, "deadletter-subject", envPrefix+"DEADLETTER_SUBJECT", "subject receiving rejected events")

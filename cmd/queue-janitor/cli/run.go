@@ -63,6 +63,7 @@ func commands() map[string]command {
 		"clean":       {"clean the queues of the given jobs now", runClean},
 		"flush":       {"flush a job's leftover queue now, as a restart would", runFlush},
 		"emit":        {"publish a job-status event, as the backend would", runEmit},
+		"doctor":      {"check a deployment: connection, server, streams, bucket, permissions, naming; say what to fix", runDoctor},
 		"healthcheck": {"probe the local serve's /readyz (for container health checks)", runHealthcheck},
 		"dev-nats":    {"run a JetStream server alone, without the service (development and tests)", runDevNATS},
 	}

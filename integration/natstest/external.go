@@ -121,7 +121,7 @@ func (e *external) start() error {
 		return fmt.Errorf("natstest: external server configuration: %w", err)
 	}
 	logPath := filepath.Join(e.dir, "nats-server.log")
-	log, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	log, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600) //nolint:gosec // a file in the test's own directory
 	if err != nil {
 		return fmt.Errorf("natstest: external server log: %w", err)
 	}
@@ -161,7 +161,7 @@ func (e *external) start() error {
 		}
 		if time.Now().After(deadline) {
 			e.stop()
-			return fmt.Errorf("natstest: %s not accepting connections on %s after 20s (%v):\n%s", e.bin, url, err, tail(logPath))
+			return fmt.Errorf("natstest: %s not accepting connections on %s after 20s (%w):\n%s", e.bin, url, err, tail(logPath))
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -212,9 +212,9 @@ func tail(path string) string {
 	if err != nil {
 		return "(no log: " + err.Error() + ")"
 	}
-	const max = 4000
-	if len(data) > max {
-		data = data[len(data)-max:]
+	const maxTail = 4000
+	if len(data) > maxTail {
+		data = data[len(data)-maxTail:]
 	}
 	return string(data)
 }

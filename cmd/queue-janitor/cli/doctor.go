@@ -289,7 +289,7 @@ func (d *doctor) checkVersion() {
 // answers the PING of a flush, so it is known when the flush returns.
 func (d *doctor) violated(before error, what string) bool {
 	after := d.nc.LastError()
-	if after == nil || after == before {
+	if after == nil || errors.Is(after, before) { // the same error: no new violation
 		return false
 	}
 	return errors.Is(after, nats.ErrPermissionViolation) && strings.Contains(after.Error(), what)

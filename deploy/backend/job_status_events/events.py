@@ -330,5 +330,24 @@ def build_status_event(
     return msg
 
 
+def with_attempt(msg: StatusMessage, attempt: int, config: EventConfig = EventConfig()) -> StatusMessage:
+    """``msg`` with ``data.attempt`` set to ``attempt``: the same event (id,
+    ``Nats-Msg-Id``, time, trace context), for a run number learnt after the
+    event was built (the attempt stamped on the job's stream). Raises
+    ``ValueError`` for a bad attempt or an event grown over the size limit."""
+    attempt = check_attempt(attempt)
+    if attempt is None:
+        raise ValueError("attempt is required")
+    doc = json.loads(msg.body)
+    data = doc if config.binary else doc["data"]
+    data["attempt"] = attempt
+    out = StatusMessage(subject=msg.subject, body=_json(doc), headers=dict(msg.headers), event_id=msg.event_id,
+                        status=msg.status, job_id=msg.job_id, attempt=attempt)
+    if out.size > config.max_event_bytes:
+        raise ValueError(f"job {msg.job_id} status {msg.status}: event is {out.size} bytes, over the limit of "
+                         f"{config.max_event_bytes}")
+    return out
+
+
 def _json(obj: object) -> bytes:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")

@@ -250,3 +250,137 @@ def request_restart_sync(
             await nc.close()
 
     return run_sync(run)
+
+
+def publish_event_sync(
+    servers: Servers,
+    msg: StatusMessage,
+    *,
+    config: EventConfig = EventConfig(),
+    connect_options: Optional[Dict[str, Any]] = None,
+    stamp_from: Optional[Tuple[str, Any]] = None,
+    tries: int = 3,
+) -> StatusMessage:
+    """Publish a built event; with ``stamp_from`` (the job's stream name and
+    the service's ``BucketSettings``), first give it the run number stamped
+    on the job's stream (else the service record's ``restart_attempt``), on
+    the same connection and before the first try, so that a retried publish
+    that reaches NATS late still names its run. Returns what was sent."""
+    from .events import with_attempt
+    from .teardown import read_run_attempt
+
+    async def run() -> StatusMessage:
+        nonlocal msg
+        nc = await connect(servers, **(connect_options or {}))
+        try:
+            if stamp_from is not None and msg.attempt is None:
+                try:
+                    attempt = await read_run_attempt(nc, msg.job_id, stream_name=stamp_from[0], bucket=stamp_from[1])
+                except Exception as exc:
+                    log.info("job %d: could not read the run number for %s (%s); sent without it",
+                             msg.job_id, msg.subject, exc)
+                    attempt = None
+                if attempt is not None:
+                    msg = with_attempt(msg, attempt, config)
+            publish = NatsTransport(nc).publish
+            delay = 0.5
+            for n in range(1, tries + 1):
+                try:
+                    await publish(msg.subject, msg.body, dict(msg.headers))
+                    return msg
+                except Exception as exc:
+                    if n == tries:
+                        raise
+                    log.warning("publishing %s failed (try %d of %d): %s", msg.subject, n, tries, exc)
+                await asyncio.sleep(delay)
+                delay *= 2
+            return msg
+        finally:
+            await nc.close()
+
+    return run_sync(run)
+
+
+def start_run_sync(
+    servers: Servers,
+    job_id: int,
+    *,
+    time: _dt.datetime,
+    config: EventConfig = EventConfig(),
+    settings: Any = None,
+    connect_options: Optional[Dict[str, Any]] = None,
+    **fields: Any,
+) -> Any:
+    """``start.start_run`` on its own connection (``settings``: a
+    ``StartSettings``); ``FlushError`` when NATS cannot be reached."""
+    from .handshake import StartSettings
+    from .start import start_run
+
+    async def run() -> Any:
+        try:
+            nc = await connect(servers, **(connect_options or {}))
+        except Exception as exc:
+            raise FlushError(f"job {job_id}: cannot connect to NATS at {servers}: {exc!r}; do not publish the new "
+                             f"round", job_id=job_id, attempt=fields.get("attempt"), event_ids=[]) from exc
+        try:
+            return await start_run(nc, job_id, time=time, config=config,
+                                   settings=settings if settings is not None else StartSettings(), **fields)
+        finally:
+            await nc.close()
+
+    return run_sync(run)
+
+
+def end_queue_sync(
+    servers: Servers,
+    job_id: int,
+    *,
+    connect_options: Optional[Dict[str, Any]] = None,
+    job_logger: Optional[logging.Logger] = None,
+    **names: Any,
+) -> Tuple[bool, Optional[int]]:
+    """``teardown.teardown`` on its own connection: ``(all gone, the run's
+    attempt)``; ``(False, None)`` when NATS cannot be reached (logged)."""
+    from .teardown import teardown
+
+    async def run() -> Tuple[bool, Optional[int]]:
+        try:
+            nc = await connect(servers, **(connect_options or {}))
+        except Exception as exc:
+            for lg in filter(None, (log, job_logger)):
+                lg.warning("Could not clean up the NATS queue of job '%s': cannot connect to NATS (%s); "
+                           "queue-janitor removes it once told the job ended", job_id, exc)
+            return False, None
+        try:
+            return await teardown(nc, job_id, loggers=[job_logger] if job_logger else [], **names)
+        finally:
+            await nc.close()
+
+    return run_sync(run)
+
+
+def task_round_sync(
+    servers: Servers,
+    job_id: int,
+    reply_subject: str,
+    *,
+    stream_name: str,
+    connect_options: Optional[Dict[str, Any]] = None,
+) -> Optional[str]:
+    """``rounds.task_round`` on its own connection: why the task is of an
+    earlier round, or None. Skips the connection for a subject that is not
+    a task acknowledgement of ``stream_name``."""
+    from .rounds import parse_ack_subject, task_round
+
+    ack = parse_ack_subject(reply_subject)
+    if ack is None or ack.stream != stream_name:
+        return None
+
+    async def run() -> Optional[str]:
+        nc = await connect(servers, **(connect_options or {}))
+        try:
+            return await task_round(nc, job_id, reply_subject, stream_name=stream_name)
+        finally:
+            await nc.close()
+
+    return run_sync(run)

@@ -9,9 +9,8 @@ confirms that the event is stored in the service's event stream).
 from __future__ import annotations
 
 import asyncio
-import datetime as _dt
 import logging
-from typing import Any, Awaitable, Callable, Dict, Optional
+from typing import Any, Awaitable, Callable, Dict
 
 from .events import EventConfig, StatusMessage, build_status_event
 

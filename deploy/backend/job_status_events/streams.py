@@ -51,6 +51,8 @@ DEFAULT_SUBJECT_PATTERN = "job.{id}.tasks"
 DEFAULT_CONSUMER_PATTERN = "job-{id}-consumer"
 DEFAULT_DLQ_CONSUMER_PATTERN = "job-{id}-dlq"
 DEFAULT_FLUSHED_SUBJECT = "job.queue.flushed.{id}"
+#: The service's event stream (``--event-stream``).
+DEFAULT_EVENT_STREAM = "JOB_EVENTS"
 DEFAULT_CLEANED_SUBJECT = "job.queue.cleaned.{id}"
 
 

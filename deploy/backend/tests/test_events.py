@@ -3,7 +3,7 @@ import json
 import unittest
 import uuid
 
-from job_status_events import EventConfig, build_status_event, format_time, normalize_status
+from job_status_events import EventConfig, build_status_event, format_time, normalize_status, with_attempt
 from job_status_events.events import message_size
 
 from .helpers import T0, T0_TEXT, TRACEPARENT, decode_like_service, ids
@@ -238,6 +238,27 @@ class AttemptTest(unittest.TestCase):
             with self.subTest(bad=bad):
                 with self.assertRaises(ValueError):
                     build_status_event(5, "REVOKED", time=T0, attempt=bad, config=NO_TRACE, event_id="x")
+
+
+class WithAttemptTest(unittest.TestCase):
+    def test_same_event_with_its_run(self):
+        for binary in (False, True):
+            conf = EventConfig(binary=binary, trace_context=lambda: (TRACEPARENT, None))
+            msg = build_status_event(7, "REVOKED", time=T0, actor="watchdog", config=conf, event_id="e-1")
+            out = with_attempt(msg, 1796508388265, conf)
+            with self.subTest(binary=binary):
+                ev = decode_like_service(out.subject, out.headers, out.body)
+                self.assertEqual(ev["data"]["attempt"], 1796508388265)
+                self.assertEqual(ev["data"]["actor"], "watchdog")
+                self.assertEqual((out.event_id, out.headers["Nats-Msg-Id"], out.attempt), ("e-1", "e-1", 1796508388265))
+                self.assertEqual(ev["attrs"]["traceparent"], TRACEPARENT)
+                self.assertEqual(ev["attrs"]["time"], T0_TEXT)
+
+    def test_checked(self):
+        msg = build_status_event(7, "REVOKED", time=T0)
+        for bad in (-1, True, "3", None):
+            with self.assertRaises(ValueError):
+                with_attempt(msg, bad)
 
 
 class TraceContextTest(unittest.TestCase):

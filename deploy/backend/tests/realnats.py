@@ -253,6 +253,17 @@ async def record(nc, job_id: int, bucket: str = "queue_janitor_jobs") -> Optiona
     return json.loads(base64.b64decode(doc["message"]["data"]) or b"null")
 
 
+async def last_event(nc, subject: str, stream: str = "JOB_EVENTS") -> Optional[dict]:
+    """The last event stored on ``subject``, decoded (structured mode)."""
+    import base64
+    msg = await nc.request(f"$JS.API.STREAM.MSG.GET.{stream}", json.dumps({"last_by_subj": subject}).encode(),
+                           timeout=5)
+    doc = json.loads(msg.data)
+    if doc.get("error"):
+        return None
+    return json.loads(base64.b64decode(doc["message"]["data"]))
+
+
 class Worker:
     """Pulls a job's tasks through Antenna's durable consumer and acks them,
     counting deliveries per task."""

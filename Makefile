@@ -72,6 +72,8 @@ test-python: ## the backend's Python module (python3 >= 3.9): unit tests, and en
 	@command -v python3 >/dev/null || { echo "make test-python needs python3 (3.9 or later) on PATH"; exit 1; }
 	@# The end-to-end tests use an installed nats-py, else ../shared/third_party/nats-py-2.10.0 (the
 	@# version Antenna pins), found from their own location; without either they are skipped, saying so.
+	@# QJ_NATS_SERVER_BIN=<nats-server> runs them on that server instead of dev-nats (CI: 2.10.27);
+	@# QJ_ANTENNA_REPO=<clone of RolnickLab/antenna> adds the tests with Antenna's own code at 731cc2a2.
 	CGO_ENABLED=0 $(GO) build -o bin/queue-janitor-test ./cmd/queue-janitor
 	cd deploy/backend && QJ_BIN=$(CURDIR)/bin/queue-janitor-test python3 -m unittest discover -v
 

@@ -40,7 +40,8 @@ class Names(unittest.TestCase):
 
     @staticmethod
     def table() -> List[Tuple[str, str]]:
-        text = open(GUIDE, encoding="utf-8").read()
+        with open(GUIDE, encoding="utf-8") as f:
+            text = f.read()
         section = text.split("## Names cited", 1)[1]
         rows = []
         for line in section.splitlines():
@@ -85,6 +86,45 @@ class Names(unittest.TestCase):
                 else:
                     ok = name in text
                 self.assertTrue(ok, f"{name} not found in {path} at {antenna.ANTENNA_COMMIT[:8]}")
+
+
+class Edits(unittest.TestCase):
+    """The guide's diffs apply to Antenna's files at 731cc2a2, once each, and
+    leave valid Python; there are three of them, plus one optional."""
+
+    FILES = ["ami/jobs/models.py", "ami/ml/orchestration/jobs.py", "ami/jobs/tasks.py", "ami/jobs/apps.py"]
+
+    @staticmethod
+    def diffs() -> List[Tuple[str, str]]:
+        with open(GUIDE, encoding="utf-8") as f:
+            text = f.read()
+        out = []
+        for block in re.findall(r"```diff\n(.*?)```", text, re.S):
+            old, new = [], []
+            for line in block.splitlines():
+                mark, body = (line[:1], line[1:]) if line else (" ", "")
+                if mark in " -":
+                    old.append(body)
+                if mark in " +":
+                    new.append(body)
+            out.append(("\n".join(old) + "\n", "\n".join(new) + "\n"))
+        return out
+
+    def test_the_edits_apply_and_compile(self):
+        diffs = self.diffs()
+        self.assertEqual(len(diffs), 4, "edits 1 to 3 and the optional 4th")
+        sources = {path: antenna.source(path) for path in self.FILES}
+        edited = dict(sources)
+        for n, (old, new) in enumerate(diffs, 1):
+            with self.subTest(edit=n):
+                where = [p for p in self.FILES if sources[p].count(old) == 1]
+                self.assertEqual(len(where), 1, f"edit {n} matches exactly one place in one file:\n{old}")
+                edited[where[0]] = edited[where[0]].replace(old, new)
+        for path in self.FILES:
+            with self.subTest(path=path):
+                compile(edited[path], path, "exec")
+                if path != "ami/jobs/apps.py":
+                    self.assertIn("ami.jobs.queue_events import", edited[path])
 
 
 class ErrorCount(logging.Handler):

@@ -1,8 +1,9 @@
 """nats-py wiring for the core (needs ``pip install "nats-py>=2.6"``).
 
 Not imported by the package's ``__init__``. Tested against the real nats-py
-2.10.0 (the version Antenna pins), a real nats-server and the real
-``queue-janitor serve`` (tests/test_real_nats.py). The calls it makes are
+2.10.0 (the version Antenna pins), real nats-servers (2.10.27 and go.mod's
+2.15.2) and the real ``queue-janitor serve`` (tests/test_real_nats.py,
+tests/test_start_fallback.py, tests/test_antenna.py). The calls it makes are
 nats-py's public asyncio API:
 
 * ``nc = await nats.connect(servers, **options)``
@@ -10,6 +11,15 @@ nats-py's public asyncio API:
 * ``sub = await nc.subscribe(subject)``; ``async for msg in sub.messages``;
   ``await sub.unsubscribe()``
 * ``await js.add_stream(StreamConfig(...))``, ``await js.add_consumer(stream, ConsumerConfig(...))``
+* ``await nc.request("$JS.API....", ...)`` for what nats-py's typed API leaves
+  out (``jsapi``): the server's clock (``ts``), creation times, compare-and-set
+  writes to the service's bucket.
+
+The synchronous helpers open a connection, do one thing and close it:
+``publish_message_sync``, ``publish_event_sync`` (with the run number read
+from the job's stream), ``request_restart_sync`` (the bare handshake),
+``start_run_sync`` (the Start path, with its fallback), ``end_queue_sync``
+(the quiet teardown), ``task_round_sync`` (a result's round).
 """
 
 from __future__ import annotations

@@ -121,6 +121,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+_running: List["Proc"] = []
+
+
+@atexit.register
+def _stop_leftovers() -> None:
+    """Whatever a failed set-up left running is stopped when the tests end."""
+    for proc in _running:
+        if proc.p.poll() is None:
+            proc.p.send_signal(signal.SIGCONT)
+            proc.p.kill()
+            proc.p.wait()
+
+
 class Proc:
     """A subprocess, its output in a file shown on failure."""
 
@@ -128,6 +141,7 @@ class Proc:
         self.log_path = os.path.join(_state["tmp"], f"{name}-{time.monotonic_ns()}.log")
         self.log = open(self.log_path, "wb")
         self.p = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT)
+        _running.append(self)
 
     def output(self, tail: int = 4000) -> str:
         with open(self.log_path, "rb") as f:

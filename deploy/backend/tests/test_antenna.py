@@ -142,9 +142,14 @@ class ErrorCount(logging.Handler):
 class WithAntennasCode(unittest.IsolatedAsyncioTestCase):
     @classmethod
     def setUpClass(cls) -> None:
+        antenna.task_queue_module("nats://127.0.0.1:4222")  # skips here, before any process starts
         cls.nats, cls.url = realnats.start_nats()
-        cls.serve = realnats.start_serve(cls.url)
-        cls.queue = antenna.task_queue_module(cls.url)
+        try:
+            cls.serve = realnats.start_serve(cls.url)
+            cls.queue = antenna.task_queue_module(cls.url)
+        except BaseException:
+            cls.nats.stop()
+            raise
 
     @classmethod
     def tearDownClass(cls) -> None:

@@ -33,7 +33,11 @@ class WithService(unittest.IsolatedAsyncioTestCase):
     @classmethod
     def setUpClass(cls) -> None:
         cls.nats, cls.url = realnats.start_nats()
-        cls.serve = realnats.start_serve(cls.url)
+        try:
+            cls.serve = realnats.start_serve(cls.url)
+        except BaseException:
+            cls.nats.stop()
+            raise
 
     @classmethod
     def tearDownClass(cls) -> None:

@@ -129,6 +129,7 @@ class StartFallback(unittest.IsolatedAsyncioTestCase):
         self.procs: List[realnats.Proc] = []
         self.nats, self.url = await asyncio.to_thread(realnats.start_nats)
         self.procs.append(self.nats)
+        self.addAsyncCleanup(asyncio.to_thread, self.nats.stop)
         self.nc = await nats.connect(self.url, **ANTENNA_CONNECT)
         self.js = self.nc.jetstream()
         self.answers = Answers()
@@ -137,8 +138,6 @@ class StartFallback(unittest.IsolatedAsyncioTestCase):
 
     async def asyncTearDown(self) -> None:
         await self.nc.close()
-        for p in reversed(self.procs):
-            await asyncio.to_thread(p.stop)
 
     async def serve(self, url: Optional[str] = None, *, reconcile: bool = True) -> realnats.Proc:
         """queue-janitor serve; with ``reconcile`` its reconciler runs fast,
@@ -146,6 +145,7 @@ class StartFallback(unittest.IsolatedAsyncioTestCase):
         flags = FAST_RECONCILE if reconcile else ["--reconcile-interval", "0"]
         proc = await asyncio.to_thread(realnats.start_serve, url or self.url, *flags)
         self.procs.append(proc)
+        self.addAsyncCleanup(asyncio.to_thread, proc.stop)
         return proc
 
     def logs(self) -> str:

@@ -373,13 +373,13 @@ class _Start:
                         continue
                     self.claimed = True
                     authority_end = sent_at + 0.75 * self.s.lease
-                    # Post-claim check (step 4): still the bucket judged, still old enough.
-                    b2 = await self.bucket.info(timeout=self.bound(authority_end))
-                    if (b2 is None or b2.created_ns != created0 or b2.ts_ns is None
-                            or b2.ts_ns - b2.created_ns < int(self.s.lease * 1e9)):
-                        await self.release(token, done=False)
-                        raise _BucketChanged()
                     try:
+                        # Post-claim check (step 4): still the bucket judged, still old enough.
+                        b2 = await self.bucket.info(timeout=self.bound(authority_end))
+                        if (b2 is None or b2.created_ns != created0 or b2.ts_ns is None
+                                or b2.ts_ns - b2.created_ns < int(self.s.lease * 1e9)):
+                            await self.release(token, done=False)
+                            raise _BucketChanged()
                         removal = await self.flush(authority_end)  # steps 5 and 6
                         created, purged = await self.create_run_stream(authority_end)  # step 7
                     except (_AuthorityEnded, nats.errors.TimeoutError, asyncio.TimeoutError) as exc:

@@ -23,6 +23,7 @@ reconciler keeps the new run's stream. The time each Start waited is printed
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import time
 import unittest
@@ -313,6 +314,39 @@ class StartFallback(unittest.IsolatedAsyncioTestCase):
         realnats.report(f"(c') event stream deleted, bucket kept: Start waited {done['measured']:.2f}s")
         self.assertEqual((done["path"], done["outcome"], done["messages_discarded"]), ("fallback", "removed", 7))
         await self.new_round_runs_clean(pk, done)
+
+    async def test_e_a_live_claim_that_never_answers_fails_the_start(self):
+        # The one failure left: a claim of the service holds the job, keeps
+        # renewing its lease, and never answers. (The test renews a lease as
+        # the service would; short settings keep the test short.)
+        from job_status_events import FlushTimeout
+        pk = 2501
+        serve = await self.serve(reconcile=False)
+        await create_antenna_queue(self.js, pk, tasks=3)
+        await asyncio.to_thread(serve.stop)
+        self.procs.remove(serve)
+        kv = await self.js.key_value("queue_janitor_jobs")
+        stop = asyncio.Event()
+
+        async def renew() -> None:
+            while not stop.is_set():
+                await kv.put(f"job.{pk}", json.dumps({"v": 2, "state": "flushed", "lease": {
+                    "owner": "queue-janitor-test", "token": "t" * 24, "ttl": 12 * 10**9,
+                    "until": "2026-12-31T00:00:00Z"}}).encode())
+                await asyncio.sleep(1)
+
+        renewer = asyncio.ensure_future(renew())
+        try:
+            events = job_events(self.url, handshake_wait=1, lease=4, fallback_max_wait=3)
+            with self.assertRaises(FlushTimeout) as caught:
+                await asyncio.to_thread(events.restart, Job(pk, "PENDING"))
+        finally:
+            stop.set()
+            await renewer
+        self.assertIn("queue-janitor-test", str(caught.exception))
+        self.assertIn("do not publish the new round", str(caught.exception))
+        info = await raw_stream_info(self.nc, f"job_{pk}")
+        self.assertEqual(info["state"]["messages"], 3, "nothing touched while the service held the job")
 
 
 if __name__ == "__main__":

@@ -1,16 +1,13 @@
 package integration
 
 import (
-	"bufio"
-	"bytes"
 	"context"
+	"errors"
 	"fmt"
-	"io"
-	"net/http"
 	"os"
-	"os/exec"
+	"path/filepath"
 	"runtime"
-	"sort"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -25,51 +22,81 @@ import (
 	"github.com/example/queue-janitor/queue"
 )
 
-// BenchmarkSideBySide measures the service against the physical floor, raw
-// JetStream calls on the same embedded server (file storage, like the
-// backend's), in one run, and prints a markdown table of medians:
+// BenchmarkInterleaved measures the service against the physical floor (the
+// same deletes issued directly) on one NATS server, interleaved so that both
+// meet the same machine at the same moments:
 //
-//   - storm: N job streams of M tasks, N terminal events at once, time until
-//     the last stream is gone; beside it the same N deletes issued directly
-//     with the best concurrency found;
-//   - latency: one event at a time, event published → stream gone; beside it
-//     a raw delete's round trip;
-//   - handshake: restart_requested published → job.queue.flushed received,
-//     with and without a leftover stream;
-//   - large queue: one stream of many messages, through the service and raw;
-//   - cost: the service's CPU per event and peak RSS during the storm.
+//   - storm: chunks of QJ_BENCH_CHUNK fresh jobs (250) of QJ_BENCH_TASKS
+//     tasks (500), QJ_BENCH_JOBS per side in all (2000); each round runs one
+//     chunk per side, in an order rotated from round to round, each on a
+//     settled server, timed from its first REVOKED publication (the floor:
+//     its first delete) to the server's last stream-deleted advisory; the
+//     ratio is taken per round, and the report gives its median and spread;
+//   - one at a time (QJ_BENCH_LATENCY each, 300): REVOKED → stream gone, the
+//     restart handshake with nothing left and with a leftover of
+//     QJ_BENCH_TASKS tasks, each against its fair floor, interleaved;
+//   - on the wire: what each path sends, how many round trips and how many
+//     of them in sequence, read by a delaying protocol proxy (the same
+//     reading as TestRequestsPerPath, with the real binary);
+//   - cost: CPU per job of the service and of the server (each its own
+//     process), messages per job as the server counts them (/connz), and the
+//     service's peak RSS.
 //
-// The service runs as a separate process (the real binary, telemetry and
-// safety checks on), so its CPU and memory are its own. Sizes come from
-// QJ_BENCH_JOBS (2000), QJ_BENCH_TASKS (500), QJ_BENCH_ROUNDS (3),
-// QJ_BENCH_LATENCY (300), QJ_BENCH_LARGE (1000000). Run with
-// `make bench` or `go test -run '^$' -bench SideBySide -benchtime 1x ./integration/`.
-func BenchmarkSideBySide(b *testing.B) {
+// Every side is its own `serve` process (the real binary, defaults, tracing
+// exported over OTLP/HTTP to a local sink) with its own event stream and
+// bucket; QJ_BENCH_NOTRACE=1 adds a side with tracing off, interleaved with
+// the others, to measure tracing's cost in the same run. The floor deletes
+// at the service's concurrency (QJ_BENCH_FLOOR_CONCURRENCY, 32: the
+// service's --concurrency default). QJ_BENCH_PROFILE_DIR takes a CPU profile
+// of the server and of the service during every storm chunk. QJ_BENCH_OUT
+// writes the report to a file as well.
+func BenchmarkInterleaved(b *testing.B) {
 	cfg := benchConfig{
 		jobs: benchEnv(b, "QJ_BENCH_JOBS", 2000), tasks: benchEnv(b, "QJ_BENCH_TASKS", 500),
-		rounds: benchEnv(b, "QJ_BENCH_ROUNDS", 3), latency: benchEnv(b, "QJ_BENCH_LATENCY", 300),
-		large: benchEnv(b, "QJ_BENCH_LARGE", 1_000_000),
+		chunk: benchEnv(b, "QJ_BENCH_CHUNK", 250), latency: benchEnv(b, "QJ_BENCH_LATENCY", 300),
+		floorConcurrency: benchList(b, "QJ_BENCH_FLOOR_CONCURRENCY", []int{32}),
+		noTrace:          os.Getenv("QJ_BENCH_NOTRACE") == "1", profileDir: os.Getenv("QJ_BENCH_PROFILE_DIR"),
 	}
-	bin := binary(b)
-	var res benchResults
-	for i := 0; i < b.N; i++ {
-		for round := range cfg.rounds {
-			b.Logf("round %d of %d", round+1, cfg.rounds)
-			benchRound(b, bin, cfg, &res)
+	if cfg.chunk > cfg.jobs {
+		cfg.chunk = cfg.jobs
+	}
+	for range b.N {
+		report := runInterleaved(b, cfg)
+		fmt.Print("\n" + report)
+		if out := os.Getenv("QJ_BENCH_OUT"); out != "" {
+			if err := os.WriteFile(out, []byte(report), 0o600); err != nil {
+				b.Fatal(err)
+			}
 		}
 	}
-	b.StopTimer()
-	table := res.markdown(cfg)
-	fmt.Print("\n" + table)
-	if out := os.Getenv("QJ_BENCH_OUT"); out != "" {
-		if err := os.WriteFile(out, []byte(table), 0o600); err != nil {
-			b.Fatal(err)
-		}
-	}
-	b.ReportMetric(ratio(median(res.stormService), median(res.stormRaw)), "storm-ratio")
 }
 
-type benchConfig struct{ jobs, tasks, rounds, latency, large int }
+type benchConfig struct {
+	jobs, tasks, chunk, latency int
+	// floorConcurrency lists the floor's concurrencies, each a side of its
+	// own; the first is the one the ratios are taken against.
+	floorConcurrency []int
+	noTrace          bool
+	profileDir       string
+}
+
+// benchList reads a comma-separated list of positive integers.
+func benchList(b *testing.B, key string, def []int) []int {
+	b.Helper()
+	v := os.Getenv(key)
+	if v == "" {
+		return def
+	}
+	var out []int
+	for _, f := range strings.Split(v, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n < 1 {
+			b.Fatalf("%s=%q: want positive integers, comma-separated", key, v)
+		}
+		out = append(out, n)
+	}
+	return out
+}
 
 func benchEnv(b *testing.B, key string, def int) int {
 	b.Helper()
@@ -83,173 +110,335 @@ func benchEnv(b *testing.B, key string, def int) int {
 	return def
 }
 
-type benchResults struct {
-	stormService, stormRaw             []time.Duration
-	rawConcurrency                     []int
-	latencyStages                      stageSamples
-	handshakeStages                    stageSamples
-	handshakeLeftStages                stageSamples
-	largeStages                        stageSamples
-	latencyP50, latencyP90, latencyP99 []time.Duration
-	rawP50, rawP99                     []time.Duration
-	handshakeP50, handshakeP99         []time.Duration
-	handshakeLeftP50, handshakeLeftP99 []time.Duration
-	largeService, largeRaw             []time.Duration
-	cpuPerEvent                        []time.Duration
-	peakRSS                            []int64
+// bench is one run's world.
+type bench struct {
+	b       *testing.B
+	cfg     benchConfig
+	srv     *serverProcess
+	js      jetstream.JetStream // provisioning and events
+	floorJS jetstream.JetStream // the floor's deletes, a connection of its own
+	nc      *nats.Conn
+	names   queue.Names
+	gone    *goneWatcher
+	sink    *otlpSink
+	floor   *benchSide // the floor the ratios are taken against
+	// idleServer is the server's CPU per second of wall time while idle.
+	idleServer float64
+
+	mu     sync.Mutex
+	nextID queue.JobID
 }
 
-// benchRound runs every scenario once on a fresh server.
-func benchRound(b *testing.B, bin string, cfg benchConfig, res *benchResults) {
-	b.Helper()
-	srv := natstest.RunServer(b)
-	nc, js := natstest.Connect(b, srv.URL())
-	names := queue.DefaultNames()
-	gone := watchGone(b, nc)
-
-	svc := startProcess(b, bin, srv.URL())
-	defer svc.stop(b)
-
-	// Latency, one event at a time, and a raw delete's round trip.
-	latBase := queue.JobID(1)
-	var lat, raw []time.Duration
-	published := map[queue.JobID][2]time.Time{} // event published, stream seen gone
-	svc.sink.collecting.Store(true)
-	for i := range cfg.latency {
-		id := latBase + queue.JobID(i)
-		provisionMany(b, js, names, id, 1, 10)
-		start := time.Now()
-		publishEvents(b, js, id, 1, events.StatusRevoked)
-		gone.waitAll(b, names, id, 1, 30*time.Second)
-		seen := time.Now()
-		lat = append(lat, seen.Sub(start))
-		published[id] = [2]time.Time{start, seen}
-
-		rid := id + queue.JobID(cfg.latency)
-		provisionMany(b, js, names, rid, 1, 10)
-		start = time.Now()
-		if err := js.DeleteStream(context.Background(), names.StreamName(rid)); err != nil {
-			b.Fatal(err)
-		}
-		raw = append(raw, time.Since(start))
-	}
-	for i := range cfg.latency {
-		id := latBase + queue.JobID(i)
-		res.latencyStages.record(b, svc.sink, "process job.status.revoked", id, published[id][0], published[id][1], goneStages)
-	}
-	res.latencyP50 = append(res.latencyP50, percentile(lat, 50))
-	res.latencyP90 = append(res.latencyP90, percentile(lat, 90))
-	res.latencyP99 = append(res.latencyP99, percentile(lat, 99))
-	res.rawP50 = append(res.rawP50, percentile(raw, 50))
-	res.rawP99 = append(res.rawP99, percentile(raw, 99))
-
-	// The restart handshake, without and with a leftover stream.
-	hsBase := latBase + queue.JobID(2*cfg.latency) + 1000
-	var plain, leftover []time.Duration
-	shaken := map[queue.JobID][2]time.Time{} // restart published, flushed received
-	shake := func(id queue.JobID, into *[]time.Duration) {
-		start, received := handshake(b, nc, js, id)
-		*into = append(*into, received.Sub(start))
-		shaken[id] = [2]time.Time{start, received}
-	}
-	for i := range cfg.latency {
-		shake(hsBase+queue.JobID(i), &plain)
-		id := hsBase + queue.JobID(cfg.latency+i)
-		provisionMany(b, js, names, id, 1, 500)
-		shake(id, &leftover)
-	}
-	// The spans arrive with the exporter's batches, after the measurements.
-	for i := range 2 * cfg.latency {
-		id := hsBase + queue.JobID(i)
-		stages := &res.handshakeStages
-		if i >= cfg.latency {
-			stages = &res.handshakeLeftStages
-		}
-		stages.record(b, svc.sink, "process job.status.restart_requested", id, shaken[id][0], shaken[id][1], flushedStages)
-	}
-	svc.sink.collecting.Store(false)
-	res.handshakeP50 = append(res.handshakeP50, percentile(plain, 50))
-	res.handshakeP99 = append(res.handshakeP99, percentile(plain, 99))
-	res.handshakeLeftP50 = append(res.handshakeLeftP50, percentile(leftover, 50))
-	res.handshakeLeftP99 = append(res.handshakeLeftP99, percentile(leftover, 99))
-
-	// Storm through the service, on the same server once the one-at-a-time
-	// measurements are done (a storm leaves the server busy for a while).
-	base := hsBase + queue.JobID(2*cfg.latency) + 1000
-	provisionMany(b, js, names, base, cfg.jobs, cfg.tasks)
-	cpu0 := svc.cpu(b)
-	profiled := svc.profile(b, 3*time.Second)
-	start := time.Now()
-	publishEvents(b, js, base, cfg.jobs, events.StatusRevoked)
-	gone.waitAll(b, names, base, cfg.jobs, 5*time.Minute)
-	res.stormService = append(res.stormService, time.Since(start))
-	res.cpuPerEvent = append(res.cpuPerEvent, (svc.cpu(b)-cpu0)/time.Duration(cfg.jobs))
-	res.peakRSS = append(res.peakRSS, svc.peakRSS(b))
-	profiled()
-
-	// The floor: the same deletes, directly, at the best concurrency found.
-	conc := bestConcurrency(b, js, names, base+queue.JobID(cfg.jobs), cfg.tasks)
-	rawBase := base + queue.JobID(cfg.jobs) + 1000
-	provisionMany(b, js, names, rawBase, cfg.jobs, cfg.tasks)
-	start = time.Now()
-	deleteMany(b, js, names, rawBase, cfg.jobs, conc)
-	res.stormRaw = append(res.stormRaw, time.Since(start))
-	res.rawConcurrency = append(res.rawConcurrency, conc)
-
-	// One large queue, through the service and raw.
-	big := rawBase + queue.JobID(cfg.jobs) + 1000
-	provisionMany(b, js, names, big, 1, cfg.large)
-	svc.sink.collecting.Store(true)
-	start = time.Now()
-	publishEvents(b, js, big, 1, events.StatusRevoked)
-	gone.waitAll(b, names, big, 1, 5*time.Minute)
-	seen := time.Now()
-	res.largeService = append(res.largeService, seen.Sub(start))
-	res.largeStages.record(b, svc.sink, "process job.status.revoked", big, start, seen, goneStages)
-	svc.sink.collecting.Store(false)
-	provisionMany(b, js, names, big+1, 1, cfg.large)
-	start = time.Now()
-	if err := js.DeleteStream(context.Background(), names.StreamName(big+1)); err != nil {
-		b.Fatal(err)
-	}
-	res.largeRaw = append(res.largeRaw, time.Since(start))
+// ids reserves n fresh job ids.
+func (w *bench) ids(n int) queue.JobID {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	first := w.nextID
+	w.nextID += queue.JobID(n)
+	return first
 }
 
-// handshake is the backend's Start path: subscribe, publish
-// restart_requested, receive job.queue.flushed. It returns when it
-// published and when the answer arrived.
-func handshake(b *testing.B, nc *nats.Conn, js jetstream.JetStream, id queue.JobID) (published, received time.Time) {
+func runInterleaved(b *testing.B, cfg benchConfig) string {
 	b.Helper()
-	sub, err := nc.SubscribeSync(fmt.Sprintf("job.queue.flushed.%d", id))
+	bin := binary(b)
+	w := &bench{b: b, cfg: cfg, names: queue.DefaultNames(), nextID: 1}
+	w.srv = startServerProcess(b)
+	w.nc, _ = natstest.Connect(b, w.srv.url, nats.Name("bench"))
+	// Room for provisionMany's 16 publishers of 1,024 tasks at a time.
+	js, err := jetstream.New(w.nc, jetstream.WithDefaultTimeout(30*time.Second), jetstream.WithPublishAsyncMaxPending(1<<15))
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer func() { _ = sub.Unsubscribe() }()
-	start := time.Now()
-	publishEvents(b, js, id, 1, events.StatusRestartRequested)
-	if _, err := sub.NextMsg(30 * time.Second); err != nil {
-		b.Fatalf("job %d: no flushed: %v", id, err)
+	w.js = js
+	_, w.floorJS = natstest.Connect(b, w.srv.url, nats.Name("bench floor"))
+	w.gone = watchGone(b, w.nc)
+	w.sink = newOTLPSink(b)
+	if cfg.profileDir != "" {
+		if err := os.MkdirAll(cfg.profileDir, 0o750); err != nil {
+			b.Fatal(err)
+		}
 	}
-	return start, time.Now()
+	// The shared advisory stream, as the backend's first job creates it.
+	if _, err := w.js.CreateStream(context.Background(), w.names.AdvisoryStreamConfig()); err != nil {
+		b.Fatal(err)
+	}
+
+	sides := []*benchSide{w.serviceSide(bin, "queue-janitor", "t", true)}
+	if cfg.noTrace {
+		sides = append(sides, w.serviceSide(bin, "queue-janitor, tracing off", "n", false))
+	}
+	for i, c := range cfg.floorConcurrency {
+		name := "floor"
+		if i > 0 {
+			name = fmt.Sprintf("floor, concurrency %d", c)
+		}
+		sides = append(sides, &benchSide{name: name, conn: "bench floor", concurrency: c})
+	}
+	w.floor = sides[len(sides)-len(cfg.floorConcurrency)]
+
+	// What each path puts on the wire, through a delaying proxy, with a
+	// service process of its own.
+	wire := w.wirePaths(bin)
+
+	// The server's CPU while every side idles (pull requests waiting,
+	// heartbeats, the services' periodic checks), to judge the per-job
+	// figures by.
+	w.srv.settle(b, 10*time.Second)
+	idle0, idleStart := w.srv.cpu(b), time.Now()
+	time.Sleep(5 * time.Second)
+	w.idleServer = float64(w.srv.cpu(b)-idle0) / float64(time.Since(idleStart))
+
+	// A warm-up round, not counted: every side's first chunk.
+	b.Logf("warm-up: %d jobs per side", min(cfg.chunk, 100))
+	for _, s := range sides {
+		w.stormChunk(s, min(cfg.chunk, 100), false, "")
+	}
+
+	b.Logf("one at a time: %d events per path and side", cfg.latency)
+	one := slices.DeleteFunc(slices.Clone(sides), func(s *benchSide) bool { return s.svc == nil && s != w.floor })
+	for _, p := range onePaths {
+		w.oneAtATime(one, p)
+	}
+
+	rounds := (cfg.jobs + cfg.chunk - 1) / cfg.chunk
+	for r := range rounds {
+		n := min(cfg.chunk, cfg.jobs-r*cfg.chunk)
+		order := rotate(sides, r)
+		b.Logf("storm round %d of %d: %d jobs per side, order %s", r+1, rounds, n, sideNames(order))
+		for _, s := range order {
+			w.stormChunk(s, n, true, fmt.Sprintf("%02d", r+1))
+		}
+	}
+	for _, s := range sides {
+		if s.svc != nil {
+			s.peakRSS = s.svc.peakRSS(b)
+		}
+	}
+	return w.report(sides, wire)
 }
 
-// provisionMany creates n jobs' queues with tasks each, in parallel.
+// benchSide is one contestant: a service process, or the floor (svc nil).
+type benchSide struct {
+	name string
+	svc  *process
+	// concurrency is the floor's (svc nil).
+	concurrency int
+	conn        string // its connection's name in /connz
+	// Its own event stream, subjects and bucket (service sides).
+	stream, eventPrefix, flushedPrefix string
+
+	// Storm, summed over the counted chunks.
+	chunks                    []time.Duration
+	jobs                      int
+	svcCPU, srvCPU, benchCPU  time.Duration
+	sent, received            int64
+	oneAt                     map[string][]time.Duration // path → durations
+	oneAtSent, oneAtReceived  map[string]int64
+	terminalStages, emptyStg  stageSamples
+	leftStages                stageSamples
+	peakRSS                   int64
+	settleWaits, settleChunks time.Duration
+}
+
+// serviceSide starts a service process with its own event stream, consumer,
+// bucket and answer subjects.
+func (w *bench) serviceSide(bin, name, tag string, traced bool) *benchSide {
+	w.b.Helper()
+	s := &benchSide{name: name, stream: "BENCH_EVENTS_" + strings.ToUpper(tag), eventPrefix: "bench." + tag + ".job.status.",
+		flushedPrefix: "bench." + tag + ".job.queue.flushed."}
+	s.svc = startProcess(w.b, bin, processConfig{url: w.srv.url, traced: traced, sink: w.sink, args: []string{
+		"--event-stream", s.stream, "--event-subject", s.eventPrefix + "*", "--kv-bucket", "bench_jobs_" + tag,
+		"--cleaned-subject", "bench." + tag + ".job.queue.cleaned.{id}", "--flushed-subject", s.flushedPrefix + "{id}"}})
+	s.conn = s.svc.connName(w.b, w.srv)
+	return s
+}
+
+func rotate(sides []*benchSide, r int) []*benchSide {
+	out := make([]*benchSide, 0, len(sides))
+	for i := range sides {
+		out = append(out, sides[(i+r)%len(sides)])
+	}
+	return out
+}
+
+func sideNames(sides []*benchSide) string {
+	var n []string
+	for _, s := range sides {
+		n = append(n, s.name)
+	}
+	return strings.Join(n, ", ")
+}
+
+// stormChunk runs one chunk of n fresh jobs on side s, on a settled server:
+// provision, settle, measure, wait for the side to finish and the server to
+// settle again, so that the chunk's CPU and messages include its tail.
+func (w *bench) stormChunk(s *benchSide, n int, count bool, label string) {
+	b := w.b
+	b.Helper()
+	first := w.ids(n)
+	provisionMany(b, w.js, w.names, first, n, w.cfg.tasks)
+	s.settleWaits += w.srv.settle(b, 10*time.Second)
+
+	var waitProfiles []func()
+	if count && w.cfg.profileDir != "" {
+		// Long enough for the chunk and its tail: the profile holds
+		// only what the process did, so the idle end adds nothing.
+		d := 4 * time.Second
+		if len(s.chunks) > 0 {
+			d = max(d, 3*s.chunks[len(s.chunks)-1]+2*time.Second)
+		}
+		tag := strings.ReplaceAll(s.name, " ", "")
+		tag = strings.ReplaceAll(tag, ",", "-")
+		waitProfiles = append(waitProfiles, w.srv.profile(b, d, filepath.Join(w.cfg.profileDir, "server-"+tag+"-"+label+".pb.gz")))
+		if s.svc != nil {
+			waitProfiles = append(waitProfiles, fetchProfile(b, "http://"+s.svc.addr, d, filepath.Join(w.cfg.profileDir, "service-"+tag+"-"+label+".pb.gz")))
+		}
+	}
+	conn0 := w.srv.connz(b)[s.conn]
+	srv0, bench0 := w.srv.cpu(b), procCPU(b, os.Getpid())
+	var svc0 time.Duration
+	if s.svc != nil {
+		svc0 = s.svc.cpu(b)
+	}
+	start := time.Now()
+	if s.svc != nil {
+		publishEvents(b, w.js, s.eventPrefix, first, n, events.StatusRevoked)
+	} else {
+		w.deleteMany(first, n, s.concurrency, false)
+	}
+	last := w.gone.waitAll(b, w.names, first, n, 5*time.Minute)
+	took := last.Sub(start)
+	if s.svc != nil {
+		w.waitSettled(s)
+	}
+	settled := w.srv.settle(b, 10*time.Second)
+	for _, wait := range waitProfiles {
+		wait()
+	}
+	if !count {
+		return
+	}
+	conn1 := w.srv.connz(b)[s.conn]
+	s.chunks = append(s.chunks, took)
+	s.jobs += n
+	s.srvCPU += w.srv.cpu(b) - srv0
+	s.benchCPU += procCPU(b, os.Getpid()) - bench0
+	if s.svc != nil {
+		s.svcCPU += s.svc.cpu(b) - svc0
+	}
+	s.sent += conn1.InMsgs - conn0.InMsgs
+	s.received += conn1.OutMsgs - conn0.OutMsgs
+	s.settleChunks += settled
+	b.Logf("  %s: %d jobs in %s", s.name, n, ms(took))
+}
+
+// waitSettled waits until the side's service has acked every event.
+func (w *bench) waitSettled(s *benchSide) {
+	w.b.Helper()
+	eventually(w.b, 5*time.Minute, s.name+" acking every event", func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		c, err := w.js.Consumer(ctx, s.stream, "queue-janitor")
+		if err != nil {
+			return false
+		}
+		info, err := c.Info(ctx)
+		return err == nil && info.NumPending == 0 && info.NumAckPending == 0
+	})
+}
+
+// deleteMany is the floor of a storm: n jobs cleaned directly with the given
+// concurrency, each job's stream (its task consumer goes with it) and
+// dead-letter consumer deleted at once, as the service does, without reading
+// or fencing anything. purge empties each stream before deleting it.
+func (w *bench) deleteMany(first queue.JobID, n, concurrency int, purge bool) {
+	w.b.Helper()
+	var wg sync.WaitGroup
+	next := make(chan queue.JobID)
+	for range concurrency {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for id := range next {
+				if err := w.floorClean(id, purge); err != nil {
+					w.b.Error(err)
+				}
+			}
+		}()
+	}
+	for i := range n {
+		next <- first + queue.JobID(i)
+	}
+	close(next)
+	wg.Wait()
+}
+
+// floorClean is the floor of one job: delete its stream (after a purge when
+// asked) and its dead-letter consumer at once; "not found" is clean.
+func (w *bench) floorClean(id queue.JobID, purge bool) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	return atOnce(
+		func() error {
+			name := w.names.StreamName(id)
+			if purge {
+				// The purge request itself, without the stream lookup that
+				// jetstream.Stream would add.
+				resp, err := w.floorJS.Conn().RequestWithContext(ctx, "$JS.API.STREAM.PURGE."+name, nil)
+				if err != nil {
+					return err
+				}
+				if !strings.Contains(string(resp.Data), `"success":true`) && !strings.Contains(string(resp.Data), "not found") {
+					return fmt.Errorf("purge %s: %s", name, resp.Data)
+				}
+			}
+			err := w.floorJS.DeleteStream(ctx, name)
+			if errors.Is(err, jetstream.ErrStreamNotFound) {
+				return nil
+			}
+			return err
+		},
+		func() error {
+			err := w.floorJS.DeleteConsumer(ctx, w.names.AdvisoryStream, w.names.DeadLetterConsumerName(id))
+			if errors.Is(err, jetstream.ErrConsumerNotFound) || errors.Is(err, jetstream.ErrStreamNotFound) {
+				return nil
+			}
+			return err
+		})
+}
+
+// atOnce runs a and b at once and returns the first error.
+func atOnce(a, b func() error) error {
+	errB := make(chan error, 1)
+	go func() { errB <- b() }()
+	errA := a()
+	if err := <-errB; errA == nil {
+		return err
+	}
+	return errA
+}
+
+// provisionMany creates n jobs' queues (attempt 1) with tasks each, in
+// parallel.
 func provisionMany(b *testing.B, js jetstream.JetStream, names queue.Names, first queue.JobID, n, tasks int) {
 	b.Helper()
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, 16)
 	errs := make(chan error, n)
+	one := int64(1)
 	for i := range n {
 		wg.Add(1)
 		sem <- struct{}{}
 		go func() {
 			defer func() { <-sem; wg.Done() }()
 			id := first + queue.JobID(i)
-			if err := queue.Provision(context.Background(), js, names, id, events.Attempt(1)); err != nil {
+			if err := queue.Provision(context.Background(), js, names, id, &one); err != nil {
 				errs <- err
 				return
 			}
-			publishTasks(b, js, names.SubjectName(id), 0, tasks)
+			if tasks > 0 {
+				publishTasks(b, js, names.SubjectName(id), 0, tasks)
+			}
 		}()
 	}
 	wg.Wait()
@@ -259,16 +448,16 @@ func provisionMany(b *testing.B, js jetstream.JetStream, names queue.Names, firs
 	}
 }
 
-// publishEvents publishes one status event for each of n jobs from first,
-// asynchronously, and waits for the stream's acks.
-func publishEvents(b *testing.B, js jetstream.JetStream, first queue.JobID, n int, status events.Status) {
+// publishEvents publishes one status event for each of n jobs from first
+// on prefix+status, asynchronously, and waits for the stream's acks.
+func publishEvents(b *testing.B, js jetstream.JetStream, prefix string, first queue.JobID, n int, status events.Status) {
 	b.Helper()
+	attempt := int64(1) // the provisioned run
+	if status == events.StatusRestartRequested {
+		attempt = 2
+	}
 	for i := range n {
-		attempt := int64(1) // the provisioned run
-		if status == events.StatusRestartRequested {
-			attempt = 2
-		}
-		msg, err := events.StatusEvent{JobID: first + queue.JobID(i), Status: status, Attempt: &attempt}.Msg(context.Background(), "job.status.")
+		msg, err := events.StatusEvent{JobID: first + queue.JobID(i), Status: status, Attempt: &attempt}.Msg(context.Background(), prefix)
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -286,68 +475,22 @@ func publishEvents(b *testing.B, js jetstream.JetStream, first queue.JobID, n in
 	}
 }
 
-// deleteMany cleans n jobs directly, with the given concurrency: the same
-// deletes as the service's (the stream, which takes its task consumer with
-// it, and the dead-letter consumer), without reading or fencing anything.
-func deleteMany(b *testing.B, js jetstream.JetStream, names queue.Names, first queue.JobID, n, concurrency int) {
-	b.Helper()
-	var wg sync.WaitGroup
-	next := make(chan queue.JobID)
-	for range concurrency {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for id := range next {
-				if err := js.DeleteStream(context.Background(), names.StreamName(id)); err != nil {
-					b.Error(err)
-				}
-				err := js.DeleteConsumer(context.Background(), names.AdvisoryStream, names.DeadLetterConsumerName(id))
-				if err != nil {
-					b.Error(err)
-				}
-			}
-		}()
-	}
-	for i := range n {
-		next <- first + queue.JobID(i)
-	}
-	close(next)
-	wg.Wait()
-}
-
-// bestConcurrency calibrates the raw floor: it deletes small batches of
-// streams at several concurrencies and returns the fastest.
-func bestConcurrency(b *testing.B, js jetstream.JetStream, names queue.Names, first queue.JobID, tasks int) int {
-	b.Helper()
-	const batch = 200
-	best, bestRate := 1, 0.0
-	for i, c := range []int{1, 8, 32, 128} {
-		base := first + queue.JobID(i*batch)
-		provisionMany(b, js, names, base, batch, tasks)
-		start := time.Now()
-		deleteMany(b, js, names, base, batch, c)
-		if rate := batch / time.Since(start).Seconds(); rate > bestRate {
-			best, bestRate = c, rate
-		}
-	}
-	return best
-}
-
-// goneWatcher records stream-deleted advisories.
+// goneWatcher records when each stream-deleted advisory arrived.
 type goneWatcher struct {
 	mu   sync.Mutex
-	gone map[string]bool
+	gone map[string]time.Time
 	cond *sync.Cond
 }
 
 func watchGone(b *testing.B, nc *nats.Conn) *goneWatcher {
 	b.Helper()
-	w := &goneWatcher{gone: map[string]bool{}}
+	w := &goneWatcher{gone: map[string]time.Time{}}
 	w.cond = sync.NewCond(&w.mu)
 	_, err := nc.Subscribe("$JS.EVENT.ADVISORY.STREAM.DELETED.*", func(m *nats.Msg) {
+		at := time.Now()
 		name := m.Subject[strings.LastIndexByte(m.Subject, '.')+1:]
 		w.mu.Lock()
-		w.gone[name] = true
+		w.gone[name] = at
 		w.mu.Unlock()
 		w.cond.Broadcast()
 	})
@@ -360,129 +503,265 @@ func watchGone(b *testing.B, nc *nats.Conn) *goneWatcher {
 	return w
 }
 
-// waitAll blocks until every stream of n jobs from first is gone.
-func (w *goneWatcher) waitAll(b *testing.B, names queue.Names, first queue.JobID, n int, timeout time.Duration) {
+// waitAll blocks until every stream of n jobs from first is gone and
+// returns when the last advisory arrived.
+func (w *goneWatcher) waitAll(b *testing.B, names queue.Names, first queue.JobID, n int, timeout time.Duration) time.Time {
 	b.Helper()
 	deadline := time.Now().Add(timeout)
 	timer := time.AfterFunc(timeout, w.cond.Broadcast)
 	defer timer.Stop()
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	var last time.Time
 	for i := range n {
 		name := names.StreamName(first + queue.JobID(i))
-		for !w.gone[name] {
+		for w.gone[name].IsZero() {
 			if time.Now().After(deadline) {
 				b.Fatalf("%s not gone within %s", name, timeout)
 			}
 			w.cond.Wait()
 		}
-	}
-}
-
-// process is the service running as its own process.
-type process struct {
-	cmd  *exec.Cmd
-	logs *bytes.Buffer
-	addr string
-	sink *otlpSink // where its spans go
-}
-
-// profile fetches a CPU profile of the service for d into QJ_BENCH_CPUPROFILE,
-// when set, in the background; wait blocks until it is written.
-func (p *process) profile(b *testing.B, d time.Duration) (wait func()) {
-	b.Helper()
-	out := os.Getenv("QJ_BENCH_CPUPROFILE")
-	if out == "" {
-		return func() {}
-	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		resp, err := http.Get(fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", p.addr, int(d.Seconds())))
-		if err != nil {
-			b.Error(err)
-			return
+		if at := w.gone[name]; at.After(last) {
+			last = at
 		}
-		defer func() { _ = resp.Body.Close() }()
-		body, _ := io.ReadAll(resp.Body)
-		if err := os.WriteFile(out, body, 0o600); err != nil {
-			b.Error(err)
-		}
-	}()
-	return func() { <-done }
-}
-
-func startProcess(b *testing.B, bin, url string) *process {
-	b.Helper()
-	p := &process{logs: &bytes.Buffer{}}
-	p.addr = freeAddr(b)
-	p.cmd = exec.Command(bin, "serve", "--nats-url", url, "--http-addr", p.addr, "--pprof", "--log-level", "warn",
-		"--log-format", "json", "--reconcile-interval", "0")
-	p.cmd.Stdout, p.cmd.Stderr = p.logs, p.logs
-	// Telemetry stays on while measuring: every span is created, batched and
-	// exported over OTLP/HTTP to a local sink that accepts and discards, as
-	// a collector would take them; /metrics is served as always.
-	p.sink = newOTLPSink(b)
-	sink := p.sink
-	p.cmd.Env = append(os.Environ(), "OTEL_TRACES_EXPORTER=otlp", "OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf",
-		"OTEL_EXPORTER_OTLP_ENDPOINT="+sink.URL, "OTEL_METRICS_EXPORTER=none")
-	if err := p.cmd.Start(); err != nil {
-		b.Fatal(err)
 	}
-	_, js := natstest.Connect(b, url)
-	eventually(b, 30*time.Second, "the service consuming", func() bool { return pullWaiting(js) > 0 })
-	return p
+	return last
 }
 
-func (p *process) stop(b *testing.B) {
+// wirePaths reads, through a delaying proxy, what each path of one event
+// puts on the wire, with a service process of its own.
+func (w *bench) wirePaths(bin string) map[string]wirePath {
+	b := w.b
 	b.Helper()
-	_ = p.cmd.Process.Signal(os.Interrupt)
-	_ = p.cmd.Wait()
-	if b.Failed() {
-		b.Logf("service output:\n%s", p.logs.String())
-	}
-}
-
-// cpu is the process's user plus system CPU time so far.
-func (p *process) cpu(b *testing.B) time.Duration {
-	b.Helper()
-	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.cmd.Process.Pid))
+	proxy := newWireProxy(b, w.srv.url, wireDelay)
+	svc := startProcess(b, bin, processConfig{url: proxy.URL(), ready: w.srv.url, args: []string{
+		"--event-stream", "BENCH_EVENTS_W", "--event-subject", "bench.w.job.status.*", "--kv-bucket", "bench_jobs_w",
+		"--ack-wait", "60s", "--cleaned-subject", "bench.w.job.queue.cleaned.{id}", "--flushed-subject", "bench.w.job.queue.flushed.{id}"}})
+	defer svc.stop(b)
+	n := wireNames{Names: w.names, eventStream: "BENCH_EVENTS_W", consumer: "queue-janitor", bucket: "bench_jobs_w",
+		answerPrefixes: []string{"bench.w.job.queue."}}
+	paths, err := runWirePaths(b, proxy, w.js, n, "bench.w.job.status.", w.ids(100))
 	if err != nil {
 		b.Fatal(err)
 	}
-	// Fields after the command name (which may contain spaces) start at ")".
-	fields := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+2:]))
-	utime, _ := strconv.ParseInt(fields[11], 10, 64)
-	stime, _ := strconv.ParseInt(fields[12], 10, 64)
-	const ticksPerSecond = 100 // USER_HZ on Linux
-	return time.Duration(utime+stime) * time.Second / ticksPerSecond
+	return paths
 }
 
-// peakRSS is the process's high-water resident set size in bytes.
-func (p *process) peakRSS(b *testing.B) int64 {
+// The one-at-a-time paths.
+type onePath struct {
+	name  string
+	tasks func(cfg benchConfig) int // -1: no queue at all
+}
+
+var onePaths = []onePath{
+	{"REVOKED → stream gone", func(benchConfig) int { return 10 }},
+	{wirePathRestartEmpty, func(benchConfig) int { return -1 }},
+	{wirePathRestartLeftover, func(cfg benchConfig) int { return cfg.tasks }},
+}
+
+// oneAtATime runs path p cfg.latency times on every side, one event at a
+// time, the sides interleaved (order rotated every time), each side's jobs
+// provisioned before any is measured.
+func (w *bench) oneAtATime(sides []*benchSide, p onePath) {
+	b := w.b
 	b.Helper()
-	f, err := os.Open(fmt.Sprintf("/proc/%d/status", p.cmd.Process.Pid))
+	conn0 := w.srv.connz(b)
+	w.sink.collecting.Store(true)
+	defer w.sink.collecting.Store(false)
+	type sample struct {
+		id                queue.JobID
+		published, answer time.Time
+	}
+	samples := map[*benchSide][]sample{}
+	for i := range w.cfg.latency {
+		ids := map[*benchSide]queue.JobID{}
+		for _, s := range sides {
+			ids[s] = w.ids(1)
+			if t := p.tasks(w.cfg); t >= 0 {
+				provisionMany(b, w.js, w.names, ids[s], 1, t)
+			}
+		}
+		for _, s := range rotate(sides, i) {
+			id := ids[s]
+			var start, end time.Time
+			switch {
+			case s.svc != nil && p.name == onePaths[0].name:
+				start = time.Now()
+				publishEvents(b, w.js, s.eventPrefix, id, 1, events.StatusRevoked)
+				end = w.gone.waitAll(b, w.names, id, 1, 30*time.Second)
+			case s.svc != nil:
+				start, end = handshake(b, w.nc, w.js, s, id)
+			case p.name == onePaths[0].name:
+				start = time.Now()
+				if err := w.floorClean(id, false); err != nil {
+					b.Fatal(err)
+				}
+				end = w.gone.waitAll(b, w.names, id, 1, 30*time.Second)
+			default:
+				start = time.Now()
+				if err := w.floorClean(id, p.tasks(w.cfg) > 0); err != nil {
+					b.Fatal(err)
+				}
+				end = time.Now()
+			}
+			if s.oneAt == nil {
+				s.oneAt, s.oneAtSent, s.oneAtReceived = map[string][]time.Duration{}, map[string]int64{}, map[string]int64{}
+			}
+			s.oneAt[p.name] = append(s.oneAt[p.name], end.Sub(start))
+			samples[s] = append(samples[s], sample{id, start, end})
+		}
+	}
+	for _, s := range sides {
+		if s.svc == nil {
+			continue
+		}
+		w.waitSettled(s)
+	}
+	conn1 := w.srv.connz(b)
+	for _, s := range sides {
+		s.oneAtSent[p.name] = conn1[s.conn].InMsgs - conn0[s.conn].InMsgs
+		s.oneAtReceived[p.name] = conn1[s.conn].OutMsgs - conn0[s.conn].OutMsgs
+		if s.svc == nil || !s.svc.traced {
+			continue
+		}
+		// The spans arrive with the exporter's batches, after the events.
+		for _, x := range samples[s] {
+			switch p.name {
+			case onePaths[0].name:
+				s.terminalStages.record(b, w.sink, "process "+s.eventPrefix+"revoked", x.id, x.published, x.answer, goneStages)
+			case wirePathRestartEmpty:
+				s.emptyStg.record(b, w.sink, "process "+s.eventPrefix+"restart_requested", x.id, x.published, x.answer, flushedStages(s.flushedPrefix))
+			default:
+				s.leftStages.record(b, w.sink, "process "+s.eventPrefix+"restart_requested", x.id, x.published, x.answer, flushedStages(s.flushedPrefix))
+			}
+		}
+	}
+}
+
+// handshake is the backend's Start path: subscribe, publish
+// restart_requested, receive the flushed answer. It returns when it
+// published and when the answer arrived.
+func handshake(b *testing.B, nc *nats.Conn, js jetstream.JetStream, s *benchSide, id queue.JobID) (published, received time.Time) {
+	b.Helper()
+	sub, err := nc.SubscribeSync(s.flushedPrefix + id.String())
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer func() { _ = f.Close() }()
-	s := bufio.NewScanner(f)
-	for s.Scan() {
-		if rest, ok := strings.CutPrefix(s.Text(), "VmHWM:"); ok {
-			kb, _ := strconv.ParseInt(strings.Fields(rest)[0], 10, 64)
-			return kb << 10
+	defer func() { _ = sub.Unsubscribe() }()
+	if err := nc.Flush(); err != nil {
+		b.Fatal(err)
+	}
+	start := time.Now()
+	publishEvents(b, js, s.eventPrefix, id, 1, events.StatusRestartRequested)
+	if _, err := sub.NextMsg(30 * time.Second); err != nil {
+		b.Fatalf("%s, job %d: no flushed: %v", s.name, id, err)
+	}
+	return start, time.Now()
+}
+
+// report is the run's markdown.
+func (w *bench) report(sides []*benchSide, wire map[string]wirePath) string {
+	var out strings.Builder
+	cfg := w.cfg
+	floor := w.floor
+	host, _ := os.Hostname()
+	fmt.Fprintf(&out, "Interleaved storm and one-at-a-time paths, %s, host %s, %d cores, load average %s at the end.\n\n",
+		time.Now().UTC().Format("2006-01-02 15:04 UTC"), host, runtime.NumCPU(), loadAverage())
+	fmt.Fprintf(&out, "Storm: %d jobs × %d tasks per side in %d chunks of %d, order rotated per round; floor concurrency %d.\n\n",
+		cfg.jobs, cfg.tasks, len(floor.chunks), cfg.chunk, floor.concurrency)
+	out.WriteString("| side | chunk time, median (min–max) | per-round ratio to the floor: median (min / p25 / p75 / max) | service CPU per job | server CPU per job | bench CPU per job | messages per job, sent / received (connz) | peak RSS |\n|---|---|---|---|---|---|---|---|\n")
+	for _, s := range sides {
+		ratio := "1"
+		if s != floor {
+			ratio = spread(chunkRatios(s.chunks, floor.chunks))
+		}
+		svcCPU, rss := "", ""
+		if s.svc != nil {
+			svcCPU = perJob(s.svcCPU, s.jobs)
+			rss = fmt.Sprintf("%.1f MiB", float64(s.peakRSS)/(1<<20))
+		}
+		fmt.Fprintf(&out, "| %s | %s (%s–%s) | %s | %s | %s | %s | %.2f / %.2f | %s |\n", s.name, ms(median(s.chunks)),
+			ms(percentile(s.chunks, 0)), ms(percentile(s.chunks, 100)), ratio, svcCPU, perJob(s.srvCPU, s.jobs),
+			perJob(s.benchCPU, s.jobs), float64(s.sent)/float64(s.jobs), float64(s.received)/float64(s.jobs), rss)
+	}
+	if cfg.noTrace {
+		on, off := sides[0], sides[1]
+		fmt.Fprintf(&out, "\nTracing on against off, per round: %s; service CPU per job %s against %s (%+.0f%%).\n",
+			spread(chunkRatios(on.chunks, off.chunks)), perJob(on.svcCPU, on.jobs), perJob(off.svcCPU, off.jobs),
+			100*(float64(on.svcCPU)/float64(on.jobs)/(float64(off.svcCPU)/float64(off.jobs))-1))
+	}
+
+	fmt.Fprintf(&out, "\nServer CPU while every side idles: %.1f ms per second.\n", 1000*w.idleServer)
+	fmt.Fprintf(&out, "\nOne at a time (%d of each, each side's own event, sides interleaved):\n\n"+
+		"| path | side | p50 (× floor) | p90 | p99 (× floor) | messages per event, sent / received (connz) |\n|---|---|---|---|---|---|\n", cfg.latency)
+	for _, p := range onePaths {
+		fl := floor.oneAt[p.name]
+		for _, s := range sides {
+			d := s.oneAt[p.name]
+			if len(d) == 0 {
+				continue
+			}
+			fmt.Fprintf(&out, "| %s | %s | %s (%.2f×) | %s | %s (%.2f×) | %.2f / %.2f |\n", p.name, s.name,
+				ms(percentile(d, 50)), ratio(percentile(d, 50), percentile(fl, 50)), ms(percentile(d, 90)),
+				ms(percentile(d, 99)), ratio(percentile(d, 99), percentile(fl, 99)),
+				float64(s.oneAtSent[p.name])/float64(len(d)), float64(s.oneAtReceived[p.name])/float64(len(d)))
 		}
 	}
-	b.Fatal("no VmHWM in /proc status")
-	return 0
+	fmt.Fprintf(&out, "\nFloors: REVOKED → stream gone against the stream and dead-letter deletes sent at once (to the advisory); "+
+		"nothing left against the same two deletes finding nothing (to both replies); a leftover against a purge then delete of "+
+		"the stream with the dead-letter delete beside it (to both replies).\n")
+
+	out.WriteString("\nOn the wire, per event (a delaying proxy; background pull requests and checks left out):\n\n| path | sent | round trips | sequential before the answer | the path |\n|---|---|---|---|---|\n")
+	for _, name := range wirePathOrder {
+		p := wire[name]
+		fmt.Fprintf(&out, "| %s | %d (%s) | %d | %d | %s |\n", name, total(p.sent), counts(p.sent), p.roundTrips, p.sequential, p.shape())
+	}
+	for _, s := range sides {
+		if s.svc != nil && s.svc.traced {
+			out.WriteString(s.terminalStages.markdown("Where REVOKED → stream gone goes (" + s.name + ")"))
+			out.WriteString(s.emptyStg.markdown("Where the handshake goes, nothing left (" + s.name + ")"))
+			out.WriteString(s.leftStages.markdown(fmt.Sprintf("Where the handshake goes, leftover of %d tasks (%s)", cfg.tasks, s.name)))
+		}
+	}
+	fmt.Fprintf(&out, "\nOTLP sink received %.1f MB of spans.\n", float64(w.sink.received.Load())/1e6)
+	return out.String()
+}
+
+// chunkRatios divides each round's a by its b.
+func chunkRatios(a, b []time.Duration) []float64 {
+	var out []float64
+	for i := range min(len(a), len(b)) {
+		out = append(out, ratio(a[i], b[i]))
+	}
+	return out
+}
+
+// spread is "median× (min / p25 / p75 / max)".
+func spread(xs []float64) string {
+	if len(xs) == 0 {
+		return ""
+	}
+	ds := make([]time.Duration, len(xs))
+	for i, x := range xs {
+		ds[i] = time.Duration(x * 1e6)
+	}
+	f := func(p int) float64 { return float64(percentile(ds, p)) / 1e6 }
+	return fmt.Sprintf("**%.2f×** (%.2f / %.2f / %.2f / %.2f)", f(50), f(0), f(25), f(75), f(100))
+}
+
+func perJob(d time.Duration, jobs int) string {
+	if jobs == 0 {
+		return ""
+	}
+	return strconv.FormatFloat(float64(d.Microseconds())/1000/float64(jobs), 'f', 3, 64) + " ms"
 }
 
 func percentile(ds []time.Duration, p int) time.Duration {
 	if len(ds) == 0 {
 		return 0
 	}
-	s := append([]time.Duration(nil), ds...)
-	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	s := slices.Clone(ds)
+	slices.Sort(s)
 	idx := (len(s)*p + 99) / 100
 	return s[min(max(idx-1, 0), len(s)-1)]
 }
@@ -498,52 +777,4 @@ func ratio(a, b time.Duration) float64 {
 
 func ms(d time.Duration) string {
 	return strconv.FormatFloat(float64(d.Microseconds())/1000, 'f', 1, 64) + " ms"
-}
-
-func (r *benchResults) markdown(cfg benchConfig) string {
-	var w strings.Builder
-	medInt := func(xs []int) int {
-		s := append([]int(nil), xs...)
-		sort.Ints(s)
-		return s[len(s)/2]
-	}
-	medRSS := func(xs []int64) int64 {
-		s := append([]int64(nil), xs...)
-		sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
-		return s[len(s)/2]
-	}
-	fmt.Fprintf(&w, "Medians of %d rounds; %d cores, GOMAXPROCS %d.\n\n", cfg.rounds, runtime.NumCPU(), runtime.GOMAXPROCS(0))
-	fmt.Fprintf(&w, "| scenario | queue-janitor | raw JetStream | ratio | target |\n|---|---|---|---|---|\n")
-	fmt.Fprintf(&w, "| storm: %d streams × %d tasks, all gone | %s | %s (concurrency %d) | %.2f× | ≤ 1.3× |\n",
-		cfg.jobs, cfg.tasks, ms(median(r.stormService)), ms(median(r.stormRaw)), medInt(r.rawConcurrency),
-		ratio(median(r.stormService), median(r.stormRaw)))
-	fmt.Fprintf(&w, "| latency p50, event → stream gone (%d events) | %s | %s (delete round trip) | %.2f× | |\n",
-		cfg.latency, ms(median(r.latencyP50)), ms(median(r.rawP50)), ratio(median(r.latencyP50), median(r.rawP50)))
-	fmt.Fprintf(&w, "| latency p90 | %s | | | |\n", ms(median(r.latencyP90)))
-	fmt.Fprintf(&w, "| latency p99 | %s | %s | %.2f× | ≤ 2× raw p99 + 2 ms = %s |\n", ms(median(r.latencyP99)), ms(median(r.rawP99)),
-		ratio(median(r.latencyP99), median(r.rawP99)), ms(2*median(r.rawP99)+2*time.Millisecond))
-	fmt.Fprintf(&w, "| handshake p50, restart → flushed, nothing left | %s | | | |\n", ms(median(r.handshakeP50)))
-	fmt.Fprintf(&w, "| handshake p99, nothing left | %s | %s (raw delete p99) | %.2f× | ≤ 3× |\n", ms(median(r.handshakeP99)),
-		ms(median(r.rawP99)), ratio(median(r.handshakeP99), median(r.rawP99)))
-	fmt.Fprintf(&w, "| handshake p50, leftover of 500 tasks | %s | | | |\n", ms(median(r.handshakeLeftP50)))
-	fmt.Fprintf(&w, "| handshake p99, leftover of 500 tasks | %s | %s (raw delete p99) | %.2f× | ≤ 3× |\n", ms(median(r.handshakeLeftP99)),
-		ms(median(r.rawP99)), ratio(median(r.handshakeLeftP99), median(r.rawP99)))
-	fmt.Fprintf(&w, "| large queue: one stream of %d messages | %s | %s | %.2f× | |\n", cfg.large, ms(median(r.largeService)),
-		ms(median(r.largeRaw)), ratio(median(r.largeService), median(r.largeRaw)))
-	fmt.Fprintf(&w, "| service CPU per event (storm) | %s | | | |\n", strconv.FormatFloat(float64(median(r.cpuPerEvent).Microseconds())/1000, 'f', 3, 64)+" ms")
-	fmt.Fprintf(&w, "| service peak RSS (storm) | %.1f MiB | | | < 64 MiB |\n", float64(medRSS(r.peakRSS))/(1<<20))
-	var per []string
-	var ratios []time.Duration // ratio × 1000, to reuse the median helper
-	for i := range r.stormService {
-		q := ratio(r.stormService[i], r.stormRaw[i])
-		per = append(per, fmt.Sprintf("%.2f×", q))
-		ratios = append(ratios, time.Duration(q*1000))
-	}
-	fmt.Fprintf(&w, "\nStorm ratio per round (service / raw, same server, same round): %s; median %.2f×.\n",
-		strings.Join(per, ", "), float64(median(ratios))/1000)
-	w.WriteString(r.latencyStages.markdown("Where the latency goes, event published → stream gone"))
-	w.WriteString(r.handshakeStages.markdown("Where the handshake goes, nothing left"))
-	w.WriteString(r.handshakeLeftStages.markdown("Where the handshake goes, leftover of 500 tasks"))
-	w.WriteString(r.largeStages.markdown(fmt.Sprintf("Where the large queue's time goes, one stream of %d messages", cfg.large)))
-	return w.String()
 }

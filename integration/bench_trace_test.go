@@ -129,16 +129,20 @@ var (
 	// seen by the benchmark.
 	goneStages = stagePath{
 		step: func(queue.JobID) string { return "jetstream.delete_stream" },
-		names: [5]string{"publish and delivery to the service", "record read and lease (kv.get, kv.update)",
+		names: [5]string{"publish and delivery to the service", "record read and claim (kv.get, kv.create)",
 			"fence (stream info)", "delete stream", "advisory reaches the observer"},
 	}
-	// flushedStages: restart_requested published → flushed received.
-	flushedStages = stagePath{
-		step: func(id queue.JobID) string { return fmt.Sprintf("publish job.queue.flushed.%d", id) },
-		names: [5]string{"publish and delivery to the service", "record read and lease (kv.get, kv.update)",
-			"fence and flush (stream info, deletes)", "publish flushed", "flushed reaches the backend"},
-	}
 )
+
+// flushedStages: restart_requested published → flushed received, the
+// answer's subject being prefix+id.
+func flushedStages(prefix string) stagePath {
+	return stagePath{
+		step: func(id queue.JobID) string { return fmt.Sprintf("publish %s%d", prefix, id) },
+		names: [5]string{"publish and delivery to the service", "record read and claim (kv.get, kv.create)",
+			"fence and flush (stream info, purge, deletes), record (kv.update)", "publish flushed", "flushed reaches the backend"},
+	}
+}
 
 // stageSamples holds, per stage of one path, one duration per event.
 type stageSamples struct {

@@ -139,17 +139,17 @@ func (p *wireProxy) accept() {
 			defer p.wg.Done()
 			for h := range held {
 				time.Sleep(time.Until(h.due))
-				// Taken before the write: the service cannot have read
-				// it earlier, while a request it sends on reading it may
-				// be recorded before a later clock reading here.
+				// Recorded before the write: the service cannot have read
+				// it earlier, and whatever it sends on reading it finds
+				// it recorded.
 				h.op.at = time.Now()
+				p.record(h.op)
 				if _, err := client.Write(h.raw); err != nil {
 					_, _ = server.Close(), client.Close()
 					for range held { // until the reader stops
 					}
 					return
 				}
-				p.record(h.op)
 			}
 		}()
 	}
@@ -470,7 +470,7 @@ func (n wireNames) wirePathOf(ops []wireOp, start, end int) (wirePath, error) {
 			}
 		}
 		if tr.released.IsZero() {
-			return w, fmt.Errorf("request %s got no reply before the ack", tr.class)
+			return w, fmt.Errorf("request %s got no reply before the ack; the path:\n%s", tr.class, n.timeline(in))
 		}
 		if tr.released.Before(answerAt) {
 			w.sequential = max(w.sequential, tr.level)
@@ -482,6 +482,20 @@ func (n wireNames) wirePathOf(ops []wireOp, start, end int) (wirePath, error) {
 	}
 	w.after = noReply
 	return w, nil
+}
+
+// timeline lists ops one a line, with milliseconds since the first, for
+// failure messages.
+func (n wireNames) timeline(ops []wireOp) string {
+	var b strings.Builder
+	for _, op := range ops {
+		dir, what := "service ←", "reply or delivery"
+		if op.fromClient {
+			dir, what = "service →", n.class(op)
+		}
+		fmt.Fprintf(&b, "  %9.3f ms %s %-30s %s %s %s\n", float64(op.at.Sub(ops[0].at).Microseconds())/1000, dir, what, op.subject, op.reply, op.status)
+	}
+	return b.String()
 }
 
 // shape is the path in one line: each wave of round trips, then what was

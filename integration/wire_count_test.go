@@ -364,12 +364,12 @@ func (n wireNames) class(op wireOp) string {
 }
 
 func (n wireNames) streamKind(stream string) string {
-	switch {
-	case stream == "KV_"+n.bucket:
+	switch stream {
+	case "KV_" + n.bucket:
 		return "bucket"
-	case stream == n.eventStream:
+	case n.eventStream:
 		return "events"
-	case stream == n.AdvisoryStream:
+	case n.AdvisoryStream:
 		return "advisories"
 	}
 	if _, ok := n.JobFromStream(stream); ok {

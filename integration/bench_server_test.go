@@ -55,7 +55,7 @@ func natsServerBinary(tb testing.TB) string {
 // temporary directory), its monitoring port and its profiling port.
 type serverProcess struct {
 	cmd      *exec.Cmd
-	logs     *bytes.Buffer
+	logs     *lockedBuffer
 	url      string
 	monitor  string // http://host:port of /connz, /varz
 	profiler string // http://host:port of /debug/pprof
@@ -68,9 +68,11 @@ func startServerProcess(tb testing.TB) *serverProcess {
 	host, port, _ := net.SplitHostPort(client)
 	_, mport, _ := net.SplitHostPort(monitor)
 	_, pport, _ := net.SplitHostPort(profiler)
-	s := &serverProcess{logs: &bytes.Buffer{}, url: "nats://" + client, monitor: "http://" + monitor, profiler: "http://" + profiler}
+	s := &serverProcess{logs: &lockedBuffer{}, url: "nats://" + client, monitor: "http://" + monitor, profiler: "http://" + profiler}
 	s.cmd = exec.Command(bin, "-a", host, "-p", port, "-js", "-sd", tb.TempDir(), "-m", mport, "--profile", pport)
 	s.cmd.Stdout, s.cmd.Stderr = s.logs, s.logs
+	// One line per garbage collection on standard error, to count them.
+	s.cmd.Env = append(os.Environ(), "GODEBUG=gctrace=1")
 	if err := s.cmd.Start(); err != nil {
 		tb.Fatal(err)
 	}
@@ -137,6 +139,96 @@ func (s *serverProcess) connz(tb testing.TB) map[string]connCounts {
 		out[c.Name] = cur
 	}
 	return out
+}
+
+// gcStats is what the server's garbage collector did so far: cycles, the
+// CPU time they took (gctrace's "ms cpu", all phases), and the live heap
+// the last one left, in MB.
+func (s *serverProcess) gcStats() (cycles int, cpu time.Duration, liveMB int) {
+	for _, line := range strings.Split(s.logs.String(), "\n") {
+		if !strings.HasPrefix(line, "gc ") {
+			continue
+		}
+		cycles++
+		// "..., 4->4->2 MB, ..."
+		if heap, _, ok := strings.Cut(line, " MB,"); ok {
+			if i := strings.LastIndex(heap, "->"); i >= 0 {
+				liveMB, _ = strconv.Atoi(heap[i+2:])
+			}
+		}
+		// "... ms clock, 0.036+0.5/1.0/0+0.006 ms cpu, ..."
+		if _, rest, ok := strings.Cut(line, " ms clock, "); ok {
+			if phases, _, ok := strings.Cut(rest, " ms cpu"); ok {
+				for _, f := range strings.FieldsFunc(phases, func(r rune) bool { return r == '+' || r == '/' }) {
+					if v, err := strconv.ParseFloat(f, 64); err == nil {
+						cpu += time.Duration(v * float64(time.Millisecond))
+					}
+				}
+			}
+		}
+	}
+	return cycles, cpu, liveMB
+}
+
+// allocated is how many bytes and objects the server has allocated so far
+// (runtime.MemStats TotalAlloc and Mallocs, from its profiling port).
+func (s *serverProcess) allocated(tb testing.TB) (bytes, objects uint64) {
+	tb.Helper()
+	resp, err := http.Get(s.profiler + "/debug/pprof/heap?debug=1")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer func() { _ = resp.Body.Close() }()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	for _, line := range strings.Split(string(body), "\n") {
+		if v, ok := strings.CutPrefix(line, "# TotalAlloc = "); ok {
+			bytes, _ = strconv.ParseUint(v, 10, 64)
+		}
+		if v, ok := strings.CutPrefix(line, "# Mallocs = "); ok {
+			objects, _ = strconv.ParseUint(v, 10, 64)
+		}
+	}
+	return bytes, objects
+}
+
+// saveHeap writes the server's heap profile (allocations since it started)
+// to path; two of them, before and after a chunk, give what the chunk
+// allocated: go tool pprof -sample_index=alloc_space -base before after.
+func (s *serverProcess) saveHeap(tb testing.TB, path string) {
+	tb.Helper()
+	resp, err := http.Get(s.profiler + "/debug/pprof/heap")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer func() { _ = resp.Body.Close() }()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if err := os.WriteFile(path, body, 0o600); err != nil {
+		tb.Fatal(err)
+	}
+}
+
+// lockedBuffer is a buffer that a process writes while the benchmark reads.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
 
 // cpu is the server process's CPU time so far.

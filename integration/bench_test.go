@@ -56,6 +56,7 @@ func BenchmarkInterleaved(b *testing.B) {
 		chunk: benchEnv(b, "QJ_BENCH_CHUNK", 250), latency: benchEnv(b, "QJ_BENCH_LATENCY", 300),
 		floorConcurrency: benchList(b, "QJ_BENCH_FLOOR_CONCURRENCY", []int{32}),
 		noTrace:          os.Getenv("QJ_BENCH_NOTRACE") == "1", profileDir: os.Getenv("QJ_BENCH_PROFILE_DIR"),
+		decompose: os.Getenv("QJ_BENCH_DECOMPOSE") == "1",
 	}
 	if cfg.chunk > cfg.jobs {
 		cfg.chunk = cfg.jobs
@@ -78,6 +79,9 @@ type benchConfig struct {
 	floorConcurrency []int
 	noTrace          bool
 	profileDir       string
+	// decompose adds the sides that send the service's requests from the
+	// benchmark (bench_replay_test.go).
+	decompose bool
 }
 
 // benchList reads a comma-separated list of positive integers.
@@ -175,6 +179,9 @@ func runInterleaved(b *testing.B, cfg benchConfig) string {
 		sides = append(sides, &benchSide{name: name, conn: "bench floor", concurrency: c})
 	}
 	w.floor = sides[len(sides)-len(cfg.floorConcurrency)]
+	if cfg.decompose {
+		sides = append(sides, w.replaySide("floor + record", "k", false), w.replaySide("replay", "r", true))
+	}
 
 	// What each path puts on the wire, through a delaying proxy, with a
 	// service process of its own.
@@ -223,7 +230,9 @@ type benchSide struct {
 	svc  *process
 	// concurrency is the floor's (svc nil).
 	concurrency int
-	conn        string // its connection's name in /connz
+	// replay sends the service's requests from the benchmark.
+	replay *replaySide
+	conn   string // its connection's name in /connz
 	// Its own event stream, subjects and bucket (service sides).
 	stream, eventPrefix, flushedPrefix string
 
@@ -237,7 +246,11 @@ type benchSide struct {
 	terminalStages, emptyStg  stageSamples
 	leftStages                stageSamples
 	peakRSS                   int64
+	gcCycles                  int           // the server's garbage collections during the chunks
+	gcCPU                     time.Duration // and their CPU
+	allocBytes, allocObjects  uint64        // what the server allocated during the chunks
 	settleWaits, settleChunks time.Duration
+	window                    time.Duration // measured: first request to settled, summed
 }
 
 // serviceSide starts a service process with its own event stream, consumer,
@@ -280,6 +293,7 @@ func (w *bench) stormChunk(s *benchSide, n int, count bool, label string) {
 	s.settleWaits += w.srv.settle(b, 10*time.Second)
 
 	var waitProfiles []func()
+	heapProfile := func(string) {}
 	if count && w.cfg.profileDir != "" {
 		// Long enough for the chunk and its tail: the profile holds
 		// only what the process did, so the idle end adds nothing.
@@ -289,36 +303,52 @@ func (w *bench) stormChunk(s *benchSide, n int, count bool, label string) {
 		}
 		tag := strings.ReplaceAll(s.name, " ", "")
 		tag = strings.ReplaceAll(tag, ",", "-")
+		heapProfile = func(when string) {
+			w.srv.saveHeap(b, filepath.Join(w.cfg.profileDir, "server-heap-"+tag+"-"+label+"-"+when+".pb.gz"))
+		}
+		heapProfile("before")
 		waitProfiles = append(waitProfiles, w.srv.profile(b, d, filepath.Join(w.cfg.profileDir, "server-"+tag+"-"+label+".pb.gz")))
 		if s.svc != nil {
 			waitProfiles = append(waitProfiles, fetchProfile(b, "http://"+s.svc.addr, d, filepath.Join(w.cfg.profileDir, "service-"+tag+"-"+label+".pb.gz")))
 		}
 	}
 	conn0 := w.srv.connz(b)[s.conn]
+	gc0, gcCPU0, _ := w.srv.gcStats()
+	alloc0, objects0 := w.srv.allocated(b)
 	srv0, bench0 := w.srv.cpu(b), procCPU(b, os.Getpid())
 	var svc0 time.Duration
 	if s.svc != nil {
 		svc0 = s.svc.cpu(b)
 	}
 	start := time.Now()
-	if s.svc != nil {
+	switch {
+	case s.svc != nil:
 		publishEvents(b, w.js, s.eventPrefix, first, n, events.StatusRevoked)
-	} else {
+	case s.replay != nil:
+		s.replay.run(first, n)
+	default:
 		w.deleteMany(first, n, s.concurrency, false)
 	}
 	last := w.gone.waitAll(b, w.names, first, n, 5*time.Minute)
 	took := last.Sub(start)
-	if s.svc != nil {
+	if s.stream != "" {
 		w.waitSettled(s)
 	}
 	settled := w.srv.settle(b, 10*time.Second)
 	for _, wait := range waitProfiles {
 		wait()
 	}
+	heapProfile("after")
 	if !count {
 		return
 	}
 	conn1 := w.srv.connz(b)[s.conn]
+	gc1, gcCPU1, _ := w.srv.gcStats()
+	alloc1, objects1 := w.srv.allocated(b)
+	s.allocBytes += alloc1 - alloc0
+	s.allocObjects += objects1 - objects0
+	s.gcCycles += gc1 - gc0
+	s.gcCPU += gcCPU1 - gcCPU0
 	s.chunks = append(s.chunks, took)
 	s.jobs += n
 	s.srvCPU += w.srv.cpu(b) - srv0
@@ -329,6 +359,7 @@ func (w *bench) stormChunk(s *benchSide, n int, count bool, label string) {
 	s.sent += conn1.InMsgs - conn0.InMsgs
 	s.received += conn1.OutMsgs - conn0.OutMsgs
 	s.settleChunks += settled
+	s.window += time.Since(start)
 	b.Logf("  %s: %d jobs in %s", s.name, n, ms(took))
 }
 
@@ -691,7 +722,24 @@ func (w *bench) report(sides []*benchSide, wire map[string]wirePath) string {
 			100*(float64(on.svcCPU)/float64(on.jobs)/(float64(off.svcCPU)/float64(off.jobs))-1))
 	}
 
-	fmt.Fprintf(&out, "\nServer CPU while every side idles: %.1f ms per second.\n", 1000*w.idleServer)
+	fmt.Fprintf(&out, "\nThe server's CPU during each side's chunks (every chunk measured from its first request until the server is quiet again; "+
+		"the server idles at %.1f ms of CPU per second, which the idle column spreads over the measured windows):\n\n", 1000*w.idleServer)
+	// A collection falls in whichever window crosses the heap goal, most
+	// of the allocation being the provisioning's: a side's fair share of
+	// the collector is its allocation at the run's cost per byte.
+	cycles, gcCPU, live := w.srv.gcStats()
+	allocated, _ := w.srv.allocated(w.b)
+	perByte := float64(gcCPU) / float64(max(allocated, 1))
+	fmt.Fprintf(&out, "The server collected garbage %d times in the run (%s of CPU for %.0f MB allocated, %.2f ms per MB); "+
+		"the last collection left a live heap of %d MB.\n\n", cycles, ms(gcCPU), float64(allocated)/1e6, perByte, live) // ns per byte = ms per MB
+	out.WriteString("| side | server CPU per job | allocated per job | collections in its windows: per 1,000 jobs, CPU per job | server CPU per job, collections at the run's cost per MB | idle share per job |\n|---|---|---|---|---|---|\n")
+	for _, s := range sides {
+		jobs := float64(max(s.jobs, 1))
+		amortized := s.srvCPU - s.gcCPU + time.Duration(perByte*float64(s.allocBytes))
+		fmt.Fprintf(&out, "| %s | %s | %.1f KB in %.0f objects | %.1f, %s | %s | %s |\n", s.name, perJob(s.srvCPU, s.jobs),
+			float64(s.allocBytes)/jobs/1000, float64(s.allocObjects)/jobs, 1000*float64(s.gcCycles)/jobs, perJob(s.gcCPU, s.jobs),
+			perJob(amortized, s.jobs), perJob(time.Duration(w.idleServer*float64(s.window)), s.jobs))
+	}
 	fmt.Fprintf(&out, "\nOne at a time (%d of each, each side's own event, sides interleaved):\n\n"+
 		"| path | side | p50 (× floor) | p90 | p99 (× floor) | messages per event, sent / received (connz) |\n|---|---|---|---|---|---|\n", cfg.latency)
 	for _, p := range onePaths {

@@ -197,9 +197,11 @@ func (s *serverProcess) allocated(tb testing.TB) (bytes, objects uint64) {
 // saveHeap writes the server's heap profile (allocations since it started)
 // to path; two of them, before and after a chunk, give what the chunk
 // allocated: go tool pprof -sample_index=alloc_space -base before after.
+// It collects garbage first, since a heap profile is brought up to date
+// only by a collection: call it outside measured windows.
 func (s *serverProcess) saveHeap(tb testing.TB, path string) {
 	tb.Helper()
-	resp, err := http.Get(s.profiler + "/debug/pprof/heap")
+	resp, err := http.Get(s.profiler + "/debug/pprof/heap?gc=1")
 	if err != nil {
 		tb.Fatal(err)
 	}

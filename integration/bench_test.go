@@ -237,20 +237,19 @@ type benchSide struct {
 	stream, eventPrefix, flushedPrefix string
 
 	// Storm, summed over the counted chunks.
-	chunks                    []time.Duration
-	jobs                      int
-	svcCPU, srvCPU, benchCPU  time.Duration
-	sent, received            int64
-	oneAt                     map[string][]time.Duration // path → durations
-	oneAtSent, oneAtReceived  map[string]int64
-	terminalStages, emptyStg  stageSamples
-	leftStages                stageSamples
-	peakRSS                   int64
-	gcCycles                  int           // the server's garbage collections during the chunks
-	gcCPU                     time.Duration // and their CPU
-	allocBytes, allocObjects  uint64        // what the server allocated during the chunks
-	settleWaits, settleChunks time.Duration
-	window                    time.Duration // measured: first request to settled, summed
+	chunks                   []time.Duration
+	jobs                     int
+	svcCPU, srvCPU, benchCPU time.Duration
+	sent, received           int64
+	oneAt                    map[string][]time.Duration // path → durations
+	oneAtSent, oneAtReceived map[string]int64
+	terminalStages, emptyStg stageSamples
+	leftStages               stageSamples
+	peakRSS                  int64
+	gcCycles                 int           // the server's garbage collections during the chunks
+	gcCPU                    time.Duration // and their CPU
+	allocBytes, allocObjects uint64        // what the server allocated during the chunks
+	window                   time.Duration // measured: first request to settled, summed
 }
 
 // serviceSide starts a service process with its own event stream, consumer,
@@ -290,7 +289,7 @@ func (w *bench) stormChunk(s *benchSide, n int, count bool, label string) {
 	b.Helper()
 	first := w.ids(n)
 	provisionMany(b, w.js, w.names, first, n, w.cfg.tasks)
-	s.settleWaits += w.srv.settle(b, 10*time.Second)
+	w.srv.settle(b, 10*time.Second)
 
 	var waitProfiles []func()
 	heapProfile := func(string) {}
@@ -334,7 +333,7 @@ func (w *bench) stormChunk(s *benchSide, n int, count bool, label string) {
 	if s.stream != "" {
 		w.waitSettled(s)
 	}
-	settled := w.srv.settle(b, 10*time.Second)
+	w.srv.settle(b, 10*time.Second)
 	for _, wait := range waitProfiles {
 		wait()
 	}
@@ -358,7 +357,6 @@ func (w *bench) stormChunk(s *benchSide, n int, count bool, label string) {
 	}
 	s.sent += conn1.InMsgs - conn0.InMsgs
 	s.received += conn1.OutMsgs - conn0.OutMsgs
-	s.settleChunks += settled
 	s.window += time.Since(start)
 	b.Logf("  %s: %d jobs in %s", s.name, n, ms(took))
 }

@@ -101,7 +101,7 @@ func TestRequestsPerPath(t *testing.T) {
 		}
 		if len(changed) > 0 {
 			t.Errorf("path %q changed (expected → measured): %s\n  measured path: %s\n  measured counts: %s\n"+
-				"  if this is intended, update expectedWire in requests_count_test.go (and BENCHMARKS.md)",
+				"  if this is intended, update expectedWire in requests_count_test.go (and docs/BENCHMARKS.md)",
 				want.path, strings.Join(changed, "; "), got.shape(), counts(got.sent))
 		}
 	}

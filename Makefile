@@ -95,7 +95,7 @@ nats-server-2.10: ## build nats-server 2.10.27 into bin/nats210/ (pinned; about 
 # integration/natstest/ run whole; from integration/: lifecycle, cleanup,
 # safety, clock, resurrect, partition, reconcile and its gaps, takeover,
 # liveness, shutdown (mid burst), the random histories, the CLI golden
-# output and doctor. Left out: tests that start their server in-process
+# output, doctor, the loss of the bucket and its records, and truthful answers. Left out: tests that start their server in-process
 # whatever the mode (deploy configuration, auth, secrets, last delivery,
 # embedded, observability, dashboard), clusters, the frozen-replica test (the
 # service's own scheduling, 47 s), and TestOutageIsRiddenOut and
@@ -116,7 +116,11 @@ NATS210_TESTS := TestIncident TestDuplicateAndEmptyAreAnswered TestEventsWhileSt
 	TestOrphanWithAWorkerBusyIsKept TestReconcilerCleansADeadLetterConsumerLeftWithoutItsStream \
 	TestKilledReplicaIsTakenOverInSeconds TestKilledSingleReplicaRestartsInSeconds TestServerDownMidStorm \
 	TestReadOnlyCommandsCreateNothing TestReadyzAnswersAtOnceWhenNATSDown TestServeBindWaitsForDeletedEventStream \
-	TestServeHealsAfterDeletions TestSIGTERMMidBurst TestRandomHistories TestCLIGolden TestDoctor.*
+	TestServeHealsAfterDeletions TestSIGTERMMidBurst TestRandomHistories TestCLIGolden TestDoctor.* \
+	TestRecreatedBucketDoesNotLetTwoClaimsActOnOneJob TestLostRecordsAreRebuiltFromTheEventStream \
+	TestRestartFlushFailedThenPendingIsStillFlushed TestStartRightAfterRevokedBringsNothingBack \
+	TestPartlyFailedFirstAttemptIsReportedRemoved TestFrozenReplicasDeletionIsReportedByTheOneThatTakesOver \
+	TestLostReplyToTheLastRecordWrite TestReconcilerNeverAnswersForAnEffectAlreadyDone TestSlowServerDoesNotChurnTheConnection
 empty :=
 space := $(empty) $(empty)
 

@@ -30,6 +30,7 @@ type claim struct {
 	rev      uint64
 	deadline time.Time
 	lost     bool
+	last     queue.Record // the record as a reload found it when the lease was lost
 
 	stop chan struct{}
 	done chan struct{}
@@ -46,10 +47,18 @@ func (h *Handler) margin() time.Duration { return h.cfg.Lease / 4 }
 
 // take writes next, whose Lease is a new one, over revision rev. On success
 // the claim is held and renewed until it ends; [queue.ErrConflict] means
-// another writer got there first.
+// another writer got there first. A write whose reply was lost and whose
+// retry conflicted with itself is recognised by its token.
 func (h *Handler) take(ctx context.Context, id queue.JobID, next queue.Record, rev uint64) (*claim, error) {
 	sent := h.now()
 	newRev, err := h.records.Put(ctx, id, next, rev)
+	if errors.Is(err, queue.ErrConflict) {
+		cur, curRev, gerr := h.records.Get(ctx, id)
+		if gerr != nil || cur.Lease == nil || cur.Lease.Token != next.Lease.Token {
+			return nil, err
+		}
+		next, newRev, err = cur, curRev, nil // ours landed
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -129,7 +138,8 @@ func (c *claim) Renew(ctx context.Context) bool {
 
 // reload reads the record after a conflicting write. A newer non-acting
 // status keeps the lease with its holder; anything else means the lease was
-// taken over.
+// taken over (or the record lost with its bucket), and the claim's authority
+// ends at once: no request of its effect is sent after that.
 func (c *claim) reload(ctx context.Context) bool {
 	cur, rev, err := c.h.records.Get(ctx, c.id)
 	c.mu.Lock()
@@ -138,11 +148,58 @@ func (c *claim) reload(ctx context.Context) bool {
 	case err != nil:
 		return true // unknown: keep the deadline, try again later
 	case cur.Lease == nil || cur.Lease.Token != c.token:
-		c.lost = true
+		c.lost, c.deadline, c.last = true, time.Time{}, cur
 		return false
 	}
 	c.rec, c.rev = cur, rev
 	return true
+}
+
+// write puts next (a record carrying this claim's lease) over the claim's
+// revision, reloading after a concurrent non-acting write, and counts as a
+// renewal. It returns [ErrLeaseLost] when the lease was taken over.
+func (c *claim) write(ctx context.Context, change func(queue.Record) queue.Record) error {
+	for range 8 {
+		c.mu.Lock()
+		rec, rev, lost := c.rec, c.rev, c.lost
+		c.mu.Unlock()
+		if lost {
+			return ErrLeaseLost
+		}
+		next := change(rec)
+		lease := *rec.Lease
+		sent := c.h.now()
+		lease.Until = sent.Add(c.h.cfg.Lease)
+		next.Lease = &lease
+		newRev, err := c.h.records.Put(ctx, c.id, next, rev)
+		switch {
+		case err == nil:
+			c.mu.Lock()
+			c.rec, c.rev = next, newRev
+			if !c.lost {
+				c.deadline = sent.Add(c.h.cfg.Lease - c.h.margin())
+			}
+			c.mu.Unlock()
+			return nil
+		case !errors.Is(err, queue.ErrConflict):
+			return err
+		case !c.reload(ctx):
+			c.mu.Lock()
+			lost = c.lost
+			c.mu.Unlock()
+			if lost {
+				return ErrLeaseLost
+			}
+		}
+	}
+	return fmt.Errorf("record of job %d kept changing; could not write it", c.id)
+}
+
+// intend records, before the first destructive request, what the effect is
+// about to remove.
+func (c *claim) intend(ctx context.Context, e queue.Effect) error {
+	e.Token = c.token
+	return c.write(ctx, func(r queue.Record) queue.Record { r.Effect = &e; return r })
 }
 
 // halt stops the renewals.
@@ -175,8 +232,11 @@ func (c *claim) finish(ctx context.Context, mark func(queue.Record) queue.Record
 		}
 		if !c.reload(ctx) {
 			c.mu.Lock()
-			lost = c.lost
+			lost, last := c.lost, c.last
 			c.mu.Unlock()
+			if landed(last, c.token) {
+				return nil // this very write landed; its reply was lost
+			}
 			if lost {
 				return ErrLeaseLost
 			}
@@ -185,9 +245,18 @@ func (c *claim) finish(ctx context.Context, mark func(queue.Record) queue.Record
 	return fmt.Errorf("record of job %d kept changing; could not record the effect", c.id)
 }
 
+// landed reports whether rec is a finishing write of the claim token: the
+// lease given back and the effect recorded as finished by it.
+func landed(rec queue.Record, token string) bool {
+	return rec.Lease == nil && rec.Effect != nil && rec.Effect.Token == token && rec.Effect.Finished
+}
+
 // release gives the lease back after a failure, so that the retry need not
-// wait for it to expire. A failure here is harmless: the lease expires.
-func (c *claim) release(ctx context.Context) {
+// wait for it to expire. A failure here is harmless: the lease expires. The
+// effect the claim intended stays recorded (a later attempt learns from it
+// what this one may have removed), unless undo says nothing was sent: then
+// the effect recorded before the claim is put back.
+func (c *claim) release(ctx context.Context, undo bool, before *queue.Effect) {
 	c.halt()
 	c.mu.Lock()
 	rec, rev, lost := c.rec, c.rev, c.lost
@@ -197,6 +266,9 @@ func (c *claim) release(ctx context.Context) {
 	}
 	next := rec
 	next.Lease = nil
+	if undo {
+		next.Effect = before
+	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
 	_, _ = c.h.records.Put(ctx, c.id, next, rev)

@@ -54,8 +54,8 @@ func compare(ev events.JobStatus, rec queue.Record) int {
 // sameRestart reports whether ev is a restart request for the run that the
 // record's newest event, itself a restart request, already asked for: the
 // same event redelivered (or published again), or a second request for the
-// same attempt. Such an event must never flush again, or it would remove
-// the new run's queue.
+// same attempt. Such an event must never flush again once the flush is done,
+// or it would remove the new run's queue.
 func sameRestart(ev events.JobStatus, rec queue.Record) bool {
 	if rec.Status != string(events.StatusRestartRequested) {
 		return false
@@ -69,10 +69,9 @@ func sameRestart(ev events.JobStatus, rec queue.Record) bool {
 	return false
 }
 
-// repeatedRestart reports whether ev asks again for a run that has already
-// begun: the request acted on before, published again after the run moved
-// on, or a request for the attempt the record already holds. Flushing then
-// would remove the run's own queue.
+// repeatedRestart reports whether ev asks again for the run of the last
+// restart request acted on: that request itself (redelivered, or published
+// again after the run moved on), or a request for the same attempt.
 func repeatedRestart(ev events.JobStatus, rec queue.Record) bool {
 	switch {
 	case rec.RestartID != "" && ev.ID == rec.RestartID:
@@ -81,6 +80,16 @@ func repeatedRestart(ev events.JobStatus, rec queue.Record) bool {
 		return ev.Attempt == *rec.RestartAttempt
 	}
 	return false
+}
+
+// restartDone reports whether the flush of the last restart request acted on
+// has finished. A version 2 record knew only whether its newest event's
+// effect was done.
+func restartDone(rec queue.Record) bool {
+	if rec.V >= 3 {
+		return rec.RestartDone
+	}
+	return rec.Done || rec.Status != string(events.StatusRestartRequested)
 }
 
 // decide is the whole decision table. exists says whether the job has a
@@ -94,19 +103,17 @@ func decide(k kind, ev events.JobStatus, rec queue.Record, exists, busy bool) ve
 	}
 	switch k {
 	case kindRestart:
-		if sameRestart(ev, rec) {
-			switch {
-			case rec.Done:
+		switch {
+		case sameRestart(ev, rec) || repeatedRestart(ev, rec) && rec.State == queue.StateRunning:
+			// The request acted on before, or the run it starts (a
+			// `pending`, a `started` of it) moved the record on: answer
+			// again once its flush is done, finish the flush otherwise.
+			if restartDone(rec) {
 				return verdictReplay
-			case busy:
-				return verdictWait
 			}
-			return verdictAct
-		}
-		if repeatedRestart(ev, rec) {
+		case repeatedRestart(ev, rec) && restartDone(rec):
 			return verdictReplay
-		}
-		if compare(ev, rec) < 0 {
+		case compare(ev, rec) < 0:
 			return verdictStale
 		}
 	case kindTerminal:
@@ -128,6 +135,12 @@ func decide(k kind, ev events.JobStatus, rec queue.Record, exists, busy bool) ve
 	return verdictAct
 }
 
+// resumes reports whether a restart request resumes the last restart request
+// acted on (whose flush has not finished) rather than starting a new one.
+func resumes(ev events.JobStatus, rec queue.Record) bool {
+	return sameRestart(ev, rec) || repeatedRestart(ev, rec) && rec.State == queue.StateRunning && !restartDone(rec)
+}
+
 func recordIfTimed(ev events.JobStatus) verdict {
 	if ev.Time.IsZero() && ev.Stored.IsZero() {
 		return verdictIgnore // cannot be ordered against anything
@@ -139,17 +152,21 @@ func recordIfTimed(ev events.JobStatus) verdict {
 // run and earlier ones (terminal), or of earlier runs only (restart), created
 // before the event reached the event stream, in server time. A restart that
 // resumes an earlier copy of the same request keeps the first copy's time,
-// so nothing created after the request's first claim (the new run's queue)
-// is ever flushed.
+// so nothing created after the request first reached NATS (the new run's
+// queue) is ever flushed.
 func fenceFor(k kind, ev events.JobStatus, rec queue.Record) queue.Fence {
 	at, cut := ev.Stored, "the "+string(ev.Status)+" event reached NATS"
 	if k == kindRestart {
 		cut = "the restart request reached NATS"
-		if sameRestart(ev, rec) && !rec.Stored.IsZero() && (at.IsZero() || rec.Stored.Before(at)) {
-			at, cut = rec.Stored, "the restart request first reached NATS"
+		first := rec.RestartStored
+		if first.IsZero() && sameRestart(ev, rec) {
+			first = rec.Stored // a version 2 record
+		}
+		if resumes(ev, rec) && !first.IsZero() && (at.IsZero() || first.Before(at)) {
+			at, cut = first, "the restart request first reached NATS"
 		}
 	}
-	f := queue.Fence{CreatedBefore: at, Cut: cut, PurgeFirst: k == kindRestart}
+	f := queue.Fence{CreatedBefore: at, Cut: cut}
 	if ev.HasAttempt {
 		f.AttemptKnown, f.MaxAttempt = true, ev.Attempt
 		if k == kindRestart {
@@ -161,7 +178,7 @@ func fenceFor(k kind, ev events.JobStatus, rec queue.Record) queue.Fence {
 
 // claimRecord is the record that takes the job's lease for ev.
 func claimRecord(k kind, ev events.JobStatus, rec queue.Record, lease queue.Lease) queue.Record {
-	if k == kindRestart && sameRestart(ev, rec) {
+	if k == kindRestart && resumes(ev, rec) {
 		next := rec // resume the recorded request: keep its identity and time
 		next.Lease = &lease
 		return next
@@ -172,15 +189,20 @@ func claimRecord(k kind, ev events.JobStatus, rec queue.Record, lease queue.Leas
 		Stored:    ev.Stored,
 		EventID:   ev.ID,
 		Status:    string(ev.Status),
-		RestartID: rec.RestartID,
 		State:     queue.StateTerminal,
-		// The last restart's attempt is kept with its id.
+		CleanedAt: rec.CleanedAt,
+		// The last restart request acted on is kept, so that it is known
+		// as a repeat if it comes back.
+		RestartID:      rec.RestartID,
 		RestartAttempt: rec.RestartAttempt,
-		CleanedAt:      rec.CleanedAt,
+		RestartStored:  rec.RestartStored,
+		RestartDone:    restartDone(rec),
+		Effect:         rec.Effect,
 		Lease:          &lease,
 	}
 	if k == kindRestart {
 		next.State, next.RestartID, next.RestartAttempt = queue.StateFlushed, ev.ID, nil
+		next.RestartStored, next.RestartDone = ev.Stored, false
 		if ev.HasAttempt {
 			a := ev.Attempt
 			next.RestartAttempt = &a
@@ -191,6 +213,15 @@ func claimRecord(k kind, ev events.JobStatus, rec queue.Record, lease queue.Leas
 		next.Attempt = &a
 	}
 	return next
+}
+
+// restartCause is the restart request whose flush a restart event carries
+// out: the one recorded when it resumes it, else the event itself.
+func restartCause(ev events.JobStatus, rec queue.Record) string {
+	if resumes(ev, rec) && rec.RestartID != "" {
+		return rec.RestartID
+	}
+	return ev.ID
 }
 
 // recordRunning is the record after a newer non-acting status: the newest

@@ -45,6 +45,20 @@ func restarted(r queue.Record, id string, attempt int64) queue.Record {
 	return r
 }
 
+// flushing is r, a version 3 record, whose last restart request acted on is
+// id (of attempt, -1: none), first stored at storedSec, its flush done or
+// not.
+func flushing(r queue.Record, id string, attempt int64, storedSec int, done bool) queue.Record {
+	r = restarted(r, id, attempt)
+	r.V, r.RestartStored, r.RestartDone = 3, at(storedSec), done
+	if r.Status == string(events.StatusRestartRequested) {
+		r.State = queue.StateFlushed
+	} else if r.State == "" {
+		r.State = queue.StateRunning
+	}
+	return r
+}
+
 // skewed is ev as produced by a clock off by offSec: its own time moves,
 // its arrival at the server does not.
 func skewed(e events.JobStatus, offSec int) events.JobStatus {
@@ -103,6 +117,23 @@ func TestDecide(t *testing.T) {
 		{"another request for an attempt already restarted replays", kindRestart, ev("r4b", restart, 4, 40), restarted(rec("s", started, 4, 35, true), "r4", 4), true, verdictReplay},
 		{"a restart for the next attempt still acts", kindRestart, ev("r5", restart, 5, 40), restarted(rec("s", started, 4, 35, true), "r4", 4), true, verdictAct},
 
+		// A restart whose flush never finished (its claim failed or died),
+		// after which the run it starts moved the record on (a `pending`
+		// recorded between the request and its answer): redelivered, it is
+		// flushed, never answered as done.
+		{"restart whose flush failed, redelivered after its run's pending, resumes", kindRestart, ev("r2", restart, 2, 20),
+			flushing(rec("p", events.StatusPending, 2, 25, true), "r2", 2, 20, false), true, verdictAct},
+		{"the same without attempts resumes", kindRestart, ev("r2", restart, -1, 20),
+			flushing(rec("p", events.StatusPending, -1, 25, true), "r2", -1, 20, false), true, verdictAct},
+		{"a second request for that attempt resumes too", kindRestart, ev("r2b", restart, 2, 40),
+			flushing(rec("p", events.StatusPending, 2, 25, true), "r2", 2, 20, false), true, verdictAct},
+		{"restart whose flush finished, redelivered after pending, replays", kindRestart, ev("r2", restart, 2, 20),
+			flushing(rec("p", events.StatusPending, 2, 25, true), "r2", 2, 20, true), true, verdictReplay},
+		{"restart whose flush failed, superseded by its run's end, is stale", kindRestart, ev("r2", restart, 2, 20),
+			flushing(queue.Record{EventID: "x", Status: "revoked", Time: at(30), Stored: at(30), State: queue.StateTerminal, Done: true, Attempt: ptr(int64(2))}, "r2", 2, 20, false), true, verdictStale},
+		{"resumed restart whose lease another claim holds waits", kindRestart, ev("r2", restart, 2, 20),
+			leased(flushing(rec("p", events.StatusPending, 2, 25, true), "r2", 2, 20, false), "other", 100), true, verdictWait},
+
 		// Without attempts, order is arrival at the server; producer clocks
 		// ten minutes off either way change nothing.
 		{"late terminal from a clock ahead is still stale", kindTerminal, skewed(ev("a", revoked, -1, 5), 600), rec("b", restart, -1, 20, true), true, verdictStale},
@@ -140,6 +171,8 @@ func TestFenceFor(t *testing.T) {
 			rec("b", events.StatusRestartRequested, 4, 30, false), at(30), true, 3},
 		{"redelivered restart keeps its first arrival", kindRestart, ev("b", events.StatusRestartRequested, -1, 50),
 			rec("b", events.StatusRestartRequested, -1, 30, true), at(30), false, 0},
+		{"restart resumed after its run's pending keeps its first arrival", kindRestart, ev("r2", events.StatusRestartRequested, 2, 50),
+			flushing(rec("p", events.StatusPending, 2, 40, true), "r2", 2, 30, false), at(30), true, 1},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -171,3 +204,5 @@ func TestClaim(t *testing.T) {
 		t.Errorf("a claim without attempt keeps the known attempt: %+v", noAttempt)
 	}
 }
+
+func ptr[T any](v T) *T { return &v }

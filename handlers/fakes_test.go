@@ -7,29 +7,57 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/example/queue-janitor/events"
 	"github.com/example/queue-janitor/queue"
 )
 
-// fakeQueue records every Remove and answers with a canned Removal.
+// fakeQueue records every removal's fence and answers with a canned
+// Removal.
 type fakeQueue struct {
 	mu      sync.Mutex
 	calls   []queue.Fence
 	removal queue.Removal
 	err     error
-	// during, when set, runs inside Remove (to race other writers).
+	// during, when set, runs inside Execute (to race other writers).
 	during func()
+	// gone makes Inspect find no stream.
+	gone bool
 }
 
-func (q *fakeQueue) Remove(_ context.Context, id queue.JobID, f queue.Fence, _ queue.Authority) (queue.Removal, error) {
+func (q *fakeQueue) Inspect(_ context.Context, id queue.JobID, _ queue.Authority) (queue.Inspection, error) {
 	q.mu.Lock()
+	defer q.mu.Unlock()
+	ins := queue.Inspection{Stream: q.StreamName(id)}
+	if !q.gone {
+		ins.Info = &jetstream.StreamInfo{Created: time.Unix(100, 0)}
+	}
+	return ins, nil
+}
+
+func (q *fakeQueue) Plan(_ context.Context, id queue.JobID, _ queue.Inspection, f queue.Fence, _ queue.Authority) (queue.Plan, error) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
 	q.calls = append(q.calls, f)
+	p := queue.Plan{ID: id, Stream: q.StreamName(id), StreamFound: q.removal.StreamFound}
+	if q.removal.Removed() || q.err != nil {
+		p.DropStream, p.Created, p.Messages = true, time.Unix(100, 0), q.removal.MessagesDiscarded
+	}
+	return p, nil
+}
+
+func (q *fakeQueue) Execute(_ context.Context, p queue.Plan, _ queue.Authority) (queue.Removal, error) {
+	q.mu.Lock()
 	during, r, err := q.during, q.removal, q.err
 	q.mu.Unlock()
 	if during != nil {
 		during()
 	}
-	r.Stream = q.StreamName(id)
+	r.Stream = p.Stream
+	if r.Deleted == nil {
+		r.Deleted = []string{}
+	}
 	return r, err
 }
 
@@ -55,6 +83,9 @@ type fakeRecords struct {
 	beforePut func()
 	// failPuts, when it points to true, makes every Put fail.
 	failPuts *bool
+	// loseNextReply makes the next Put land but report a conflict, as a
+	// retried write whose first reply was lost does.
+	loseNextReply bool
 }
 
 func newFakeRecords() *fakeRecords {
@@ -81,6 +112,15 @@ func (s *fakeRecords) ServerNow(context.Context) (time.Time, error) {
 	return s.clock(), nil
 }
 
+// fakeBucketCreated is when the fake bucket was created: long ago.
+var fakeBucketCreated = time.Unix(1, 0)
+
+func (s *fakeRecords) Incarnation(context.Context) (queue.Incarnation, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return queue.Incarnation{Created: fakeBucketCreated, Now: s.clock()}, nil
+}
+
 func (s *fakeRecords) Put(_ context.Context, id queue.JobID, rec queue.Record, rev uint64) (uint64, error) {
 	if hook := s.takeHook(); hook != nil {
 		hook()
@@ -91,7 +131,15 @@ func (s *fakeRecords) Put(_ context.Context, id queue.JobID, rec queue.Record, r
 	if fail {
 		return 0, errors.New("nats: timeout")
 	}
-	return s.put(id, rec, rev)
+	s.mu.Lock()
+	lose := s.loseNextReply
+	s.loseNextReply = false
+	s.mu.Unlock()
+	n, err := s.put(id, rec, rev)
+	if lose && err == nil {
+		return 0, queue.ErrConflict
+	}
+	return n, err
 }
 
 func (s *fakeRecords) takeHook() func() {

@@ -45,9 +45,13 @@ func (e *BusyError) RetryAfterDelay() time.Duration { return e.RetryAfter }
 // Unwrap makes errors.Is(err, ErrJobBusy) true.
 func (e *BusyError) Unwrap() error { return ErrJobBusy }
 
-// Queue is what the handler needs of the job's JetStream resources.
+// Queue is what the handler needs of the job's JetStream resources: a read
+// of the job's task stream, a judgement of what a fence lets go, and the
+// removal itself ([queue.Janitor] has them).
 type Queue interface {
-	Remove(ctx context.Context, id queue.JobID, fence queue.Fence, auth queue.Authority) (queue.Removal, error)
+	Inspect(ctx context.Context, id queue.JobID, auth queue.Authority) (queue.Inspection, error)
+	Plan(ctx context.Context, id queue.JobID, ins queue.Inspection, fence queue.Fence, auth queue.Authority) (queue.Plan, error)
+	Execute(ctx context.Context, plan queue.Plan, auth queue.Authority) (queue.Removal, error)
 	StreamName(id queue.JobID) string
 }
 
@@ -57,8 +61,12 @@ type Records interface {
 	// At, the revision's server time.
 	Get(ctx context.Context, id queue.JobID) (queue.Record, uint64, error)
 	Put(ctx context.Context, id queue.JobID, rec queue.Record, rev uint64) (uint64, error)
-	// ServerNow is the NATS server's current time.
+	// ServerNow is the NATS server's current time, read after the call
+	// began.
 	ServerNow(ctx context.Context) (time.Time, error)
+	// Incarnation is the bucket's creation time and the server's time, read
+	// by a request sent after the call began.
+	Incarnation(ctx context.Context) (queue.Incarnation, error)
 }
 
 // Emitter tells the backend that an effect is done.
@@ -78,6 +86,16 @@ type Config struct {
 	Lease time.Duration
 	// Owner identifies this replica in leases, for logs.
 	Owner string
+	// Quarantine is how long after the bucket's creation no claim acts (see
+	// [gate]): a claim held in an earlier bucket of the same name, lost
+	// with it, may act for up to a lease. [DefaultConfig] sets it to the
+	// lease; 0 turns it off (only safe when no other process can have used
+	// an earlier bucket of the name, e.g. a server started empty).
+	Quarantine time.Duration
+	// TrustedIncarnation, when set, is the creation time of a bucket known
+	// to have had no predecessor (created by this process on a server it
+	// started empty): it needs no quarantine.
+	TrustedIncarnation time.Time
 }
 
 // DefaultTerminal is the contract's default terminal set.
@@ -90,9 +108,10 @@ const DefaultLease = 12 * time.Second
 // DefaultConfig returns the defaults, with owner as the replica identity.
 func DefaultConfig(owner string) Config {
 	return Config{
-		Terminal: append([]events.Status(nil), DefaultTerminal...),
-		Lease:    DefaultLease,
-		Owner:    owner,
+		Terminal:   append([]events.Status(nil), DefaultTerminal...),
+		Lease:      DefaultLease,
+		Owner:      owner,
+		Quarantine: DefaultLease,
 	}
 }
 
@@ -114,6 +133,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("lease %s: must be at least 4s", c.Lease)
 	case c.Owner == "":
 		return errors.New("owner must not be empty")
+	case c.Quarantine < 0:
+		return fmt.Errorf("quarantine %s: must not be negative", c.Quarantine)
 	}
 	return nil
 }
@@ -128,6 +149,7 @@ type Handler struct {
 	now      func() time.Time
 	renew    bool
 	onClaim  func(ClaimHandle)
+	gate     *gate
 }
 
 // ClaimHandle is a claim as [WithClaimHook] sees it.
@@ -162,6 +184,7 @@ func New(q Queue, records Records, emit Emitter, cfg Config, opts ...Option) *Ha
 	for _, s := range cfg.Terminal {
 		h.terminal[s] = true
 	}
+	h.gate = &gate{records: records, quarantine: cfg.Quarantine, trusted: cfg.TrustedIncarnation}
 	for _, opt := range opts {
 		opt(h)
 	}
@@ -235,7 +258,8 @@ func (h *Handler) Handle(ctx context.Context, ev events.JobStatus) (events.Outco
 		case verdictReplay:
 			out := events.Outcome{Decision: decisionOf(k), Result: events.OutcomeAlreadyDone,
 				Note: "effect already done for this run; answering again"}
-			return out, h.announce(ctx, k, ev, h.nothing(ev.JobID), events.OutcomeAlreadyDone, 0)
+			report := h.recorded(ev.JobID, rec, causeOf(k, ev, rec))
+			return out, h.announce(ctx, k, ev, report, events.OutcomeAlreadyDone, 0)
 		case verdictWait:
 			return events.Outcome{Decision: decisionOf(k), Result: "busy"}, busy
 		case verdictAct:
@@ -272,35 +296,65 @@ func (h *Handler) busy(ctx context.Context, rec queue.Record) (*BusyError, error
 func (h *Handler) act(ctx context.Context, k kind, ev events.JobStatus, rec queue.Record, rev uint64) (events.Outcome, bool, error) {
 	started := h.now()
 	next := claimRecord(k, ev, rec, h.newLease(started))
-	c, err := h.take(ctx, ev.JobID, next, rev)
-	if errors.Is(err, queue.ErrConflict) {
-		return events.Outcome{}, true, nil
-	}
+	cause := causeOf(k, ev, rec)
 	out := events.Outcome{Decision: decisionOf(k)}
-	if err != nil {
-		return out, false, err
+	removal, result, retry, err := h.run(ctx, effect{
+		id: ev.JobID, next: next, rev: rev, fence: fenceFor(k, ev, rec), cause: cause, prior: unfinished(rec, cause),
+		mark: func(cur queue.Record) queue.Record {
+			cur.CleanedAt = h.now().UTC()
+			if cur.EventID == next.EventID {
+				cur.Done = true
+			}
+			if k == kindRestart && cur.RestartID == cause {
+				cur.RestartDone = true
+			}
+			return cur
+		},
+	})
+	if retry {
+		return out, true, nil
 	}
-	removal, err := h.q.Remove(ctx, ev.JobID, fenceFor(k, ev, rec), c)
 	out.Removal = &removal
 	if err != nil {
-		c.release(ctx)
 		return out, false, err
 	}
-	out.Result = resultOf(removal)
+	out.Result = result
 	out.Note = noteOf(removal)
-	// Record first, then answer: an answer is never sent for an effect
-	// that is not recorded, so a request redelivered after its answer is
-	// answered again (already_done) and deletes nothing.
-	if err := c.finish(ctx, func(cur queue.Record) queue.Record {
-		cur.CleanedAt = h.now().UTC()
-		if cur.EventID == next.EventID {
-			cur.Done = true
-		}
-		return cur
-	}); err != nil {
-		return out, false, err
-	}
+	// Recorded (by run) before it is answered: an answer is never sent for
+	// an effect that is not recorded, so a request redelivered after its
+	// answer is answered again (already_done) and deletes nothing.
 	return out, false, h.announce(ctx, k, ev, removal, out.Result, h.now().Sub(started))
+}
+
+// causeOf names the effect an acting event carries out: a restart request
+// resuming the one recorded carries out that one's flush.
+func causeOf(k kind, ev events.JobStatus, rec queue.Record) string {
+	if k == kindRestart {
+		return restartCause(ev, rec)
+	}
+	return ev.ID
+}
+
+// unfinished is the record's effect when it is an earlier, unfinished
+// attempt at cause.
+func unfinished(rec queue.Record, cause string) *queue.Effect {
+	if e := rec.Effect; e != nil && e.Cause == cause && !e.Finished {
+		return e
+	}
+	return nil
+}
+
+// recorded is what an effect already done removed, as its record keeps it,
+// for an answer given again.
+func (h *Handler) recorded(id queue.JobID, rec queue.Record, cause string) queue.Removal {
+	if e := rec.Effect; e != nil && e.Cause == cause && e.Finished && e.Report != nil {
+		r := *e.Report
+		if r.Deleted == nil {
+			r.Deleted = []string{}
+		}
+		return r
+	}
+	return h.nothing(id)
 }
 
 func resultOf(r queue.Removal) string {
@@ -320,6 +374,8 @@ func noteOf(r queue.Removal) string {
 	switch {
 	case r.Confirmed == queue.ConfirmedGoneOnRetry:
 		return "a delete's reply was lost; the retry confirmed it gone"
+	case r.Confirmed == queue.ConfirmedEarlierAttempt:
+		return "removed by an earlier attempt at this effect: see notes"
 	case len(r.Kept) > 0:
 		return "kept what is not this run's to remove: see kept"
 	}

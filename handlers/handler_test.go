@@ -277,13 +277,16 @@ func TestClaimsOfOneProcessExcludeEachOther(t *testing.T) {
 	t.Parallel()
 	w := setup(t)
 	w.handle(t, ev("t1", events.StatusRevoked, 1, 50))
-	judged := w.record(t)
+	judged, judgedRev, err := w.records.Get(t.Context(), 7)
+	if err != nil {
+		t.Fatal(err)
+	}
 	var inner error
 	w.q.during = func() {
 		w.q.during = nil
 		_, inner = w.h.Handle(t.Context(), ev("r2", events.StatusRestartRequested, 2, 60))
 	}
-	if _, err := w.h.Sweep(t.Context(), SweepRequest{ID: 7, Judged: judged, JudgedExists: true,
+	if _, err := w.h.Sweep(t.Context(), SweepRequest{ID: 7, Judged: judged, JudgedRev: judgedRev,
 		Fence: queue.Fence{CreatedBefore: at(60)}, Trigger: TriggerReconciler}); err != nil {
 		t.Fatalf("Sweep: %v", err)
 	}

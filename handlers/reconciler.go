@@ -34,6 +34,10 @@ type LeaseStore interface {
 	PutJSON(ctx context.Context, key string, v any, rev uint64) (uint64, error)
 }
 
+// ResultNotReady is the result of a removal a pass left for later because
+// the job records were not ready (see [NotReadyError]).
+const ResultNotReady = "not_ready"
+
 // SweeperLeaseKey is the record key of the lease that lets one replica
 // sweep at a time.
 const SweeperLeaseKey = "reconciler.lease"
@@ -75,10 +79,12 @@ func NewReconciler(h *Handler, list Lister, records Records, leases LeaseStore, 
 
 // Row is one job stream seen by a pass, for `ls`, `sweep` and logs.
 type Row struct {
-	Stream    queue.JobStream
-	Consumer  *jetstream.ConsumerInfo
-	Record    queue.Record
-	Exists    bool
+	Stream   queue.JobStream
+	Consumer *jetstream.ConsumerInfo
+	Record   queue.Record
+	Exists   bool
+	// Rev is the record's revision when judged (0: none).
+	Rev       uint64
 	Judgement Judgement
 	// Outcome and Err are set when the pass acted on the stream.
 	Outcome *events.Outcome
@@ -117,6 +123,12 @@ func (r *Reconciler) Pass(ctx context.Context, opts PassOptions) (Summary, error
 	// Streams are judged a batch at a time (a page of the listing), the
 	// batch's lookups concurrently; rows are handled in listing order.
 	// Memory stays bounded by the batch, however many streams there are.
+	var notReady error
+	if !opts.DryRun {
+		if notReady = r.h.Ready(ctx); notReady != nil {
+			r.log.Debug().Ctx(ctx).Err(notReady).Msg("reconciler pass judges only: the job records are not ready")
+		}
+	}
 	seen := map[queue.JobID]bool{}
 	handle := func(row Row) {
 		s := row.Stream
@@ -134,7 +146,12 @@ func (r *Reconciler) Pass(ctx context.Context, opts PassOptions) (Summary, error
 		if row.Judgement.Verdict == VerdictOrphan && !opts.DryRun {
 			r.reportOrphan(ctx, row)
 		}
-		if row.Judgement.Remove && !opts.DryRun && row.Err == nil {
+		switch {
+		case !row.Judgement.Remove || opts.DryRun || row.Err != nil:
+		case notReady != nil:
+			row.Outcome = &events.Outcome{Decision: events.DecisionIgnore, Result: ResultNotReady, Note: notReady.Error()}
+			sum.Busy++
+		default:
 			r.act(ctx, &row, &sum)
 		}
 		if row.Err != nil {
@@ -211,7 +228,7 @@ func (r *Reconciler) judge(ctx context.Context, s queue.JobStream, cfg SweepConf
 		row.Judgement = Judgement{Verdict: VerdictKeep, Reason: "record unreadable", JobState: JobStateUnknown}
 		return row
 	}
-	row.Record, row.Exists = rec, rev != 0
+	row.Record, row.Exists, row.Rev = rec, rev != 0, rev
 	if row.Consumer, err = r.list.TaskConsumer(ctx, s.ID); err != nil {
 		row.Err = err
 	}
@@ -251,13 +268,15 @@ func (r *Reconciler) act(ctx context.Context, row *Row, sum *Summary) {
 		attribute.Int64("job.id", int64(row.Stream.ID)), attribute.String("queue_janitor.verdict", string(j.Verdict)),
 		attribute.String("queue_janitor.job_state", j.JobState)))
 	defer span.End()
-	out, err := r.h.Sweep(ctx, SweepRequest{ID: row.Stream.ID, Judged: row.Record, JudgedExists: row.Exists,
+	out, err := r.h.Sweep(ctx, SweepRequest{ID: row.Stream.ID, Judged: row.Record, JudgedRev: row.Rev,
 		Fence: j.Fence, Trigger: TriggerReconciler})
 	row.Outcome, row.Err = &out, err
 	level := zerolog.InfoLevel
 	switch {
-	case errors.Is(err, ErrRecordChanged) || errors.Is(err, ErrJobBusy):
-		level, row.Err = zerolog.DebugLevel, nil // an event got there first: nothing to do
+	case errors.Is(err, ErrRecordChanged) || errors.Is(err, ErrJobBusy) || errors.Is(err, ErrNotReady):
+		// An event got there first, or the records are not ready: a later
+		// pass looks again.
+		level, row.Err = zerolog.DebugLevel, nil
 	case err != nil:
 		level = zerolog.WarnLevel
 		span.RecordError(err)
@@ -405,11 +424,11 @@ func (r *Reconciler) deadLetters(ctx context.Context, seen map[queue.JobID]bool,
 		if !j.Remove || opts.DryRun {
 			return nil
 		}
-		out, err := r.h.Sweep(ctx, SweepRequest{ID: id, Judged: rec, JudgedExists: true, Fence: j.Fence, Trigger: TriggerReconciler})
+		out, err := r.h.Sweep(ctx, SweepRequest{ID: id, Judged: rec, JudgedRev: rev, Fence: j.Fence, Trigger: TriggerReconciler})
 		level := zerolog.InfoLevel
 		switch {
-		case errors.Is(err, ErrRecordChanged) || errors.Is(err, ErrJobBusy):
-			return nil // an event got there first
+		case errors.Is(err, ErrRecordChanged) || errors.Is(err, ErrJobBusy) || errors.Is(err, ErrNotReady):
+			return nil // an event got there first, or the records are not ready
 		case err != nil:
 			level = zerolog.WarnLevel
 			sum.Errors++

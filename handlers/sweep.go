@@ -27,10 +27,12 @@ const (
 // reconciler's, or an operator's.
 type SweepRequest struct {
 	ID queue.JobID
-	// Judged is the record the decision was taken on; the sweep goes ahead
-	// only if the record is still the same (same newest event, same state).
-	Judged       queue.Record
-	JudgedExists bool
+	// Judged is the record the decision was taken on, at revision JudgedRev
+	// (0: the job had none); the sweep goes ahead only if the record is
+	// still at that revision, so that an event's effect done meanwhile is
+	// never swept (and answered) again.
+	Judged    queue.Record
+	JudgedRev uint64
 	// Fence bounds what may be removed.
 	Fence queue.Fence
 	// Trigger is TriggerReconciler or TriggerOperator.
@@ -39,13 +41,15 @@ type SweepRequest struct {
 }
 
 // ErrRecordChanged is returned by Sweep when the job's record moved on after
-// the decision (a new event arrived): the decision must be taken again.
+// the decision (a new event arrived, or an event's effect was done): the
+// decision must be taken again.
 var ErrRecordChanged = errors.New("the job's record changed since the decision")
 
 // Sweep removes a job's queue as the reconciler or an operator decided,
 // through the same claim, fence, record and announcement as an event's
 // cleanup. It returns ErrRecordChanged, or a [BusyError], when it must not
-// act now.
+// act now. The reconciler announces only what it removed; an operator's
+// command is always answered.
 func (h *Handler) Sweep(ctx context.Context, req SweepRequest) (events.Outcome, error) {
 	out := events.Outcome{Decision: events.DecisionCleanup}
 	if req.Announce == AnnounceFlushed {
@@ -56,7 +60,7 @@ func (h *Handler) Sweep(ctx context.Context, req SweepRequest) (events.Outcome, 
 		if err != nil {
 			return out, err
 		}
-		if (rev != 0) != req.JudgedExists || rec.EventID != req.Judged.EventID || rec.State != req.Judged.State {
+		if rev != req.JudgedRev {
 			return events.Outcome{Decision: events.DecisionIgnore, Result: "record_changed"}, ErrRecordChanged
 		}
 		busy, err := h.busy(ctx, rec)
@@ -70,34 +74,29 @@ func (h *Handler) Sweep(ctx context.Context, req SweepRequest) (events.Outcome, 
 		claimed := rec
 		lease := h.newLease(started)
 		claimed.Lease = &lease
-		c, err := h.take(ctx, req.ID, claimed, rev)
-		if errors.Is(err, queue.ErrConflict) {
+		cause := req.Trigger + ":" + lease.Token
+		removal, result, retry, err := h.run(ctx, effect{id: req.ID, next: claimed, rev: rev, fence: req.Fence, cause: cause,
+			mark: func(cur queue.Record) queue.Record {
+				cur.CleanedAt = h.now().UTC()
+				if cur.EventID == rec.EventID {
+					cur.Done = true // the judged event's effect is now done
+				}
+				return cur
+			}})
+		if retry {
 			continue
 		}
-		if err != nil {
-			return out, err
-		}
-		fence := req.Fence
-		fence.PurgeFirst = fence.PurgeFirst || req.Announce == AnnounceFlushed // a new run follows
-		removal, err := h.q.Remove(ctx, req.ID, fence, c)
 		out.Removal = &removal
 		if err != nil {
-			c.release(ctx)
 			return out, err
 		}
-		if err := c.finish(ctx, func(cur queue.Record) queue.Record {
-			cur.CleanedAt = h.now().UTC()
-			if cur.EventID == rec.EventID {
-				cur.Done = true // the judged event's effect is now done
-			}
-			return cur
-		}); err != nil {
-			return out, err
-		}
-		out.Result = resultOf(removal)
+		out.Result = result
 		out.Note = "removed by the " + req.Trigger
 		if n := noteOf(removal); n != "" {
 			out.Note += "; " + n
+		}
+		if req.Trigger == TriggerReconciler && !removal.Removed() {
+			return out, nil // nothing was there to remove: nothing to announce
 		}
 		res := events.QueueResult{
 			JobID: req.ID, Status: events.Status(rec.Status), CauseEventID: rec.EventID, Outcome: out.Result,
@@ -106,7 +105,7 @@ func (h *Handler) Sweep(ctx context.Context, req SweepRequest) (events.Outcome, 
 		}
 		if res.Status == "" {
 			// No event known for the job: the answer names who acted.
-			res.Status, res.CauseEventID = events.StatusUnknown, req.Trigger+":"+lease.Token
+			res.Status, res.CauseEventID = events.StatusUnknown, cause
 		}
 		if req.Announce == AnnounceFlushed {
 			return out, h.emit.Flushed(ctx, res)

@@ -32,7 +32,17 @@ func runCLI(t *testing.T, out *bytes.Buffer, args ...string) {
 
 func runCLIErr(t *testing.T, out *bytes.Buffer, args ...string) error {
 	t.Helper()
-	return cli.Run(t.Context(), args, func(string) string { return "" }, out, zerolog.NewTestWriter(t))
+	return cli.Run(t.Context(), args, testEnv, out, zerolog.NewTestWriter(t))
+}
+
+// testEnv is the environment of the commands the tests run: every test's
+// server started empty, so no earlier bucket can have held a claim (the
+// bucket-loss tests set up their own).
+func testEnv(k string) string {
+	if k == "QUEUE_JANITOR_TRUST_NEW_BUCKET" {
+		return "true"
+	}
+	return ""
 }
 
 func assertContains(t *testing.T, text string, wants ...string) {

@@ -250,6 +250,9 @@ func collectAnswers(tb testing.TB, nc *nats.Conn) *answerLog {
 		defer a.mu.Unlock()
 		a.byCause[ev.Data.CauseEventID] = ev.Data
 		a.times = append(a.times, time.Now())
+		if ev.Data.Outcome == events.OutcomeAlreadyDone {
+			return // it repeats the report of the effect it answers again
+		}
 		for _, d := range ev.Data.Deleted {
 			if strings.HasPrefix(d, "stream ") {
 				a.removed[d]++

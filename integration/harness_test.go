@@ -50,7 +50,10 @@ type service struct {
 func baseArgs(url string) []string {
 	return []string{"serve", "--nats-url", url, "--log-format", "json", "--log-level", "debug",
 		"--http-addr", "", "--reconcile-interval", "0", "--ack-wait", "5s",
-		"--retry-max-elapsed", "20s", "--lease", "30s"}
+		"--retry-max-elapsed", "20s", "--lease", "30s",
+		// Each test starts its server empty: no earlier bucket can have held
+		// a claim (the bucket-loss tests leave this out).
+		"--trust-new-bucket"}
 }
 
 // startService runs `queue-janitor serve` against e's server and waits until

@@ -2,6 +2,7 @@ package integration
 
 import (
 	"bytes"
+	"fmt"
 	"net"
 	"sync"
 	"testing"
@@ -28,6 +29,10 @@ type tcpProxy struct {
 	frozen   bool
 	triggers []*proxyTrigger
 	accepted int
+	// slow delays the client's requests on subjects starting with
+	// slowPrefix by slowBy, passing everything else at once.
+	slowPrefix []byte
+	slowBy     time.Duration
 }
 
 // proxyAction is what a trigger does with the client's bytes that matched.
@@ -103,6 +108,17 @@ func (p *tcpProxy) freeze() {
 	p.mu.Unlock()
 }
 
+// slowRequests makes the server look slow on some requests: a request
+// whose subject starts with prefix reaches the server d later, while the
+// connection's other traffic goes on (as a server whose deletes queue behind
+// slow file removals answers them late but its stream-info requests at
+// once). It applies to connections made after the call.
+func (p *tcpProxy) slowRequests(prefix string, d time.Duration) {
+	p.mu.Lock()
+	p.slowPrefix, p.slowBy = []byte(prefix), d
+	p.mu.Unlock()
+}
+
 // connections is how many connections the proxy has accepted in all.
 func (p *tcpProxy) connections() int {
 	p.mu.Lock()
@@ -144,7 +160,11 @@ func (p *tcpProxy) accept() {
 		p.conns[client], p.conns[server] = struct{}{}, struct{}{}
 		p.accepted++
 		p.mu.Unlock()
-		go p.pipe(client, server, true)
+		if p.slowPrefix != nil {
+			go p.slowPipe(client, server, p.slowPrefix, p.slowBy)
+		} else {
+			go p.pipe(client, server, true)
+		}
 		go p.pipe(server, client, false)
 	}
 }
@@ -234,4 +254,75 @@ func (p *tcpProxy) fire(tr *proxyTrigger, chunk []byte, client, server net.Conn)
 		_ = server.Close()
 	}
 	close(tr.fired)
+}
+
+// slowPipe carries the client's bytes to the server protocol message by
+// protocol message, holding back those that publish to prefix for d.
+func (p *tcpProxy) slowPipe(client, server net.Conn, prefix []byte, d time.Duration) {
+	var wmu sync.Mutex
+	write := func(b []byte) error {
+		wmu.Lock()
+		defer wmu.Unlock()
+		_, err := server.Write(b)
+		return err
+	}
+	defer func() {
+		_ = client.Close()
+		_ = server.Close() // requests still held go with the connection
+		p.mu.Lock()
+		delete(p.conns, client)
+		delete(p.conns, server)
+		p.mu.Unlock()
+	}()
+	var pending []byte
+	buf := make([]byte, 64<<10)
+	for {
+		n, err := client.Read(buf)
+		pending = append(pending, buf[:n]...)
+		for {
+			msg, rest, ok := nextProtocolMessage(pending)
+			if !ok {
+				break
+			}
+			pending = rest
+			if bytes.HasPrefix(msg, []byte("PUB ")) && bytes.HasPrefix(msg[4:], prefix) ||
+				bytes.HasPrefix(msg, []byte("HPUB ")) && bytes.HasPrefix(msg[5:], prefix) {
+				held := append([]byte(nil), msg...)
+				time.AfterFunc(d, func() { _ = write(held) })
+				continue
+			}
+			if werr := write(msg); werr != nil {
+				return
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+// nextProtocolMessage splits the first whole client protocol message off
+// b: a control line, with its payload for PUB and HPUB.
+func nextProtocolMessage(b []byte) (msg, rest []byte, ok bool) {
+	end := bytes.Index(b, []byte("\r\n"))
+	if end < 0 {
+		return nil, b, false
+	}
+	line := b[:end]
+	size := -1
+	switch {
+	case bytes.HasPrefix(line, []byte("PUB ")), bytes.HasPrefix(line, []byte("HPUB ")):
+		f := bytes.Fields(line)
+		if _, err := fmt.Sscan(string(f[len(f)-1]), &size); err != nil {
+			return nil, b, false
+		}
+	}
+	total := end + 2
+	if size >= 0 {
+		total += size + 2
+	}
+	if len(b) < total {
+		return nil, b, false
+	}
+	return b[:total], b[total:], true
 }

@@ -168,6 +168,7 @@ func TestOneSweeperAtATime(t *testing.T) {
 		}
 		j := queue.NewJanitor(js, queue.DefaultNames())
 		cfg := handlers.DefaultConfig(owner)
+		cfg.Quarantine = 0 // the test's server started empty
 		h := handlers.New(j, store, nopEmitter{}, cfg)
 		r := &replica{lister: &countingLister{Lister: j}, done: make(chan struct{})}
 		rec := handlers.NewReconciler(h, r.lister, store, store, handlers.SweepConfig{Grace: time.Minute, OrphanIdle: time.Hour},

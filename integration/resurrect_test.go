@@ -90,3 +90,65 @@ func restartRound(e *env, sub *nats.Subscription, id queue.JobID, attempt int64,
 	}
 	return nil
 }
+
+// TestStartRightAfterRevokedBringsNothingBack: an operator presses Start
+// seconds after a job was revoked. The terminal cleanup deleted the stream,
+// the restart finds nothing left, and the backend creates the new run's
+// stream at once: a stream deleted with its messages could come back inside
+// it (10 of 8,400 rounds before terminal cleanups emptied the stream first).
+// 8 jobs × 50 rounds of REVOKED then Start, in parallel; the new run's
+// stream must hold nothing but its own tasks every time.
+// QJ_RESURRECT_ROUNDS raises the rounds.
+func TestStartRightAfterRevokedBringsNothingBack(t *testing.T) {
+	t.Parallel()
+	e := setup(t)
+	e.startService("--concurrency", "16")
+	rounds := envInt(t, "QJ_RESURRECT_ROUNDS", 50)
+	const jobs, tasks = 8, 3
+	var resurrected, checked atomic.Int64
+	var wg sync.WaitGroup
+	for j := range jobs {
+		id := queue.JobID(800 + j)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sub, err := e.nc.SubscribeSync(fmt.Sprintf("job.queue.*.%d", id))
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			defer func() { _ = sub.Unsubscribe() }()
+			if err := queue.Provision(context.Background(), e.js, e.names, id, events.Attempt(1)); err != nil {
+				t.Error(err)
+				return
+			}
+			publishTasks(t, e.js, e.names.SubjectName(id), 0, tasks)
+			for r := range rounds {
+				attempt := int64(r + 1)
+				revoked := events.StatusEvent{ID: fmt.Sprintf("revoked-%d-%d", id, attempt), JobID: id,
+					Status: events.StatusRevoked, Attempt: events.Attempt(attempt)}
+				emitTo(t, e.js, revoked)
+				if _, ok := nextAnswer(sub, revoked.ID, 30*time.Second); !ok {
+					t.Errorf("job %d: no answer to %s", id, revoked.ID)
+					return
+				}
+				if err := restartRound(e, sub, id, attempt+1, tasks); err != nil {
+					t.Error(err)
+					return
+				}
+				s, err := e.js.Stream(context.Background(), e.names.StreamName(id))
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				checked.Add(1)
+				if n := s.CachedInfo().State.Msgs; n != tasks {
+					resurrected.Add(1)
+					t.Errorf("job %d round %d: the new run's stream holds %d messages, want its own %d", id, r+1, n, tasks)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	t.Logf("%d REVOKED-then-Start rounds, %d new streams with old messages", checked.Load(), resurrected.Load())
+}

@@ -90,7 +90,8 @@ func runSecretCommand(t *testing.T, c secretCase, args ...string) (string, error
 
 func (c secretCase) getenv() func(string) string {
 	env := map[string]string{"NATS_URL": c.url, "NATS_CONNECT_TIMEOUT": "3s", "OTEL_TRACES_EXPORTER": "console",
-		"QUEUE_JANITOR_LOG_LEVEL": "debug", "QUEUE_JANITOR_RECONCILE_GRACE": "0s"}
+		"QUEUE_JANITOR_LOG_LEVEL": "debug", "QUEUE_JANITOR_RECONCILE_GRACE": "0s",
+		"QUEUE_JANITOR_TRUST_NEW_BUCKET": "true"} // the test's server started empty
 	for k, v := range c.env {
 		env[k] = v
 	}
@@ -154,7 +155,7 @@ func runSecretServe(t *testing.T, c secretCase) (string, error) {
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
 	done := make(chan error, 1)
-	args := append([]string{"serve", "--http-addr", addr, "--log-format", "json", "--reconcile-interval", "200ms",
+	args := append([]string{"serve", "--http-addr", addr, "--log-format", "json", "--reconcile-interval", "200ms", "--trust-new-bucket",
 		"--consumer", "janitor-" + strings.NewReplacer("/", "-").Replace(c.name)}, c.args...)
 	go func() {
 		done <- cli.RunWithHooks(ctx, args, c.getenv(), &stdout, &stderr, cli.Hooks{SpanProcessors: []sdktrace.SpanProcessor{rec}})

@@ -147,7 +147,7 @@ func startServeProcess(t *testing.T, e *env, extra ...string) *serveProcess {
 	t.Helper()
 	p := &serveProcess{logs: &syncBuffer{}, exited: make(chan error, 1)}
 	p.cmd = exec.Command(binary(t), append([]string{"serve", "--nats-url", e.url, "--http-addr", "",
-		"--reconcile-interval", "0", "--log-format", "json"}, extra...)...)
+		"--reconcile-interval", "0", "--log-format", "json", "--trust-new-bucket"}, extra...)...)
 	p.cmd.Stdout, p.cmd.Stderr = p.logs, p.logs
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)

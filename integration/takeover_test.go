@@ -31,7 +31,7 @@ func takeoverJobs() int {
 // defaultArgs are serve's flags with the service's own lease, ack wait and
 // retries: what a deployment runs.
 func defaultArgs(url string) []string {
-	return []string{"serve", "--nats-url", url, "--log-format", "json", "--http-addr", "", "--reconcile-interval", "0"}
+	return []string{"serve", "--nats-url", url, "--log-format", "json", "--http-addr", "", "--reconcile-interval", "0", "--trust-new-bucket"}
 }
 
 // killableServe runs serve as its own process and waits until it pulls.

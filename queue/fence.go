@@ -35,12 +35,6 @@ type Fence struct {
 	// ack, no worker waiting): the reconciler's orphans are re-checked just
 	// before they are deleted.
 	IdleSince time.Time
-	// PurgeFirst empties the stream before deleting it. A restart flush
-	// sets it: the backend creates the next run's stream at once, and
-	// nats-server (2.15.2, seen here under load: about 5 in 1,200) can
-	// recreate a stream from the files of one just deleted, bringing its
-	// messages back into the new run. An emptied stream brings none back.
-	PurgeFirst bool
 }
 
 // Allows reports whether a resource created at created (server time) with

@@ -80,10 +80,11 @@ func WithClock(now func() time.Time) Option { return func(o *options) { o.now = 
 // the model checker.
 func WithServer(s Server) Option { return func(o *options) { o.server = s } }
 
-// WithAbort sets what the janitor calls when a delete got no reply in time:
-// it must discard the request if it has not left this process yet (close the
-// connection abruptly), so that it can never reach the server later, after
-// the claim's authority has ended. nil does nothing.
+// WithAbort sets what the janitor calls when a delete that got no reply is
+// still in doubt as its retries end (see deleteOnce): it must discard the
+// request if it has not left this process yet (close the connection
+// abruptly), so that it can never reach the server later, after the claim's
+// authority has ended. nil does nothing.
 func WithAbort(abort func()) Option { return func(o *options) { o.abort = abort } }
 
 func buildOptions(opts []Option) options {
@@ -148,102 +149,156 @@ type Removal struct {
 // delete got no reply, and the retry found the resource gone.
 const ConfirmedGoneOnRetry = "gone_on_retry"
 
+// ConfirmedEarlierAttempt marks a removal credited to an earlier attempt at
+// the same effect: it recorded the resource as about to be removed (with its
+// creation time and contents) before its first destructive request, and a
+// later attempt found it gone.
+const ConfirmedEarlierAttempt = "earlier_attempt"
+
 // Removed reports whether anything was deleted.
 func (r Removal) Removed() bool { return len(r.Deleted) > 0 }
 
-// Remove deletes the job's task stream (its task consumer goes with it) and
-// its dead-letter consumer on the shared advisory stream, each only if fence
-// allows it. The shared advisory stream itself is never deleted. Resources
-// that are already gone count as clean.
+// Inspection is what the janitor read of a job's queue before judging it.
+type Inspection struct {
+	// Stream is the job's task stream name.
+	Stream string
+	// Info is the stream's info; nil when it does not exist.
+	Info *jetstream.StreamInfo
+}
+
+// Inspect reads the job's task stream. It changes nothing, so a caller may
+// send it beside the claim it serves (see the handlers package); auth, when
+// not nil, bounds it like every request of an effect.
+func (j *Janitor) Inspect(ctx context.Context, id JobID, auth Authority) (Inspection, error) {
+	if !id.Valid() {
+		return Inspection{}, fmt.Errorf("inspect: %w: %d", ErrInvalidJobID, id)
+	}
+	ins := Inspection{Stream: j.names.StreamName(id)}
+	info, err := j.streamInfo(ctx, ins.Stream, auth)
+	ins.Info = info
+	return ins, err
+}
+
+// Plan is what a fence allows to be removed of a job's queue.
+type Plan struct {
+	// ID is the job.
+	ID JobID
+	// Stream is the job's task stream name; StreamFound says whether it
+	// existed when inspected.
+	Stream      string
+	StreamFound bool
+	// DropStream says the stream (and the task consumer that goes with it)
+	// may be removed; Created, Messages and Consumers describe it as judged.
+	DropStream bool
+	Created    time.Time
+	Messages   uint64
+	Consumers  int
+	// TaskConsumer is the job's task consumer's name.
+	TaskConsumer string
+	// DropDeadLetter says the job's dead-letter consumer may be removed.
+	// DeadLetterCreated is its creation time when it was looked up; zero
+	// when it goes with the stream (the backend creates it after the
+	// stream, for the same run).
+	DropDeadLetter    bool
+	DeadLetterCreated time.Time
+	// Kept lists what was found but must stay, with the fence's reason;
+	// KeptLaterRun says something in it is known to be a later run's.
+	Kept         []string
+	KeptLaterRun bool
+}
+
+// Empty reports whether the plan removes nothing.
+func (p Plan) Empty() bool { return !p.DropStream && !p.DropDeadLetter }
+
+// Plan judges ins with fence. When the stream is there and the fence allows
+// it, the stream and the dead-letter consumer go together: the backend
+// creates that consumer after the stream, for the same run, so it belongs to
+// a run the fence allows too (and the caller's claim on the job keeps a
+// later run from starting meanwhile). Otherwise the dead-letter consumer is
+// looked up (a request bounded by auth) and fenced on its own.
+func (j *Janitor) Plan(ctx context.Context, id JobID, ins Inspection, fence Fence, auth Authority) (Plan, error) {
+	p := Plan{ID: id, Stream: ins.Stream, TaskConsumer: j.names.ConsumerName(id)}
+	adv, dlq := j.names.AdvisoryStream, j.names.DeadLetterConsumerName(id)
+	if s := ins.Info; s != nil {
+		p.StreamFound = true
+		ok, later, why := fence.judge(s.Created, s.Config.Metadata)
+		p.KeptLaterRun = p.KeptLaterRun || later
+		if ok && !fence.IdleSince.IsZero() {
+			var err error
+			if ok, why, err = j.idle(ctx, id, s, fence.IdleSince, auth); err != nil {
+				return p, err
+			}
+		}
+		if ok {
+			p.DropStream, p.DropDeadLetter = true, true
+			p.Created, p.Messages, p.Consumers = s.Created, s.State.Msgs, s.State.Consumers
+			return p, nil
+		}
+		p.Kept = append(p.Kept, fmt.Sprintf("stream %s: %s", p.Stream, why))
+	}
+	dinfo, err := j.consumerInfo(ctx, adv, dlq, auth)
+	if err != nil || dinfo == nil {
+		return p, err
+	}
+	if ok, later, why := fence.judge(dinfo.Created, dinfo.Config.Metadata); ok {
+		p.DropDeadLetter, p.DeadLetterCreated = true, dinfo.Created
+	} else {
+		p.KeptLaterRun = p.KeptLaterRun || later
+		p.Kept = append(p.Kept, fmt.Sprintf("consumer %s/%s: %s", adv, dlq, why))
+	}
+	return p, nil
+}
+
+// Execute removes what plan allows: the task stream (its task consumer goes
+// with it) and the job's dead-letter consumer on the shared advisory stream,
+// which itself is never deleted. A stream that holds messages is emptied
+// before it is deleted: nats-server (2.15.2, seen here under load) can
+// recreate a stream from the files of one just deleted when a stream of the
+// same name is created right after, bringing its messages back into the new
+// run (the backend creates the next run's stream the moment a restart is
+// answered, or when an operator presses Start right after a cleanup); an
+// emptied stream brings none back. Resources already gone count as clean.
 //
-// When the stream is there and the fence allows it, the stream and the
-// dead-letter consumer are deleted together: the backend creates that
-// consumer after the stream, for the same run, so it belongs to a run the
-// fence allows too (and the caller's claim on the job keeps a later run from
-// starting meanwhile). Otherwise the dead-letter consumer is looked up and
-// fenced on its own. Three JetStream API calls for a job with a queue.
-//
-// Every request is sent only while auth allows, with a deadline no later
-// than auth's. A delete that is retried first reads the resource again and
-// deletes it only if it is still the one the fence judged (same server-side
-// creation time); a delete whose reply was lost is reported as done when the
-// retry finds the resource gone ([ConfirmedGoneOnRetry]).
+// Every request is sent only while auth allows, with a deadline no later than
+// auth's; the purge and the delete are two requests, each checked. A delete
+// that is retried first reads the resource again and deletes it only if it is
+// still the one the plan judged (same server-side creation time); a delete
+// whose reply was lost is reported as done when the retry finds the resource
+// gone ([ConfirmedGoneOnRetry]).
 //
 // It returns [ErrAuthorityExpired] when auth ran out first, and otherwise the
 // first error that retries did not overcome; the Removal then reports what
 // was done.
-func (j *Janitor) Remove(ctx context.Context, id JobID, fence Fence, auth Authority) (Removal, error) {
-	if !id.Valid() {
-		return Removal{}, fmt.Errorf("remove: %w: %d", ErrInvalidJobID, id)
-	}
-	r := Removal{Stream: j.names.StreamName(id), Deleted: []string{}}
-	adv, dlq := j.names.AdvisoryStream, j.names.DeadLetterConsumerName(id)
-
-	sinfo, err := j.streamInfo(ctx, r.Stream, auth)
-	if err != nil {
-		return r, err
-	}
-	dropStream, dropDLQ := false, false
-	if sinfo != nil {
-		r.StreamFound = true
-		ok, later, why := fence.judge(sinfo.Created, sinfo.Config.Metadata)
-		r.KeptLaterRun = r.KeptLaterRun || later
-		if ok && !fence.IdleSince.IsZero() {
-			ok, why, err = j.idle(ctx, id, sinfo, fence.IdleSince, auth)
-			if err != nil {
-				return r, err
-			}
-		}
-		if ok {
-			dropStream, dropDLQ = true, true
-		} else {
-			r.Kept = append(r.Kept, fmt.Sprintf("stream %s: %s", r.Stream, why))
-		}
-	}
-	var dinfo *jetstream.ConsumerInfo
-	if !dropStream {
-		if dinfo, err = j.consumerInfo(ctx, adv, dlq, auth); err != nil {
-			return r, err
-		}
-		if dinfo != nil {
-			if ok, later, why := fence.judge(dinfo.Created, dinfo.Config.Metadata); ok {
-				dropDLQ = true
-			} else {
-				r.KeptLaterRun = r.KeptLaterRun || later
-				r.Kept = append(r.Kept, fmt.Sprintf("consumer %s/%s: %s", adv, dlq, why))
-			}
-		}
-	}
-	if !dropStream && !dropDLQ {
+func (j *Janitor) Execute(ctx context.Context, plan Plan, auth Authority) (Removal, error) {
+	r := Removal{Stream: plan.Stream, StreamFound: plan.StreamFound, Deleted: []string{},
+		Kept: append([]string(nil), plan.Kept...), KeptLaterRun: plan.KeptLaterRun}
+	adv, dlq := j.names.AdvisoryStream, j.names.DeadLetterConsumerName(plan.ID)
+	if plan.Empty() {
 		return r, nil
 	}
 	var streamDone, dlqDone deletion
-	err = both(
+	err := both(
 		func() (err error) {
-			if dropStream {
-				streamDone, err = j.deleteStream(ctx, r.Stream, sinfo.Created, fence.PurgeFirst, auth)
+			if plan.DropStream {
+				streamDone, err = j.deleteStream(ctx, plan.Stream, plan.Created, plan.Messages > 0, auth)
 			}
 			return err
 		},
 		func() (err error) {
-			if dropDLQ {
-				var created time.Time // with the stream: not looked up, any one goes
-				if dinfo != nil {
-					created = dinfo.Created
-				}
-				dlqDone, err = j.deleteConsumer(ctx, adv, dlq, created, auth)
+			if plan.DropDeadLetter {
+				dlqDone, err = j.deleteConsumer(ctx, adv, dlq, plan.DeadLetterCreated, auth)
 			}
 			return err
 		},
 	)
 	if streamDone.removed() {
-		if n := sinfo.State.Consumers; n > 0 {
+		if plan.Consumers > 0 {
 			// They went with the stream; the backend's one is the task consumer.
-			r.Deleted = append(r.Deleted, "consumer "+r.Stream+"/"+j.names.ConsumerName(id))
-			r.ConsumersRemoved += n
+			r.Deleted = append(r.Deleted, "consumer "+r.Stream+"/"+plan.TaskConsumer)
+			r.ConsumersRemoved += plan.Consumers
 		}
 		r.Deleted = append(r.Deleted, "stream "+r.Stream)
-		r.MessagesDiscarded = sinfo.State.Msgs
+		r.MessagesDiscarded = plan.Messages
 	}
 	if dlqDone.removed() {
 		r.Deleted = append(r.Deleted, "consumer "+adv+"/"+dlq)
@@ -252,6 +307,23 @@ func (j *Janitor) Remove(ctx context.Context, id JobID, fence Fence, auth Author
 	r.note(streamDone, "stream "+r.Stream)
 	r.note(dlqDone, "consumer "+adv+"/"+dlq)
 	return r, err
+}
+
+// Remove inspects, plans and executes in one go: it deletes the job's task
+// stream and dead-letter consumer as far as fence allows (see [Janitor.Plan]
+// and [Janitor.Execute]). Two or three JetStream API calls for a job with a
+// queue, one more when the stream holds messages.
+func (j *Janitor) Remove(ctx context.Context, id JobID, fence Fence, auth Authority) (Removal, error) {
+	ins, err := j.Inspect(ctx, id, auth)
+	if err != nil {
+		return Removal{Stream: j.names.StreamName(id), Deleted: []string{}}, err
+	}
+	plan, err := j.Plan(ctx, id, ins, fence, auth)
+	if err != nil {
+		return Removal{Stream: plan.Stream, StreamFound: plan.StreamFound, Deleted: []string{}, Kept: plan.Kept,
+			KeptLaterRun: plan.KeptLaterRun}, err
+	}
+	return j.Execute(ctx, plan, auth)
 }
 
 // deletion is what became of one delete.
@@ -343,13 +415,23 @@ func (j *Janitor) deleteConsumer(ctx context.Context, stream, name string, creat
 
 // deleteOnce deletes one resource under auth, at most once in effect: a
 // retry first re-reads the resource (lookup) and goes on only if it is still
-// the one judged (same creation time, when known). A request that got no
-// reply may still have been applied: the connection is aborted so that it
-// cannot be sent later, and a retry that then finds the resource gone
-// reports goneOnRetry.
+// the one judged (same creation time, when known).
+//
+// A request that got no reply may still have been applied, or may still be
+// on its way, held in a buffer by a network that lost its path: such a
+// request must never reach the server after the claim's authority ends. It
+// stays "in doubt" until a later request on the same connection is
+// answered (the server reads a connection's requests in order, so the
+// earlier one has then left the network), or the connection it went out on
+// is gone (closed abortively: its unsent bytes are discarded). A request
+// still in doubt when the retries end (the authority ran out, or the retry
+// budget) has its connection closed at once. A slow server thus answers the
+// retry's re-read and costs no reconnection; a partition does not, and its
+// bytes are discarded. A retry that then finds the resource gone reports
+// goneOnRetry.
 func (j *Janitor) deleteOnce(ctx context.Context, op string, attrs []attribute.KeyValue, auth Authority,
 	lookup func(context.Context) (time.Time, bool, error), judged time.Time, del func(context.Context) error) (deletion, error) {
-	outcome, uncertain, attempt := notTried, false, 0
+	outcome, uncertain, inDoubt, attempt := notTried, false, false, 0
 	gone := func() deletion {
 		if uncertain {
 			return goneOnRetry
@@ -368,6 +450,7 @@ func (j *Janitor) deleteOnce(ctx context.Context, op string, attrs []attribute.K
 			if err != nil {
 				return err
 			}
+			inDoubt = false // answered after it: the earlier request left the network
 			if !found {
 				outcome = gone()
 				return nil
@@ -386,11 +469,13 @@ func (j *Janitor) deleteOnce(ctx context.Context, op string, attrs []attribute.K
 			outcome = deleted
 			return nil
 		case mayHaveReached(err):
-			uncertain = true
-			j.abort()
+			uncertain, inDoubt = true, true
 		}
 		return err
 	})
+	if inDoubt {
+		j.abort()
+	}
 	return outcome, err
 }
 

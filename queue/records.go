@@ -16,8 +16,10 @@ import (
 
 // RecordVersion is the version of [Record]'s encoding written by this code.
 // Version 2 added the event's server time (Stored) and per-claim lease
-// tokens judged in server time; version 1 records are still read.
-const RecordVersion = 2
+// tokens judged in server time; version 3 the restart request's own
+// progress (RestartStored, RestartDone) and the effect in progress
+// (Effect). Versions 1 and 2 are still read.
+const RecordVersion = 3
 
 // ErrConflict is returned by [Store.Put] when the key's revision changed since
 // it was read: another replica updated the record. Re-read and decide again.
@@ -64,12 +66,26 @@ type Record struct {
 	RestartID string `json:"restart_event_id,omitempty"`
 	// RestartAttempt is that request's attempt, when it had one.
 	RestartAttempt *int64 `json:"restart_attempt,omitempty"`
+	// RestartStored is when that request first reached the event stream
+	// (server time): its flush removes only what was created before.
+	RestartStored time.Time `json:"restart_stored,omitzero"`
+	// RestartDone says that request's flush has finished. Later events of
+	// the run it starts (a `pending`, a `started`) move the record on
+	// without marking it: a request whose flush never finished is flushed
+	// again when it comes back, never answered as done.
+	RestartDone bool `json:"restart_done,omitempty"`
 	// State is the job's state as far as the service knows.
 	State State `json:"state"`
 	// Done says the effect of EventID has finished.
 	Done bool `json:"done"`
 	// CleanedAt is when the job's queue was last cleaned or flushed.
 	CleanedAt time.Time `json:"cleaned_at,omitzero"`
+	// Effect is the last effect a claim set out to do on the job's queue:
+	// written before its first destructive request, and again, with its
+	// report, when it finished. A later attempt at the same effect (after a
+	// failure, a crash or a takeover) learns from it what an earlier one
+	// removed.
+	Effect *Effect `json:"effect,omitempty"`
 	// Lease, while set and unexpired, gives one claim the sole right to act
 	// on the job's queue.
 	Lease *Lease `json:"lease,omitempty"`
@@ -78,6 +94,30 @@ type Record struct {
 	// written (the key-value entry's timestamp). [Store.Get] sets it; it is
 	// not part of the stored value.
 	At time.Time `json:"-"`
+}
+
+// Effect is what a claim judged removable and set out to remove, and, once
+// Finished, what came of it.
+type Effect struct {
+	// Cause names whose effect it is: the event id, or for a sweep the
+	// trigger and the claim's token.
+	Cause string `json:"cause"`
+	// Token is the claim that wrote it.
+	Token string `json:"token"`
+	// Stream is the task stream judged removable, with its server-side
+	// creation time and what it held then; empty when none was.
+	Stream        string    `json:"stream,omitempty"`
+	StreamCreated time.Time `json:"stream_created,omitzero"`
+	Messages      uint64    `json:"messages,omitempty"`
+	Consumers     int       `json:"consumers,omitempty"`
+	// TaskConsumer names the consumer that goes with the stream.
+	TaskConsumer string `json:"task_consumer,omitempty"`
+	// DeadLetter says the job's dead-letter consumer was judged removable.
+	DeadLetter bool `json:"dead_letter,omitempty"`
+	// Finished says the effect finished; Outcome and Report say how.
+	Finished bool     `json:"finished,omitempty"`
+	Outcome  string   `json:"outcome,omitempty"`
+	Report   *Removal `json:"report,omitempty"`
 }
 
 // Lease is one claim's time-bounded right to act on a job's queue.
@@ -160,6 +200,9 @@ type Store struct {
 	healing  sync.Mutex
 	problem  atomic.Pointer[string]
 	observer atomic.Pointer[HealObserver]
+
+	checkMu      sync.Mutex
+	pendingCheck *incarnationCheck // the check callers arriving now wait for
 }
 
 // OpenStore binds to the bucket, creating it when it does not exist.
@@ -259,27 +302,12 @@ func (s *Store) Get(ctx context.Context, id JobID) (Record, uint64, error) {
 	return rec, rev, err
 }
 
-// ServerNow returns the NATS server's current time, as the bucket's stream
-// info reports it. Leases are judged against it.
+// ServerNow returns the NATS server's current time, read by a request sent
+// after the call began (see [Store.Incarnation]). Leases are judged against
+// it.
 func (s *Store) ServerNow(ctx context.Context) (time.Time, error) {
-	var now time.Time
-	attrs := []attribute.KeyValue{attribute.String("kv.bucket", s.cfg.Bucket)}
-	err := s.retry.do(ctx, "kv.server_time", attrs, func(ctx context.Context) error {
-		st, err := withHeal(ctx, s, func(kv jetstream.KeyValue) (jetstream.KeyValueStatus, error) { return kv.Status(ctx) })
-		if err != nil {
-			return err
-		}
-		bs, ok := st.(*jetstream.KeyValueBucketStatus)
-		if !ok || bs.StreamInfo() == nil || bs.StreamInfo().TimeStamp.IsZero() {
-			return errors.New("the server reported no time with the bucket status (NATS 2.10 or later is needed)")
-		}
-		now = bs.StreamInfo().TimeStamp
-		return nil
-	})
-	if err != nil {
-		return time.Time{}, fmt.Errorf("read the server time: %w", err)
-	}
-	return now, nil
+	inc, err := s.Incarnation(ctx)
+	return inc.Now, err
 }
 
 // Put writes the job's record if the key is still at revision rev (0: if it

@@ -2,7 +2,10 @@ package queue
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
+	"strings"
 
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -64,19 +67,41 @@ func (s jsServer) DeleteStream(ctx context.Context, stream string) error {
 	return err
 }
 
+// PurgeStream sends the purge request itself: the client library's purge
+// needs a stream handle, which costs a stream-info request first.
 func (s jsServer) PurgeStream(ctx context.Context, stream string) error {
-	st, err := s.js.Stream(ctx, stream)
-	if errors.Is(err, jetstream.ErrStreamNotFound) {
-		return ErrGone
-	}
+	msg, err := s.js.Conn().RequestWithContext(ctx, apiPrefix(s.js)+"STREAM.PURGE."+stream, []byte("{}"))
 	if err != nil {
 		return err
 	}
-	err = st.Purge(ctx)
-	if errors.Is(err, jetstream.ErrStreamNotFound) {
+	var resp struct {
+		Error   *jetstream.APIError `json:"error,omitempty"`
+		Success bool                `json:"success"`
+	}
+	if err := json.Unmarshal(msg.Data, &resp); err != nil {
+		return fmt.Errorf("purge stream %q: unreadable reply: %w", stream, err)
+	}
+	switch {
+	case resp.Error == nil && resp.Success:
+		return nil
+	case resp.Error == nil:
+		return fmt.Errorf("purge stream %q: the server did not confirm it", stream)
+	case resp.Error.ErrorCode == jetstream.JSErrCodeStreamNotFound:
 		return ErrGone
 	}
-	return err
+	return resp.Error
+}
+
+// apiPrefix is the subject prefix of js's JetStream API requests.
+func apiPrefix(js jetstream.JetStream) string {
+	o := js.Options()
+	switch {
+	case o.Domain != "":
+		return "$JS." + o.Domain + ".API."
+	case o.APIPrefix != "":
+		return strings.TrimSuffix(o.APIPrefix, ".") + "."
+	}
+	return "$JS.API."
 }
 
 func (s jsServer) DeleteConsumer(ctx context.Context, stream, consumer string) error {

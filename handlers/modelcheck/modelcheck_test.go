@@ -38,16 +38,20 @@ func realNow() time.Time {
 	return time.Unix(tv.Unix())
 }
 
+// ciStates caps each CI scenario's exploration, so that check-model-ci stays
+// near a minute on two cores; `make check-model` explores further.
+const ciStates = 60_000
+
 // configs are the scenarios, at CI bounds or deeper ones. Time is the
 // costliest dimension: every claim adds a deadline and a lease end at
 // which a tick may fall, anywhere among the other steps.
 func configs(deeper bool) []Config {
 	cs := []Config{
-		{Name: "time", Attempts: true, Stamps: true, MaxSteps: 60, MaxTime: 5},
-		{Name: "faults", Attempts: true, Stamps: true, MaxSteps: 60, MaxFaults: 1},
-		{Name: "crash", Attempts: true, Stamps: true, MaxSteps: 60, MaxCrashes: 1},
+		{Name: "time", Attempts: true, Stamps: true, MaxSteps: 60, MaxTime: 5, MaxStates: ciStates},
+		{Name: "faults", Attempts: true, Stamps: true, MaxSteps: 60, MaxFaults: 1, MaxStates: ciStates},
+		{Name: "crash", Attempts: true, Stamps: true, MaxSteps: 60, MaxCrashes: 1, MaxStates: ciStates},
 		{Name: "no-attempts", ReplicaOffsets: [2]time.Duration{-3 * time.Second, 0}, BackendOffset: -5 * time.Hour,
-			MaxSteps: 60, MaxFaults: 1},
+			MaxSteps: 60, MaxFaults: 1, MaxStates: ciStates},
 	}
 	if deeper {
 		cs = append(cs,
@@ -103,7 +107,9 @@ func TestProtocolExhaustive(t *testing.T) {
 			if *mutation != "" {
 				cfg.Mutation = mutationNamed(t, *mutation)
 			}
-			cfg.MaxStates = *maxState
+			if *maxState > 0 || *deep {
+				cfg.MaxStates = *maxState
+			}
 			if raceEnabled && cfg.MaxStates == 0 {
 				cfg.MaxStates = 2000 // the race detector checks the harness; check-model-ci checks the bounds
 			}

@@ -28,6 +28,9 @@ type Config struct {
 	// TerminalStatuses is a comma-separated list of statuses to clean up on.
 	TerminalStatuses string
 	Lease            time.Duration
+	// TrustNewBucket lets claims act at once in a newly created key-value
+	// bucket instead of waiting a lease first (see handlers.Config).
+	TrustNewBucket bool
 
 	Reconcile ReconcileConfig
 
@@ -37,6 +40,10 @@ type Config struct {
 	HTTPAddr string
 	// Pprof serves /debug/pprof/ on the HTTP listener.
 	Pprof bool
+
+	// trustFirstBucket is set by serve when its embedded server started
+	// with an empty store: the bucket created then had no predecessor.
+	trustFirstBucket bool
 }
 
 // NATSConfig says how to reach and authenticate to NATS.
@@ -106,7 +113,7 @@ func DefaultConfig() Config {
 		Intake:   events.DefaultIntakeConfig(),
 		Events:   events.DefaultPublisherConfig(),
 		Retry:    queue.DefaultRetryPolicy(),
-		Records:  queue.StoreConfig{Bucket: "queue_janitor_jobs", Replicas: 1, TTL: 30 * 24 * time.Hour},
+		Records:  queue.StoreConfig{Bucket: "queue_janitor_jobs", Replicas: 1},
 
 		TerminalStatuses: "revoked,failure,cancelled",
 		Lease:            handlers.DefaultLease,
@@ -135,9 +142,11 @@ func (c Config) Terminal() []events.Status {
 
 // Handler returns the decisions' configuration for replica owner.
 func (c Config) Handler(owner string) handlers.Config {
-	return handlers.Config{
-		Terminal: c.Terminal(), Lease: c.Lease, Owner: owner,
+	hc := handlers.Config{Terminal: c.Terminal(), Lease: c.Lease, Owner: owner, Quarantine: c.Lease}
+	if c.TrustNewBucket {
+		hc.Quarantine = 0
 	}
+	return hc
 }
 
 // Validate checks the settings a command uses and names the first bad one

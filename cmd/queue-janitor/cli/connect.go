@@ -171,6 +171,8 @@ func connectError(c NATSConfig, err error) error {
 type embedded struct {
 	srv     *server.Server
 	tempDir string
+	// fresh says the server started with an empty data directory.
+	fresh bool
 }
 
 // startEmbedded starts a JetStream server listening on c.Listen with its
@@ -203,6 +205,7 @@ func startEmbedded(c EmbeddedConfig) (*embedded, error) {
 		}
 		e.tempDir = dir
 	}
+	e.fresh = emptyDir(dir)
 	srv, err := server.NewServer(&server.Options{
 		ServerName: "queue-janitor-embedded",
 		Host:       host,
@@ -224,6 +227,12 @@ func startEmbedded(c EmbeddedConfig) (*embedded, error) {
 		return nil, fmt.Errorf("embedded NATS did not start listening on %s: is the port taken? try --embedded-listen 127.0.0.1:0", c.Listen)
 	}
 	return e, nil
+}
+
+// emptyDir reports whether dir holds nothing (or does not exist yet).
+func emptyDir(dir string) bool {
+	entries, err := os.ReadDir(dir)
+	return (err == nil || os.IsNotExist(err)) && len(entries) == 0
 }
 
 // URL is where clients reach the embedded server.

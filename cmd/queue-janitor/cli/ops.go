@@ -58,6 +58,13 @@ func openOps(ctx context.Context, cfg Config, cio cmdIO, readOnly bool) (svc *se
 		shutdownTelemetry(ctx, tel, log)
 		return nil, log, nil, nil, err
 	}
+	if !readOnly {
+		// A command that removes needs the records of a new bucket rebuilt
+		// from the event stream first, as serve does.
+		if err := svc.rebuilder.Ensure(ctx); err != nil {
+			log.Warn().Err(err).Msg("could not rebuild the job records from the event stream; removals will wait")
+		}
+	}
 	return svc, log, tel, func() { svc.close(); shutdownTelemetry(ctx, tel, log) }, nil
 }
 
@@ -319,6 +326,9 @@ func countOrphansPlanned(sum handlers.Summary, cfg Config) int {
 }
 
 func removedText(out *events.Outcome) string {
+	if out != nil && out.Result == handlers.ResultNotReady {
+		return " (not now: " + out.Note + ")"
+	}
 	if out == nil || out.Removal == nil {
 		return ""
 	}
@@ -424,8 +434,19 @@ func (s *service) removeNow(ctx context.Context, id queue.JobID, force bool, ann
 	if state == handlers.JobStateTerminal && rec.Attempt != nil && !force {
 		fence.AttemptKnown, fence.MaxAttempt = true, *rec.Attempt
 	}
-	out, err := s.handler.Sweep(ctx, handlers.SweepRequest{ID: id, Judged: rec, JudgedExists: rev != 0, Fence: fence,
+	out, err := s.handler.Sweep(ctx, handlers.SweepRequest{ID: id, Judged: rec, JudgedRev: rev, Fence: fence,
 		Trigger: handlers.TriggerOperator, Announce: announce})
+	var notReady *handlers.NotReadyError
+	for errors.As(err, &notReady) {
+		fmt.Fprintf(w, "job %d: waiting %s: %s\n", id, notReady.RetryAfter.Round(time.Millisecond), notReady.Reason)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(notReady.RetryAfter):
+		}
+		out, err = s.handler.Sweep(ctx, handlers.SweepRequest{ID: id, Judged: rec, JudgedRev: rev, Fence: fence,
+			Trigger: handlers.TriggerOperator, Announce: announce})
+	}
 	if errors.Is(err, handlers.ErrRecordChanged) {
 		return fmt.Errorf("an event for this job arrived meanwhile; look again (queue-janitor ls) and retry")
 	}

@@ -84,7 +84,8 @@ func recordFlags(f *flagSet, c *Config) {
 	f.group("Per-job records")
 	f.String(&c.Records.Bucket, "kv-bucket", envPrefix+"KV_BUCKET", "key-value bucket of per-job records")
 	f.Int(&c.Records.Replicas, "kv-replicas", envPrefix+"KV_REPLICAS", "replicas of the bucket when created")
-	f.Duration(&c.Records.TTL, "kv-ttl", envPrefix+"KV_TTL", "forget jobs not heard of for this long (0: never)")
+	f.Bool(&c.TrustNewBucket, "trust-new-bucket", envPrefix+"TRUST_NEW_BUCKET", "act at once in a newly created key-value bucket instead of waiting one --lease first (a replica that held a claim in a deleted bucket of the same name may still act that long): only when no other process can have used an earlier bucket of that name")
+	f.Duration(&c.Records.TTL, "kv-ttl", envPrefix+"KV_TTL", "when creating the bucket, let records of jobs not heard of for this long expire (0: never); an expired record's order is lost, so a late event of that job is judged by the fence alone")
 }
 
 func retryFlags(f *flagSet, c *Config) {

@@ -10,7 +10,7 @@ import (
 // queue's retry.do calls), the label values of queue_janitor_retries_total.
 var retriedOperations = []string{
 	"jetstream.stream_info", "jetstream.consumer_info", "jetstream.delete_consumer", "jetstream.delete_stream",
-	"kv.open", "kv.bind", "kv.get", "kv.update", "kv.server_time",
+	"kv.open", "kv.bind", "kv.get", "kv.update", "kv.incarnation",
 }
 
 // knownSeries are the counter series serve creates at zero on start, so

@@ -92,6 +92,7 @@ func serve(ctx context.Context, cfg Config, log zerolog.Logger, tel *telemetry.T
 			Msg("embedded NATS JetStream server started; point the backend and the nats CLI at it")
 	}
 	owner := replicaID()
+	cfg.trustFirstBucket = emb != nil && emb.fresh
 	svc, err := openService(ctx, cfg, owner, log, tel, metrics, false)
 	if err != nil {
 		return err
@@ -102,7 +103,12 @@ func serve(ctx context.Context, cfg Config, log zerolog.Logger, tel *telemetry.T
 	go func() { defer close(watchDone); svc.store.Watch(watchCtx, bucketWatchInterval) }()
 	defer func() { stopWatch(); <-watchDone }()
 
-	intake := events.NewIntake(svc.js, cfg.Intake, newDecoder(cfg, svc.handler), svc.handler, svc.pub,
+	rebuildCtx, stopRebuild := context.WithCancel(ctx)
+	rebuildDone := make(chan struct{})
+	go func() { defer close(rebuildDone); svc.rebuilder.Run(rebuildCtx) }()
+	defer func() { stopRebuild(); <-rebuildDone }()
+
+	intake := events.NewIntake(svc.js, cfg.Intake, newDecoder(cfg), svc.handler, svc.pub,
 		events.IntakeDeps{Logger: log, Tracer: tel.Tracer(), Metrics: metrics})
 
 	var web *telemetry.Server
@@ -174,6 +180,9 @@ type service struct {
 	pub     *events.Publisher
 	handler *handlers.Handler
 	metrics *telemetry.Metrics
+	// rebuilder rebuilds the job records of a new bucket from the event
+	// stream (serve runs its loop; operator commands call Ensure).
+	rebuilder *handlers.Rebuilder
 }
 
 // reconciler is the service's reconciler, for serve and the sweep commands.
@@ -220,7 +229,20 @@ func openService(ctx context.Context, cfg Config, owner string, log zerolog.Logg
 	}
 	svc := &service{nc: nc, js: js, store: store, janitor: queue.NewJanitor(js, cfg.Names, opts...), metrics: metrics}
 	svc.pub = events.NewPublisher(nc, cfg.Events, tel.Tracer())
-	svc.handler = handlers.New(svc.janitor, store, svc.pub, cfg.Handler(owner))
+	hcfg := cfg.Handler(owner)
+	if cfg.trustFirstBucket && !readOnly {
+		// The embedded server started empty in this process: the bucket it
+		// holds now was created just before and had no predecessor.
+		inc, err := store.Incarnation(ctx)
+		if err != nil {
+			nc.Close()
+			return nil, err
+		}
+		hcfg.TrustedIncarnation = inc.Created
+	}
+	replay := events.NewReplayer(js, cfg.Intake.Stream, cfg.Intake.Consumer, newDecoder(cfg))
+	svc.handler = handlers.New(svc.janitor, store, svc.pub, hcfg,
+		handlers.WithRebuild(replay, store, log, &svc.rebuilder))
 	return svc, nil
 }
 
@@ -240,9 +262,13 @@ func (s *service) close() {
 	}
 }
 
-func newDecoder(cfg Config, h *handlers.Handler) events.Decoder {
+func newDecoder(cfg Config) events.Decoder {
+	terminal := map[events.Status]bool{}
+	for _, s := range cfg.Terminal() {
+		terminal[s] = true
+	}
 	return events.NewDecoder(cfg.Intake.SubjectPrefix(), cfg.Intake.MaxEventBytes, func(s events.Status) bool {
-		return s == events.StatusRestartRequested || h.IsTerminal(s)
+		return s == events.StatusRestartRequested || terminal[s]
 	})
 }
 

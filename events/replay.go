@@ -1,0 +1,114 @@
+package events
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Replayer reads the event stream from its first retained event, for
+// rebuilding the job records after the key-value bucket was lost. It only
+// reads: an ordered (ephemeral, in-memory) consumer of its own, and the
+// service's durable consumer's info.
+type Replayer struct {
+	js       jetstream.JetStream
+	stream   string
+	consumer string
+	decoder  Decoder
+}
+
+// NewReplayer returns a Replayer of stream, whose durable consumer consumer
+// is the service's; events are decoded with decoder.
+func NewReplayer(js jetstream.JetStream, stream, consumer string, decoder Decoder) *Replayer {
+	return &Replayer{js: js, stream: stream, consumer: consumer, decoder: decoder}
+}
+
+// replayBatch is how many events one fetch asks for.
+const replayBatch = 1000
+
+// Events calls fn with every event in the stream that decodes, oldest first,
+// with its stream sequence; its Stored is when it reached the stream. Events
+// that do not decode are skipped (the intake dead-letters them). It returns
+// the last sequence read: events published after it began are left to the
+// intake.
+func (r *Replayer) Events(ctx context.Context, fn func(seq uint64, ev JobStatus)) (uint64, error) {
+	st, err := r.js.Stream(ctx, r.stream)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		return 0, nil // nothing kept: the intake creates it
+	}
+	if err != nil {
+		return 0, fmt.Errorf("replay event stream %q: %w", r.stream, err)
+	}
+	info := st.CachedInfo()
+	last := info.State.LastSeq
+	if info.State.Msgs == 0 {
+		return last, nil
+	}
+	// A consumer of its own that nothing acknowledges and the server
+	// removes once idle (the service may not delete consumers on the event
+	// stream: see deploy/nats).
+	oc, err := st.CreateConsumer(ctx, jetstream.ConsumerConfig{
+		Name: "queue-janitor-rebuild-" + randomName(), DeliverPolicy: jetstream.DeliverAllPolicy,
+		AckPolicy: jetstream.AckNonePolicy, InactiveThreshold: 30 * time.Second, MemoryStorage: true,
+		MaxWaiting: 1,
+	})
+	if err != nil {
+		return 0, fmt.Errorf("replay event stream %q: %w", r.stream, err)
+	}
+	seq := uint64(0)
+	for seq < last {
+		if err := ctx.Err(); err != nil {
+			return seq, err
+		}
+		batch, err := oc.Fetch(replayBatch, jetstream.FetchMaxWait(2*time.Second))
+		if err != nil {
+			return seq, fmt.Errorf("replay event stream %q: %w", r.stream, err)
+		}
+		n := 0
+		for msg := range batch.Messages() {
+			n++
+			meta, err := msg.Metadata()
+			if err != nil {
+				continue
+			}
+			seq = meta.Sequence.Stream
+			ev, err := r.decoder.Decode(msg.Subject(), msg.Headers(), msg.Data())
+			if err != nil {
+				continue
+			}
+			ev.Stored = meta.Timestamp
+			fn(seq, ev)
+		}
+		if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) {
+			return seq, fmt.Errorf("replay event stream %q: %w", r.stream, err)
+		}
+		if n == 0 {
+			break // the rest aged out or was deleted meanwhile
+		}
+	}
+	return seq, nil
+}
+
+// AckFloor is the service's durable consumer's ack floor (0 when the
+// consumer does not exist): every event at or below it was acknowledged.
+func (r *Replayer) AckFloor(ctx context.Context) (uint64, error) {
+	c, err := r.js.Consumer(ctx, r.stream, r.consumer)
+	if errors.Is(err, jetstream.ErrConsumerNotFound) || errors.Is(err, jetstream.ErrStreamNotFound) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("read consumer %q on %q: %w", r.consumer, r.stream, err)
+	}
+	return c.CachedInfo().AckFloor.Stream, nil
+}
+
+func randomName() string {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}

@@ -1,0 +1,144 @@
+package queue
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/attribute"
+)
+
+// Incarnation is one life of the bucket, as one read of its stream info saw
+// it. A bucket deleted and created again (by this service's self-healing,
+// an operator, or the backend's chaos tooling) is a new incarnation: its
+// records and leases are gone, so a claim written into it proves nothing
+// about claims written into the one before. Claims therefore act only in an
+// incarnation that has lived at least a lease (see the handlers package).
+type Incarnation struct {
+	// Created is the bucket stream's creation time, in server time.
+	Created time.Time
+	// Now is the server's time when it answered.
+	Now time.Time
+}
+
+// Age is how long the incarnation had lived when it was read.
+func (i Incarnation) Age() time.Duration { return i.Now.Sub(i.Created) }
+
+// incarnationCheck is one stream-info request that any number of callers
+// share.
+type incarnationCheck struct {
+	done chan struct{}
+	inc  Incarnation
+	err  error
+}
+
+// Incarnation reads the bucket's creation time and the server's current time
+// with a request sent after the call began, so that what it reports holds
+// for anything the caller did before calling. Concurrent callers share
+// requests: each waits for the first request sent after it arrived (one
+// request serves a burst of claims). It needs NATS 2.10 or later (the server
+// time in stream info).
+func (s *Store) Incarnation(ctx context.Context) (Incarnation, error) {
+	s.checkMu.Lock()
+	c := s.pendingCheck
+	if c == nil {
+		c = &incarnationCheck{done: make(chan struct{})}
+		s.pendingCheck = c
+		go s.sendCheck(context.WithoutCancel(ctx), c)
+	}
+	s.checkMu.Unlock()
+	select {
+	case <-c.done:
+		return c.inc, c.err
+	case <-ctx.Done():
+		return Incarnation{}, fmt.Errorf("read the bucket's incarnation: %w", ctx.Err())
+	}
+}
+
+// sendCheck sends the request that c's callers wait for. Callers that come
+// after it has taken c wait for the next one.
+func (s *Store) sendCheck(ctx context.Context, c *incarnationCheck) {
+	s.checkMu.Lock()
+	if s.pendingCheck == c {
+		s.pendingCheck = nil
+	}
+	s.checkMu.Unlock()
+	ctx, cancel := context.WithTimeout(ctx, s.retry.policy.MaxElapsed+s.retry.policy.AttemptTimeout)
+	defer cancel()
+	c.inc, c.err = s.readIncarnation(ctx)
+	close(c.done)
+}
+
+func (s *Store) readIncarnation(ctx context.Context) (Incarnation, error) {
+	var inc Incarnation
+	attrs := []attribute.KeyValue{attribute.String("kv.bucket", s.cfg.Bucket)}
+	err := s.retry.do(ctx, "kv.incarnation", attrs, func(ctx context.Context) error {
+		if s.Missing() {
+			return ErrNoBucket
+		}
+		st, err := withHeal(ctx, s, func(kv jetstream.KeyValue) (jetstream.KeyValueStatus, error) { return kv.Status(ctx) })
+		if err != nil {
+			return err
+		}
+		bs, ok := st.(*jetstream.KeyValueBucketStatus)
+		if !ok || bs.StreamInfo() == nil || bs.StreamInfo().TimeStamp.IsZero() {
+			return errors.New("the server reported no time with the bucket status (NATS 2.10 or later is needed)")
+		}
+		inc = Incarnation{Created: bs.StreamInfo().Created, Now: bs.StreamInfo().TimeStamp}
+		return nil
+	})
+	if err != nil {
+		return Incarnation{}, fmt.Errorf("read the bucket's incarnation: %w", err)
+	}
+	return inc, nil
+}
+
+// RebuildKey is the key of the marker saying that the bucket's records were
+// rebuilt from the event stream for the bucket's current incarnation.
+const RebuildKey = "rebuild"
+
+// Rebuild marker states.
+const (
+	RebuildRunning = "running"
+	RebuildDone    = "done"
+)
+
+// RebuildMarker is the value at [RebuildKey]. It lives in the bucket it
+// describes: a recreated bucket has none until its records are rebuilt.
+type RebuildMarker struct {
+	// State is [RebuildRunning] while one claim rebuilds, [RebuildDone] after.
+	State string `json:"state"`
+	// Owner and Token name the rebuilding claim; TTL bounds it from the
+	// revision's server time, like a job's lease.
+	Owner string        `json:"owner,omitempty"`
+	Token string        `json:"token,omitempty"`
+	TTL   time.Duration `json:"ttl,omitempty"`
+	// Incarnation is the creation time of the bucket it was written for.
+	Incarnation time.Time `json:"incarnation"`
+	// Through is the last event-stream sequence replayed; Events and Jobs
+	// count what was read and written; TookMS how long it took.
+	Through uint64  `json:"through,omitempty"`
+	Events  int     `json:"events,omitempty"`
+	Jobs    int     `json:"jobs,omitempty"`
+	TookMS  float64 `json:"took_ms,omitempty"`
+	// At is the revision's server time (not stored).
+	At time.Time `json:"-"`
+}
+
+// RebuildMarker reads the marker and its revision (0: none).
+func (s *Store) RebuildMarker(ctx context.Context) (RebuildMarker, uint64, error) {
+	var m RebuildMarker
+	var rev uint64
+	at, err := s.getJSON(ctx, RebuildKey, &m, &rev)
+	m.At = at
+	return m, rev, err
+}
+
+// Rebuilt reports whether the current bucket holds a finished rebuild
+// marker.
+func (s *Store) Rebuilt(ctx context.Context) (bool, error) {
+	m, rev, err := s.RebuildMarker(ctx)
+	return err == nil && rev != 0 && m.State == RebuildDone, err
+}

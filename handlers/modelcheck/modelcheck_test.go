@@ -110,7 +110,7 @@ func TestProtocolExhaustive(t *testing.T) {
 			if *maxState > 0 || *deep {
 				cfg.MaxStates = *maxState
 			}
-			if raceEnabled && cfg.MaxStates == 0 {
+			if raceEnabled && (cfg.MaxStates == 0 || cfg.MaxStates > 2000) {
 				cfg.MaxStates = 2000 // the race detector checks the harness; check-model-ci checks the bounds
 			}
 			if *maxSteps > 0 {

@@ -103,6 +103,12 @@ func serve(ctx context.Context, cfg Config, log zerolog.Logger, tel *telemetry.T
 	go func() { defer close(watchDone); svc.store.Watch(watchCtx, bucketWatchInterval) }()
 	defer func() { stopWatch(); <-watchDone }()
 
+	// A new bucket's records are rebuilt before the first event is taken,
+	// so that events need not wait for it (the loop below does it again
+	// whenever the bucket is recreated).
+	if err := svc.rebuilder.Ensure(ctx); err != nil {
+		log.Warn().Err(err).Msg("could not rebuild the job records from the event stream yet; will try again")
+	}
 	rebuildCtx, stopRebuild := context.WithCancel(ctx)
 	rebuildDone := make(chan struct{})
 	go func() { defer close(rebuildDone); svc.rebuilder.Run(rebuildCtx) }()

@@ -114,7 +114,7 @@ func (c *claim) Renew(ctx context.Context) bool {
 		}
 		lease := *rec.Lease
 		sent := c.h.now()
-		lease.Until = sent.Add(c.h.cfg.Lease)
+		lease.Until, lease.Since = sent.Add(c.h.cfg.Lease), time.Time{}
 		next := rec
 		next.Lease = &lease
 		newRev, err := c.h.records.Put(ctx, c.id, next, rev)
@@ -169,7 +169,7 @@ func (c *claim) write(ctx context.Context, change func(queue.Record) queue.Recor
 		next := change(rec)
 		lease := *rec.Lease
 		sent := c.h.now()
-		lease.Until = sent.Add(c.h.cfg.Lease)
+		lease.Until, lease.Since = sent.Add(c.h.cfg.Lease), time.Time{}
 		next.Lease = &lease
 		newRev, err := c.h.records.Put(ctx, c.id, next, rev)
 		switch {

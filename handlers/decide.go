@@ -1,6 +1,8 @@
 package handlers
 
 import (
+	"slices"
+
 	"github.com/example/queue-janitor/events"
 	"github.com/example/queue-janitor/queue"
 )
@@ -101,6 +103,14 @@ func decide(k kind, ev events.JobStatus, rec queue.Record, exists, busy bool) ve
 		}
 		return verdictAct
 	}
+	if ev.ID != rec.EventID && slices.Contains(rec.Seen, ev.ID) && !(k == kindRestart && repeatedRestart(ev, rec)) {
+		// A copy of an event already taken into account, published again
+		// after newer ones: it is not newer than they are.
+		if k == kindOther {
+			return verdictIgnore
+		}
+		return verdictStale
+	}
 	switch k {
 	case kindRestart:
 		switch {
@@ -113,7 +123,7 @@ func decide(k kind, ev events.JobStatus, rec queue.Record, exists, busy bool) ve
 			}
 		case repeatedRestart(ev, rec) && restartDone(rec):
 			return verdictReplay
-		case compare(ev, rec) < 0:
+		case supersedes(rec, ev):
 			return verdictStale
 		}
 	case kindTerminal:
@@ -133,6 +143,22 @@ func decide(k kind, ev events.JobStatus, rec queue.Record, exists, busy bool) ve
 		return verdictWait
 	}
 	return verdictAct
+}
+
+// supersedes reports whether the record's newest event makes restart
+// request ev stale: a newer terminal status or restart request, or any event
+// of a later attempt. A non-acting status of the same run (`pending`,
+// `started`: the backend records them between its request and the answer)
+// does not: the request still has to be answered, and its flush removes only
+// what was created before it reached NATS.
+func supersedes(rec queue.Record, ev events.JobStatus) bool {
+	if compare(ev, rec) >= 0 {
+		return false
+	}
+	if ev.HasAttempt && rec.Attempt != nil && ev.Attempt < *rec.Attempt {
+		return true
+	}
+	return rec.State != queue.StateRunning
 }
 
 // resumes reports whether a restart request resumes the last restart request
@@ -183,6 +209,19 @@ func claimRecord(k kind, ev events.JobStatus, rec queue.Record, lease queue.Leas
 		next.Lease = &lease
 		return next
 	}
+	if k == kindRestart && compare(ev, rec) < 0 {
+		// Older than a status of the run it starts, recorded first: that
+		// status stays the newest event; the request is recorded as the
+		// restart acted on.
+		next := rec
+		next.RestartID, next.RestartStored, next.RestartDone, next.RestartAttempt = ev.ID, ev.Stored, false, nil
+		if ev.HasAttempt {
+			a := ev.Attempt
+			next.RestartAttempt = &a
+		}
+		next.Lease = &lease
+		return next
+	}
 	next := queue.Record{
 		Attempt:   rec.Attempt,
 		Time:      ev.Time,
@@ -197,6 +236,7 @@ func claimRecord(k kind, ev events.JobStatus, rec queue.Record, lease queue.Leas
 		RestartAttempt: rec.RestartAttempt,
 		RestartStored:  rec.RestartStored,
 		RestartDone:    restartDone(rec),
+		Seen:           queue.Remember(rec.Seen, ev.ID),
 		Effect:         rec.Effect,
 		Lease:          &lease,
 	}
@@ -230,6 +270,8 @@ func recordRunning(ev events.JobStatus, rec queue.Record) queue.Record {
 	next := rec
 	next.Time, next.Stored, next.EventID, next.Status = ev.Time, ev.Stored, ev.ID, string(ev.Status)
 	next.State, next.Done = queue.StateRunning, true
+	next.Seen = queue.Remember(rec.Seen, ev.ID)
+	next.Lease = rec.CarryLease() // still ending when its holder's last write says
 	if ev.HasAttempt {
 		a := ev.Attempt
 		next.Attempt = &a

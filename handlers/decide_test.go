@@ -59,6 +59,18 @@ func flushing(r queue.Record, id string, attempt int64, storedSec int, done bool
 	return r
 }
 
+// running marks r's newest event a non-acting status.
+func running(r queue.Record) queue.Record {
+	r.State = queue.StateRunning
+	return r
+}
+
+// seen gives r the ids of events already taken into account.
+func seen(r queue.Record, ids ...string) queue.Record {
+	r.Seen = ids
+	return r
+}
+
 // skewed is ev as produced by a clock off by offSec: its own time moves,
 // its arrival at the server does not.
 func skewed(e events.JobStatus, offSec int) events.JobStatus {
@@ -131,6 +143,22 @@ func TestDecide(t *testing.T) {
 			flushing(rec("p", events.StatusPending, 2, 25, true), "r2", 2, 20, true), true, verdictReplay},
 		{"restart whose flush failed, superseded by its run's end, is stale", kindRestart, ev("r2", restart, 2, 20),
 			flushing(queue.Record{EventID: "x", Status: "revoked", Time: at(30), Stored: at(30), State: queue.StateTerminal, Done: true, Attempt: ptr(int64(2))}, "r2", 2, 20, false), true, verdictStale},
+		// A `pending` of the new run recorded before its restart request was
+		// handled does not make the request stale (found by the model
+		// checker): the backend still waits for its answer.
+		{"restart handled after its run's pending acts", kindRestart, ev("r2", restart, 2, 20),
+			running(rec("p2", events.StatusPending, 2, 25, true)), true, verdictAct},
+		{"the same without attempts acts", kindRestart, ev("r2", restart, -1, 20),
+			running(rec("p", events.StatusPending, -1, 25, true)), true, verdictAct},
+		{"restart older than a later attempt's status is stale", kindRestart, ev("r2", restart, 2, 20),
+			running(rec("p3", events.StatusPending, 3, 25, true)), true, verdictStale},
+		// A copy of an event published again after newer ones (an outbox
+		// that re-sends) is not newer than they are (found by the model
+		// checker, without attempts).
+		{"a copy of an older terminal published again is stale", kindTerminal, ev("t1", revoked, -1, 40),
+			seen(rec("r2", restart, -1, 30, true), "t1", "r2"), true, verdictStale},
+		{"a copy of an older running status is ignored", kindOther, ev("s1", started, -1, 40),
+			seen(rec("r2", restart, -1, 30, true), "s1", "r2"), true, verdictIgnore},
 		{"resumed restart whose lease another claim holds waits", kindRestart, ev("r2", restart, 2, 20),
 			leased(flushing(rec("p", events.StatusPending, 2, 25, true), "r2", 2, 20, false), "other", 100), true, verdictWait},
 
@@ -199,6 +227,10 @@ func TestClaim(t *testing.T) {
 	if resumed.EventID != "b" || !resumed.Time.Equal(at(30)) || resumed.Lease == nil {
 		t.Errorf("resumed restart must keep the first request's identity, got %+v", resumed)
 	}
+	afterPending := claimRecord(kindRestart, ev("r4", events.StatusRestartRequested, 4, 40), running(rec("p4", events.StatusPending, 4, 45, true)), lease)
+	if afterPending.EventID != "p4" || afterPending.RestartID != "r4" || !afterPending.RestartStored.Equal(at(40)) || afterPending.RestartDone {
+		t.Errorf("a restart handled after its run's pending keeps pending the newest and records itself: %+v", afterPending)
+	}
 	noAttempt := claimRecord(kindRestart, ev("d", events.StatusRestartRequested, -1, 60), rec("b", events.StatusRevoked, 3, 30, true), lease)
 	if noAttempt.Attempt == nil || *noAttempt.Attempt != 3 || noAttempt.State != queue.StateFlushed {
 		t.Errorf("a claim without attempt keeps the known attempt: %+v", noAttempt)
@@ -206,3 +238,20 @@ func TestClaim(t *testing.T) {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// TestLeaseCarriedOverKeepsItsEnd: a status recorded while another claim
+// holds the lease writes a new revision, but the lease still ends when its
+// holder's last write says (found by the model checker: each `pending`
+// extended a crashed holder's lease).
+func TestLeaseCarriedOverKeepsItsEnd(t *testing.T) {
+	t.Parallel()
+	r := leased(rec("r2", events.StatusRestartRequested, 2, 20, false), "A", 30) // ends at 30
+	next := recordRunning(ev("p2", events.StatusPending, 2, 25), r)
+	next.At = at(25) // the revision that wrote it
+	if got := next.LeaseEnds(); !got.Equal(at(30)) {
+		t.Fatalf("lease ends %s after the pending was recorded; want %s", got, at(30))
+	}
+	if next.LeaseLive(at(31)) {
+		t.Fatal("the lease outlived its holder's last write by a pending")
+	}
+}

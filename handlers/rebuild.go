@@ -184,6 +184,10 @@ type rebuilt struct {
 	// restartSeq its newest copy's sequence.
 	restartFirst time.Time
 	restartSeq   uint64
+	// ids are the ids seen, in order of first arrival; a later copy of an
+	// id is the same event, published again, and orders nothing.
+	ids  []string
+	seen map[string]bool
 }
 
 // rebuild reads the event stream and writes every job's record.
@@ -200,11 +204,20 @@ func (r *Rebuilder) rebuild(ctx context.Context) (queue.RebuildMarker, error) {
 			return
 		}
 		j := jobs[ev.JobID]
-		if j == nil {
-			j = &rebuilt{newest: ev, newestSeq: seq}
+		switch {
+		case j == nil:
+			j = &rebuilt{newest: ev, newestSeq: seq, seen: map[string]bool{}}
 			jobs[ev.JobID] = j
-		} else if newer(ev, j.newest) {
+		case j.seen[ev.ID] && ev.ID == j.newest.ID:
+			j.newestSeq = seq // a later copy of the newest: it may be the one acknowledged
+		case j.seen[ev.ID] && ev.Status != events.StatusRestartRequested:
+			return // a later copy of an older event orders nothing
+		case !j.seen[ev.ID] && newer(ev, j.newest):
 			j.newest, j.newestSeq = ev, seq
+		}
+		if !j.seen[ev.ID] {
+			j.seen[ev.ID] = true
+			j.ids = append(j.ids, ev.ID)
 		}
 		if ev.Status != events.StatusRestartRequested {
 			return
@@ -312,6 +325,11 @@ func merge(h *Handler, cur queue.Record, exists bool, j *rebuilt, floor uint64) 
 		default:
 			next.State, next.Done = queue.StateRunning, true
 		}
+		next.Lease = cur.CarryLease()
+		changed = true
+	}
+	if len(cur.Seen) == 0 && len(j.ids) > 0 {
+		next.Seen = j.ids[max(len(j.ids)-8, 0):]
 		changed = true
 	}
 	if rs := j.restart; rs != nil && (cur.RestartID == "" || cur.RestartID != rs.ID && restartNewer(*rs, cur)) {

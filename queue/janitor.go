@@ -195,6 +195,9 @@ type Plan struct {
 	Consumers  int
 	// TaskConsumer is the job's task consumer's name.
 	TaskConsumer string
+	// Fence is the fence the plan was judged with; a retried delete of the
+	// dead-letter consumer, not looked up, judges what it finds with it.
+	Fence Fence
 	// DropDeadLetter says the job's dead-letter consumer may be removed.
 	// DeadLetterCreated is its creation time when it was looked up; zero
 	// when it goes with the stream (the backend creates it after the
@@ -217,7 +220,7 @@ func (p Plan) Empty() bool { return !p.DropStream && !p.DropDeadLetter }
 // later run from starting meanwhile). Otherwise the dead-letter consumer is
 // looked up (a request bounded by auth) and fenced on its own.
 func (j *Janitor) Plan(ctx context.Context, id JobID, ins Inspection, fence Fence, auth Authority) (Plan, error) {
-	p := Plan{ID: id, Stream: ins.Stream, TaskConsumer: j.names.ConsumerName(id)}
+	p := Plan{ID: id, Stream: ins.Stream, TaskConsumer: j.names.ConsumerName(id), Fence: fence}
 	adv, dlq := j.names.AdvisoryStream, j.names.DeadLetterConsumerName(id)
 	if s := ins.Info; s != nil {
 		p.StreamFound = true
@@ -286,7 +289,7 @@ func (j *Janitor) Execute(ctx context.Context, plan Plan, auth Authority) (Remov
 		},
 		func() (err error) {
 			if plan.DropDeadLetter {
-				dlqDone, err = j.deleteConsumer(ctx, adv, dlq, plan.DeadLetterCreated, auth)
+				dlqDone, err = j.deleteConsumer(ctx, adv, dlq, plan.DeadLetterCreated, plan.Fence, auth)
 			}
 			return err
 		},
@@ -369,14 +372,13 @@ func both(a, b func() error) error {
 func (j *Janitor) deleteStream(ctx context.Context, stream string, created time.Time, purge bool, auth Authority) (deletion, error) {
 	attrs := []attribute.KeyValue{attribute.String("jetstream.stream", stream)}
 	d, err := j.deleteOnce(ctx, "jetstream.delete_stream", attrs, auth,
-		func(ctx context.Context) (time.Time, bool, error) {
+		func(ctx context.Context) (found bool, same bool, err error) {
 			info, err := j.server.StreamInfo(ctx, stream)
 			if info == nil || err != nil {
-				return time.Time{}, false, err
+				return false, false, err
 			}
-			return info.Created, true, nil
+			return true, info.Created.Equal(created), nil
 		},
-		created,
 		func(ctx context.Context) error {
 			del := func(ctx context.Context) error { return j.server.DeleteStream(ctx, stream) }
 			if !purge {
@@ -394,18 +396,22 @@ func (j *Janitor) deleteStream(ctx context.Context, stream string, created time.
 }
 
 // deleteConsumer deletes the consumer the fence judged (created at created;
-// zero when it was not looked up, as when it goes with its job's stream).
-func (j *Janitor) deleteConsumer(ctx context.Context, stream, name string, created time.Time, auth Authority) (deletion, error) {
+// zero when it was not looked up, as when it goes with its job's stream: a
+// retry then judges what it finds with the fence itself).
+func (j *Janitor) deleteConsumer(ctx context.Context, stream, name string, created time.Time, fence Fence, auth Authority) (deletion, error) {
 	attrs := []attribute.KeyValue{attribute.String("jetstream.stream", stream), attribute.String("jetstream.consumer", name)}
 	d, err := j.deleteOnce(ctx, "jetstream.delete_consumer", attrs, auth,
-		func(ctx context.Context) (time.Time, bool, error) {
+		func(ctx context.Context) (found bool, same bool, err error) {
 			info, err := j.server.ConsumerInfo(ctx, stream, name)
 			if info == nil || err != nil {
-				return time.Time{}, false, err
+				return false, false, err
 			}
-			return info.Created, true, nil
+			if created.IsZero() {
+				ok, _, _ := fence.judge(info.Created, info.Config.Metadata)
+				return true, ok, nil
+			}
+			return true, info.Created.Equal(created), nil
 		},
-		created,
 		func(ctx context.Context) error { return j.server.DeleteConsumer(ctx, stream, name) })
 	if err != nil {
 		return d, fmt.Errorf("delete consumer %q on stream %q: %w", name, stream, err)
@@ -430,7 +436,7 @@ func (j *Janitor) deleteConsumer(ctx context.Context, stream, name string, creat
 // bytes are discarded. A retry that then finds the resource gone reports
 // goneOnRetry.
 func (j *Janitor) deleteOnce(ctx context.Context, op string, attrs []attribute.KeyValue, auth Authority,
-	lookup func(context.Context) (time.Time, bool, error), judged time.Time, del func(context.Context) error) (deletion, error) {
+	lookup func(context.Context) (found, same bool, err error), del func(context.Context) error) (deletion, error) {
 	outcome, uncertain, inDoubt, attempt := notTried, false, false, 0
 	gone := func() deletion {
 		if uncertain {
@@ -441,10 +447,9 @@ func (j *Janitor) deleteOnce(ctx context.Context, op string, attrs []attribute.K
 	err := j.retry.do(ctx, op, attrs, func(ctx context.Context) error {
 		attempt++
 		if attempt > 1 {
-			var created time.Time
-			var found bool
+			var found, same bool
 			err := j.authorized(ctx, auth, func(ctx context.Context) (err error) {
-				created, found, err = lookup(ctx)
+				found, same, err = lookup(ctx)
 				return err
 			})
 			if err != nil {
@@ -455,7 +460,7 @@ func (j *Janitor) deleteOnce(ctx context.Context, op string, attrs []attribute.K
 				outcome = gone()
 				return nil
 			}
-			if !judged.IsZero() && !created.Equal(judged) {
+			if !same {
 				outcome = replaced
 				return nil
 			}

@@ -80,6 +80,10 @@ type Record struct {
 	Done bool `json:"done"`
 	// CleanedAt is when the job's queue was last cleaned or flushed.
 	CleanedAt time.Time `json:"cleaned_at,omitzero"`
+	// Seen holds the ids of the last events that became the record's
+	// newest, oldest first: a copy of one of them published again later is
+	// not a newer event.
+	Seen []string `json:"seen,omitempty"`
 	// Effect is the last effect a claim set out to do on the job's queue:
 	// written before its first destructive request, and again, with its
 	// report, when it finished. A later attempt at the same effect (after a
@@ -135,6 +139,11 @@ type Lease struct {
 	Token string `json:"token,omitempty"`
 	// TTL is the lease's length from the revision's server time.
 	TTL time.Duration `json:"ttl,omitempty"`
+	// Since, when set, is the server time of the revision its holder last
+	// wrote it in: a record rewritten by another writer (a newer status
+	// recorded while the lease runs) carries the lease over without
+	// renewing it.
+	Since time.Time `json:"since,omitzero"`
 	// Until is when the holder expected it to end, by its own clock; for
 	// display, and for judging version 1 records that have no TTL.
 	Until time.Time `json:"until"`
@@ -143,24 +152,34 @@ type Lease struct {
 // LeaseLive reports whether the record's lease is still running at
 // serverNow, a time read from the NATS server after the record was read.
 func (r Record) LeaseLive(serverNow time.Time) bool {
-	switch {
-	case r.Lease == nil:
-		return false
-	case r.Lease.TTL <= 0 || r.At.IsZero():
-		return serverNow.Before(r.Lease.Until) // a version 1 record
-	}
-	return serverNow.Before(r.At.Add(r.Lease.TTL))
+	return r.Lease != nil && serverNow.Before(r.LeaseEnds())
 }
 
-// LeaseEnds is when a running lease ends, in server time.
+// LeaseEnds is when a running lease ends, in server time: its TTL after the
+// revision its holder last wrote.
 func (r Record) LeaseEnds() time.Time {
 	switch {
 	case r.Lease == nil:
 		return time.Time{}
 	case r.Lease.TTL <= 0 || r.At.IsZero():
-		return r.Lease.Until
+		return r.Lease.Until // a version 1 record
+	case !r.Lease.Since.IsZero():
+		return r.Lease.Since.Add(r.Lease.TTL)
 	}
 	return r.At.Add(r.Lease.TTL)
+}
+
+// CarryLease returns r's lease as another writer must carry it over when
+// it rewrites the record: still ending when its holder's last write says.
+func (r Record) CarryLease() *Lease {
+	if r.Lease == nil {
+		return nil
+	}
+	l := *r.Lease
+	if l.Since.IsZero() {
+		l.Since = r.At
+	}
+	return &l
 }
 
 // HeldBy reports whether the record holds a running lease of a claim other
@@ -248,24 +267,53 @@ func BindStore(ctx context.Context, js jetstream.JetStream, cfg StoreConfig, opt
 
 // create creates the bucket with the Store's configuration, or binds to it
 // when another process created it first.
+//
+// The bucket is created as its stream, with the key-value configuration the
+// client library would give it, and one thing more: its sequence numbers
+// (the records' revisions) start at the creation instant in nanoseconds. A
+// bucket created again after a deletion so never hands out a revision that
+// a claim of the deleted bucket may still hold, and a compare-and-set write
+// of such a claim (a renewal, a release) always fails instead of landing by
+// coincidence on a record of the new bucket.
 func (s *Store) create(ctx context.Context) (jetstream.KeyValue, error) {
-	kv, err := s.js.CreateKeyValue(ctx, s.cfg.keyValueConfig())
-	if errors.Is(err, jetstream.ErrBucketExists) || errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
-		kv, err = s.js.KeyValue(ctx, s.cfg.Bucket)
+	_, err := s.js.CreateStream(ctx, s.cfg.streamConfig(time.Now()))
+	if err != nil && !errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
+		return nil, err
 	}
-	return kv, err
+	return s.js.KeyValue(ctx, s.cfg.Bucket)
 }
 
-// keyValueConfig is the bucket as the service creates it, at start and when
-// it recreates a deleted one.
-func (c StoreConfig) keyValueConfig() jetstream.KeyValueConfig {
-	return jetstream.KeyValueConfig{
-		Bucket:      c.Bucket,
-		Description: "queue-janitor: per-job records (newest event, state, lease)",
-		History:     1,
-		TTL:         c.TTL,
-		Storage:     jetstream.FileStorage,
-		Replicas:    c.Replicas,
+// streamConfig is the bucket's stream as the service creates it at start
+// and when it recreates a deleted one: the client library's key-value
+// configuration (history 1, file storage, rollups allowed, deletes denied,
+// direct gets) with sequences starting at now, in nanoseconds.
+func (c StoreConfig) streamConfig(now time.Time) jetstream.StreamConfig {
+	dup := 2 * time.Minute
+	if c.TTL > 0 && c.TTL < dup {
+		dup = c.TTL
+	}
+	replicas := c.Replicas
+	if replicas == 0 {
+		replicas = 1
+	}
+	return jetstream.StreamConfig{
+		Name:              "KV_" + c.Bucket,
+		Description:       "queue-janitor: per-job records (newest event, state, lease)",
+		Subjects:          []string{"$KV." + c.Bucket + ".>"},
+		MaxMsgsPerSubject: 1,
+		MaxBytes:          -1,
+		MaxAge:            c.TTL,
+		MaxMsgSize:        -1,
+		Storage:           jetstream.FileStorage,
+		Replicas:          replicas,
+		AllowRollup:       true,
+		DenyDelete:        true,
+		Duplicates:        dup,
+		MaxMsgs:           -1,
+		MaxConsumers:      -1,
+		AllowDirect:       true,
+		Discard:           jetstream.DiscardNew,
+		FirstSeq:          uint64(max(now.UnixNano(), 1)), //nolint:gosec // positive
 	}
 }
 
@@ -383,4 +431,16 @@ func (s *Store) PutJSON(ctx context.Context, key string, v any, rev uint64) (uin
 		return 0, fmt.Errorf("write record %q: %w", key, err)
 	}
 	return next, nil
+}
+
+// seenMax is how many event ids a record remembers.
+const seenMax = 8
+
+// Remember returns seen with id added at the end, keeping the last few.
+func Remember(seen []string, id string) []string {
+	out := append(append(make([]string, 0, len(seen)+1), seen...), id)
+	if len(out) > seenMax {
+		out = out[len(out)-seenMax:]
+	}
+	return out
 }

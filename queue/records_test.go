@@ -270,3 +270,39 @@ func TestOpenStoreOnACluster(t *testing.T) {
 		t.Fatalf("Get = %+v, %d, %v; want the record at revision %d", got, gotRev, err, rev)
 	}
 }
+
+// TestRecreatedBucketNeverReusesARevision: a bucket created again after a
+// deletion starts its revisions past any the deleted one handed out, so a
+// compare-and-set write of a claim held in the old bucket (a renewal, a
+// release) fails instead of landing, by coincidence, on a record of the new
+// one.
+func TestRecreatedBucketNeverReusesARevision(t *testing.T) {
+	t.Parallel()
+	e := setup(t)
+	s, err := OpenStore(t.Context(), e.js, StoreConfig{Bucket: "revs", Replicas: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	old, err := s.Put(t.Context(), 1, Record{EventID: "a"}, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.js.DeleteKeyValue(t.Context(), "revs"); err != nil {
+		t.Fatal(err)
+	}
+	// The new bucket's first record is written at the revision the old
+	// one's was, as two fresh buckets would number them.
+	if _, _, err := s.Get(t.Context(), 1); err != nil { // heals: recreates the bucket
+		t.Fatal(err)
+	}
+	fresh, err := s.Put(t.Context(), 1, Record{EventID: "b"}, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fresh <= old {
+		t.Fatalf("the new bucket's first revision %d is not past the old bucket's %d", fresh, old)
+	}
+	if _, err := s.Put(t.Context(), 1, Record{EventID: "stray"}, old); !errors.Is(err, ErrConflict) {
+		t.Fatalf("a write at the old bucket's revision: %v; want ErrConflict", err)
+	}
+}

@@ -13,10 +13,11 @@ import (
 //   - every TCP connection it makes closes abortively (SO_LINGER 0): bytes
 //     not yet sent when the connection is closed are discarded by the kernel,
 //     not delivered later after a partition heals;
-//   - Abort closes the current connection at once, which the janitor asks for
-//     when a delete got no reply in time (the request may still be in a
-//     buffer on its way). The client then reconnects; nothing it held back is
-//     resent (the connection has no reconnect buffer, see connect).
+//   - Abort closes the current connection at once, which the janitor asks
+//     for when a delete got no reply and is still in doubt as its retries
+//     end (the request may still be in a buffer on its way). The client
+//     then reconnects; nothing it held back is resent (the connection has
+//     no reconnect buffer, see connect).
 type abortDialer struct {
 	d net.Dialer
 

@@ -225,7 +225,7 @@ func openService(ctx context.Context, cfg Config, owner string, log zerolog.Logg
 	}
 	opts := []queue.Option{queue.WithRetryPolicy(cfg.Retry), queue.WithTracer(tel.Tracer()), queue.WithRetryObserver(observer),
 		queue.WithAbort(func() {
-			log.Warn().Msg("a delete got no reply in time: closing the NATS connection so that the request cannot arrive late; reconnecting")
+			log.Warn().Msg("a delete got no reply, and no later request on the connection was answered: closing the NATS connection so that the request cannot arrive late; reconnecting")
 			dialer.Abort()
 		})}
 	store, err := openBucket(ctx, js, cfg.Records, log, readOnly, opts...)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
@@ -93,9 +94,16 @@ func IsTransient(err error) bool {
 	}
 	var apiErr *jetstream.APIError
 	if errors.As(err, &apiErr) {
-		return apiErr.Code == 503 || apiErr.Code == 408 || transientCodes[apiErr.ErrorCode]
+		return apiErr.Code == 503 || apiErr.Code == 408 || transientCodes[apiErr.ErrorCode] || streamClosing(apiErr)
 	}
 	return false
+}
+
+// streamClosing reports whether the server refused a request because the
+// stream is being deleted meanwhile (by another client): a retry reads it
+// again and finds it gone.
+func streamClosing(e *jetstream.APIError) bool {
+	return e.ErrorCode == 10051 && strings.Contains(e.Description, "stream closed")
 }
 
 // retrier runs one JetStream call under a [RetryPolicy], with a span for the

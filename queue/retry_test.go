@@ -28,6 +28,8 @@ func TestIsTransient(t *testing.T) {
 		{"wrapped timeout", fmt.Errorf("stream info: %w", nats.ErrTimeout), true},
 		{"wrapped 10008", fmt.Errorf("delete: %w", &jetstream.APIError{Code: 503, ErrorCode: 10008}), true},
 		{"wrapped twice deadline", fmt.Errorf("a: %w", fmt.Errorf("b: %w", context.DeadlineExceeded)), true},
+		{"500 10051 stream closed (deleted meanwhile)", &jetstream.APIError{Code: 500, ErrorCode: 10051, Description: "stream closed"}, true},
+		{"500 10051 other general error", &jetstream.APIError{Code: 500, ErrorCode: 10051, Description: "bad things"}, false},
 		{"connection closed", nats.ErrConnectionClosed, false},
 		{"jetstream connection closed", jetstream.ErrConnectionClosed, false},
 		{"wrapped connection closed", fmt.Errorf("x: %w", nats.ErrConnectionClosed), false},

@@ -228,6 +228,15 @@ func (h *Handler) Handle(ctx context.Context, ev events.JobStatus) (events.Outco
 		// A backend waiting on the handshake still gets its answer.
 		return out, h.announce(ctx, k, ev, h.nothing(ev.JobID), events.OutcomeNothing, 0)
 	}
+	if k != kindOther && !h.gate.known().IsZero() {
+		// Claim first, read only on conflict: a job the service has no
+		// record of (the common case in a storm of endings) acts as the
+		// decision table says for it, without a read. The claim's write
+		// creates the record only if there is none.
+		if out, retry, err := h.act(ctx, k, ev, queue.Record{}, 0); !retry {
+			return out, err
+		}
+	}
 	for {
 		rec, rev, err := h.records.Get(ctx, ev.JobID)
 		if err != nil {

@@ -2,6 +2,7 @@ package integration
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"testing"
@@ -108,74 +109,85 @@ func TestRequestsPerPath(t *testing.T) {
 }
 
 // runWirePaths runs the three paths through the service behind proxy, one
-// at a time, on jobs first, first+1 and first+2, and returns what each put
-// on the wire. It starts them just after one of the service's periodic
-// bucket checks (a request the paths may send too), so that the next check
-// falls after them; should the paths outlast the interval on a loaded
-// machine, it tries again on new jobs.
+// at a time, each on a job of its own from first on, and returns what each
+// put on the wire. Each path starts just after one of the service's
+// periodic bucket checks (a request a path may send too), so that the next
+// check falls after it; should a path outlast the interval on a loaded
+// machine, it is run again on a new job.
 func runWirePaths(tb testing.TB, proxy *wireProxy, js jetstream.JetStream, n wireNames, subjectPrefix string, first queue.JobID) (map[string]wirePath, error) {
 	tb.Helper()
-	const bucketCheckEvery = 5 * time.Second // cli's bucketWatchInterval
-	var lastErr error
-	for try := range 3 {
-		base := first + queue.JobID(10*try)
-		ids := map[string]queue.JobID{wirePathTerminal: base, wirePathRestartEmpty: base + 1, wirePathRestartLeftover: base + 2}
-		one := int64(1)
-		for _, path := range []string{wirePathTerminal, wirePathRestartLeftover} {
-			if err := queue.Provision(context.Background(), js, n.Names, ids[path], &one); err != nil {
-				return nil, err
+	out := map[string]wirePath{}
+	next := first
+	for _, path := range wirePathOrder {
+		var lastErr error
+		for range 3 {
+			id := next
+			next++
+			p, err := runWirePath(tb, proxy, js, n, subjectPrefix, path, id)
+			if errors.Is(err, errWireBusy) {
+				lastErr = err
+				continue
 			}
-			publishTasks(tb, js, n.SubjectName(ids[path]), 0, 5)
-		}
-		// Just after a bucket check, or at once if none comes.
-		from := len(proxy.snapshot())
-		i, synced := proxy.waitFor(from, bucketCheckEvery+time.Second, func(op wireOp) bool {
-			return op.fromClient && n.class(op) == classBucketCheck
-		})
-		checked := time.Now()
-		if synced {
-			checked = proxy.snapshot()[i].at
-		}
-		windows := map[string][2]int{}
-		for _, path := range wirePathOrder {
-			status, attempt := events.StatusRevoked, int64(1)
-			if path != wirePathTerminal {
-				status, attempt = events.StatusRestartRequested, 2
-			}
-			start := len(proxy.snapshot())
-			emitPrefixed(tb, js, subjectPrefix, events.StatusEvent{JobID: ids[path], Status: status, Attempt: &attempt})
-			d, ok := proxy.waitFor(start, 30*time.Second, func(op wireOp) bool {
-				return !op.fromClient && strings.HasPrefix(op.reply, "$JS.ACK."+n.eventStream+".")
-			})
-			if !ok {
-				return nil, fmt.Errorf("%s: the event did not reach the service within 30s: %w", path, errWireTimeout)
-			}
-			ackSubject := proxy.snapshot()[d].reply
-			a, ok := proxy.waitFor(d, 30*time.Second, func(op wireOp) bool {
-				return op.fromClient && op.subject == ackSubject && n.class(op) == "ack"
-			})
-			if !ok {
-				return nil, fmt.Errorf("%s: the service did not ack the event within 30s: %w", path, errWireTimeout)
-			}
-			windows[path] = [2]int{d, a}
-		}
-		ops := proxy.snapshot()
-		if last := ops[windows[wirePathOrder[len(wirePathOrder)-1]][1]].at; synced && last.Sub(checked) > bucketCheckEvery-300*time.Millisecond {
-			lastErr = fmt.Errorf("the paths took %s, too close to the next bucket check (every %s): the machine is too loaded",
-				last.Sub(checked).Round(time.Millisecond), bucketCheckEvery)
-			continue
-		}
-		out := map[string]wirePath{}
-		for path, w := range windows {
-			p, err := n.wirePathOf(ops, w[0], w[1])
 			if err != nil {
 				return nil, fmt.Errorf("%s: %w", path, err)
 			}
 			out[path] = p
+			lastErr = nil
+			break
 		}
-		return out, nil
+		if lastErr != nil {
+			return nil, fmt.Errorf("%s: %w", path, lastErr)
+		}
 	}
-	return nil, lastErr
+	return out, nil
+}
+
+// bucketCheckEvery is how often serve checks its bucket (cli's
+// bucketWatchInterval).
+const bucketCheckEvery = 5 * time.Second
+
+// errWireBusy says that a path outlasted the interval between two bucket
+// checks.
+var errWireBusy = errors.New("the path took too close to the next bucket check (every 5s): the machine is too loaded")
+
+// runWirePath runs one path on job id, just after a bucket check.
+func runWirePath(tb testing.TB, proxy *wireProxy, js jetstream.JetStream, n wireNames, subjectPrefix, path string, id queue.JobID) (wirePath, error) {
+	tb.Helper()
+	status, attempt := events.StatusRevoked, int64(1)
+	if path != wirePathTerminal {
+		status, attempt = events.StatusRestartRequested, 2
+	}
+	if path != wirePathRestartEmpty {
+		one := int64(1)
+		if err := queue.Provision(context.Background(), js, n.Names, id, &one); err != nil {
+			return wirePath{}, err
+		}
+		publishTasks(tb, js, n.SubjectName(id), 0, 5)
+	}
+	// Just after a bucket check, or at once if none comes.
+	i, synced := proxy.waitFor(len(proxy.snapshot()), bucketCheckEvery+time.Second, func(op wireOp) bool {
+		return op.fromClient && n.class(op) == classBucketCheck
+	})
+	start := len(proxy.snapshot())
+	emitPrefixed(tb, js, subjectPrefix, events.StatusEvent{JobID: id, Status: status, Attempt: &attempt})
+	d, ok := proxy.waitFor(start, 30*time.Second, func(op wireOp) bool {
+		return !op.fromClient && strings.HasPrefix(op.reply, "$JS.ACK."+n.eventStream+".")
+	})
+	if !ok {
+		return wirePath{}, fmt.Errorf("the event did not reach the service within 30s: %w", errWireTimeout)
+	}
+	ackSubject := proxy.snapshot()[d].reply
+	a, ok := proxy.waitFor(d, 30*time.Second, func(op wireOp) bool {
+		return op.fromClient && op.subject == ackSubject && n.class(op) == "ack"
+	})
+	if !ok {
+		return wirePath{}, fmt.Errorf("the service did not ack the event within 30s: %w", errWireTimeout)
+	}
+	ops := proxy.snapshot()
+	if synced && ops[a].at.Sub(ops[i].at) > bucketCheckEvery-300*time.Millisecond {
+		return wirePath{}, errWireBusy
+	}
+	return n.wirePathOf(ops, d, a)
 }
 
 // emitPrefixed publishes ev on subjectPrefix+status and waits for the

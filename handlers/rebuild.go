@@ -76,20 +76,18 @@ func (r *Rebuilder) ready(ctx context.Context, inc queue.Incarnation) error {
 	return &NotReadyError{Reason: "the key-value bucket's records are being rebuilt from the event stream", RetryAfter: 250 * time.Millisecond}
 }
 
-// Run rebuilds the records whenever the bucket has no rebuild marker: when a
-// claim asks, and every few seconds. It returns when ctx is done.
+// Run rebuilds the records whenever a claim finds the bucket without its
+// rebuild marker (a claim's admission asks, see [gate]). It returns when ctx
+// is done. serve calls Ensure once before taking events.
 func (r *Rebuilder) Run(ctx context.Context) {
-	t := time.NewTicker(5 * time.Second)
-	defer t.Stop()
 	for {
-		if err := r.Ensure(ctx); err != nil && ctx.Err() == nil {
-			r.log.Warn().Err(err).Msg("rebuilding the job records from the event stream failed; will try again")
-		}
 		select {
 		case <-ctx.Done():
 			return
 		case <-r.kick:
-		case <-t.C:
+		}
+		if err := r.Ensure(ctx); err != nil && ctx.Err() == nil {
+			r.log.Warn().Err(err).Msg("rebuilding the job records from the event stream failed; the next event that needs them tries again")
 		}
 	}
 }

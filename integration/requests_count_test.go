@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -21,8 +22,8 @@ import (
 // (a request and its reply), and how many of those wait for one another
 // before the answer is sent (the sequential depth: what a backend waiting
 // for the answer pays in round trips). Background messages (the intake's
-// pull requests, its consumer check every 2 s, the bucket check every 5 s
-// outside the path) are not counted.
+// pull requests and consumer check, the periodic bucket check) are not
+// counted: the paths run between them.
 //
 // When the effect path changes on purpose, update this table: the failure
 // message gives the new counts and the path's shape.
@@ -36,6 +37,12 @@ import (
 // consumer's delete) before it is deleted; the purge no longer looks the
 // stream up first.
 var expectedWire = []wireExpectation{
+	{
+		path: wirePathFirst,
+		sent: map[string]int{"kv.get": 1, "stream.info bucket": 2, "kv.get rebuild": 1, "kv.create": 1, "stream.info job": 1,
+			"kv.update": 2, "stream.purge job": 1, "stream.delete job": 1, "consumer.delete dead-letter": 1, "answer": 1, "ack": 1},
+		roundTrips: 11, sequential: 8,
+	},
 	{
 		path: wirePathTerminal,
 		sent: map[string]int{"kv.create": 1, "stream.info job": 1, "kv.update": 2, "stream.info bucket": 1,
@@ -65,7 +72,10 @@ type wireExpectation struct {
 
 // The paths, each for a job of its own that the service has not seen.
 const (
-	// wirePathTerminal: REVOKED for a job whose stream holds tasks.
+	// wirePathFirst: REVOKED for a job whose stream holds tasks, the first
+	// event the process handles (it has not checked the bucket yet).
+	wirePathFirst = "terminal, leftover, first event of the process"
+	// wirePathTerminal: the same, once the process has handled an event.
 	wirePathTerminal = "terminal, leftover"
 	// wirePathRestartEmpty: restart_requested for a job with nothing left.
 	wirePathRestartEmpty = "restart, nothing left"
@@ -74,11 +84,12 @@ const (
 	wirePathRestartLeftover = "restart, leftover"
 )
 
-var wirePathOrder = []string{wirePathTerminal, wirePathRestartEmpty, wirePathRestartLeftover}
+var wirePathOrder = []string{wirePathFirst, wirePathTerminal, wirePathRestartEmpty, wirePathRestartLeftover}
 
-// TestRequestsPerPath counts, on the wire, what the service sends for one
-// terminal job with a leftover, one restart with nothing left and one with
-// a leftover, and holds each path to expectedWire: a path may not grow a
+// TestRequestsPerPath counts, on the wire, what the service sends for a
+// terminal job with a leftover (the process's first event, then another),
+// a restart with nothing left and one with a leftover, and holds each path
+// to expectedWire: a path may not grow a
 // request, or a wait for one, unnoticed. Nothing is timed: the proxy's delay
 // only orders requests against replies.
 func TestRequestsPerPath(t *testing.T) {
@@ -111,20 +122,25 @@ func TestRequestsPerPath(t *testing.T) {
 		}
 		if len(changed) > 0 {
 			t.Errorf("path %q changed (expected → measured): %s\n  measured path: %s\n  measured counts: %s\n"+
-				"  if this is intended, update expectedWire in requests_count_test.go (and docs/BENCHMARKS.md)",
-				want.path, strings.Join(changed, "; "), got.shape(), counts(got.sent))
+				"  if this is intended, update expectedWire in requests_count_test.go (and docs/BENCHMARKS.md)\n  the path on the wire:\n%s",
+				want.path, strings.Join(changed, "; "), got.shape(), counts(got.sent), got.timeline)
 		}
 	}
 }
 
 // runWirePaths runs the three paths through the service behind proxy, one
 // at a time, each on a job of its own from first on, and returns what each
-// put on the wire. Each path starts just after one of the service's
-// periodic bucket checks (a request a path may send too), so that the next
-// check falls after it; should a path outlast the interval on a loaded
-// machine, it is run again on a new job.
+// put on the wire. The service also sends requests of its own every few
+// seconds, some of the kinds a path sends (the bucket's stream info):
+// runWirePaths first learns when they fall, then starts each path where
+// none will (see backgroundTicks); should a path outlast its window on a
+// loaded machine, it is run again on a new job.
 func runWirePaths(tb testing.TB, proxy *wireProxy, js jetstream.JetStream, n wireNames, subjectPrefix string, first queue.JobID) (map[string]wirePath, error) {
 	tb.Helper()
+	ticks, err := backgroundTicks(proxy, n)
+	if err != nil {
+		return nil, err
+	}
 	out := map[string]wirePath{}
 	next := first
 	for _, path := range wirePathOrder {
@@ -132,7 +148,7 @@ func runWirePaths(tb testing.TB, proxy *wireProxy, js jetstream.JetStream, n wir
 		for range 3 {
 			id := next
 			next++
-			p, err := runWirePath(tb, proxy, js, n, subjectPrefix, path, id)
+			p, err := runWirePath(tb, proxy, js, n, subjectPrefix, path, id, ticks)
 			if errors.Is(err, errWireBusy) {
 				lastErr = err
 				continue
@@ -151,19 +167,83 @@ func runWirePaths(tb testing.TB, proxy *wireProxy, js jetstream.JetStream, n wir
 	return out, nil
 }
 
-// bucketCheckEvery is how often serve checks its bucket (cli's
-// bucketWatchInterval).
-const bucketCheckEvery = 5 * time.Second
+// backgroundPeriod is the period of serve's loops that send requests on
+// their own: the bucket check (cli's bucketWatchInterval) and the records'
+// rebuild check (handlers.Rebuilder.Run), each a stream info of the bucket
+// (the rebuild check then reads its marker). The intake's consumer check
+// (every 2 s) and pull requests have classes of their own, left out of
+// every path.
+const backgroundPeriod = 5 * time.Second
 
-// errWireBusy says that a path outlasted the interval between two bucket
-// checks.
-var errWireBusy = errors.New("the path took too close to the next bucket check (every 5s): the machine is too loaded")
+// Around a background tick: what follows it (the rebuild check's marker
+// read, after the proxy's delay), and the longest a path may take.
+const (
+	tickSettle = 400 * time.Millisecond
+	pathBudget = 1500 * time.Millisecond
+)
 
-// runWirePath runs one path on job id, just after a bucket check.
-func runWirePath(tb testing.TB, proxy *wireProxy, js jetstream.JetStream, n wireNames, subjectPrefix, path string, id queue.JobID) (wirePath, error) {
+// errWireBusy says that a path outlasted its window between background
+// requests.
+var errWireBusy = errors.New("the path outlasted its window between the service's background requests: the machine is too loaded")
+
+// backgroundTicks watches the idle service for two periods and returns the
+// instants of its background bucket requests in the second: they recur
+// every backgroundPeriod. It fails if they do not (the service's
+// background loops changed: update backgroundPeriod).
+func backgroundTicks(proxy *wireProxy, n wireNames) ([]time.Time, error) {
+	from := len(proxy.snapshot())
+	t0 := time.Now()
+	time.Sleep(2*backgroundPeriod + 500*time.Millisecond)
+	var first, second []time.Time
+	for _, op := range proxy.snapshot()[from:] {
+		if !op.fromClient || n.class(op) != classBucketCheck {
+			continue
+		}
+		if op.at.Before(t0.Add(backgroundPeriod)) {
+			first = append(first, op.at)
+		} else {
+			second = append(second, op.at)
+		}
+	}
+	for _, t := range second {
+		if !slices.ContainsFunc(first, func(f time.Time) bool {
+			d := t.Sub(f) - backgroundPeriod
+			return d > -150*time.Millisecond && d < 150*time.Millisecond
+		}) {
+			return nil, fmt.Errorf("the idle service's bucket requests (at %v) do not recur every %s: update backgroundPeriod in requests_count_test.go",
+				append(first, second...), backgroundPeriod)
+		}
+	}
+	return second, nil
+}
+
+// pathWindow returns when to start a path (tickSettle after a background
+// tick, not before now) so that no tick falls before start+pathBudget, and
+// when the next tick falls.
+func pathWindow(ticks []time.Time, now time.Time) (start, next time.Time) {
+	var all []time.Time
+	for _, t := range ticks {
+		for k := 0; k < 6; k++ {
+			if at := t.Add(time.Duration(k) * backgroundPeriod); at.After(now.Add(-tickSettle)) {
+				all = append(all, at)
+			}
+		}
+	}
+	slices.SortFunc(all, func(a, b time.Time) int { return a.Compare(b) })
+	for i, t := range all[:len(all)-1] {
+		if all[i+1].Sub(t) > tickSettle+pathBudget {
+			return t.Add(tickSettle), all[i+1]
+		}
+	}
+	return now, now // no window: the caller finds the path too long
+}
+
+// runWirePath runs one path on job id, in a window between background
+// requests.
+func runWirePath(tb testing.TB, proxy *wireProxy, js jetstream.JetStream, n wireNames, subjectPrefix, path string, id queue.JobID, ticks []time.Time) (wirePath, error) {
 	tb.Helper()
 	status, attempt := events.StatusRevoked, int64(1)
-	if path != wirePathTerminal {
+	if path != wirePathTerminal && path != wirePathFirst {
 		status, attempt = events.StatusRestartRequested, 2
 	}
 	if path != wirePathRestartEmpty {
@@ -173,10 +253,8 @@ func runWirePath(tb testing.TB, proxy *wireProxy, js jetstream.JetStream, n wire
 		}
 		publishTasks(tb, js, n.SubjectName(id), 0, 5)
 	}
-	// Just after a bucket check, or at once if none comes.
-	i, synced := proxy.waitFor(len(proxy.snapshot()), bucketCheckEvery+time.Second, func(op wireOp) bool {
-		return op.fromClient && n.class(op) == classBucketCheck
-	})
+	begin, nextTick := pathWindow(ticks, time.Now())
+	time.Sleep(time.Until(begin))
 	start := len(proxy.snapshot())
 	emitPrefixed(tb, js, subjectPrefix, events.StatusEvent{JobID: id, Status: status, Attempt: &attempt})
 	d, ok := proxy.waitFor(start, 30*time.Second, func(op wireOp) bool {
@@ -193,7 +271,7 @@ func runWirePath(tb testing.TB, proxy *wireProxy, js jetstream.JetStream, n wire
 		return wirePath{}, fmt.Errorf("the service did not ack the event within 30s: %w", errWireTimeout)
 	}
 	ops := proxy.snapshot()
-	if synced && ops[a].at.Sub(ops[i].at) > bucketCheckEvery-300*time.Millisecond {
+	if !ops[a].at.Before(nextTick.Add(-50 * time.Millisecond)) {
 		return wirePath{}, errWireBusy
 	}
 	return n.wirePathOf(ops, d, a)

@@ -304,25 +304,34 @@ const (
 
 // class names what a message the service sent is for: a JetStream API
 // request by its verb and whose resource it names ("stream.delete job",
-// "consumer.delete dead-letter"), a key-value read or write ("kv.get",
-// "kv.create": a write expecting no record, "kv.update": a write expecting a
-// revision), the event's settlement ("ack", "in progress", "nak", "term"),
-// or "answer" (job.queue.cleaned/flushed).
+// "consumer.delete dead-letter"), a key-value read or write of a job's
+// record ("kv.get", "kv.create": a write expecting no record, "kv.update": a
+// write expecting a revision; another key is named: "kv.get rebuild"), the
+// event's settlement ("ack", "in progress", "nak", "term"), or "answer"
+// (job.queue.cleaned/flushed).
 func (n wireNames) class(op wireOp) string {
 	s := op.subject
+	// A key other than a job's record (the rebuild marker) is named.
+	keyOf := func(subject string) string {
+		_, key, _ := strings.Cut(subject, "$KV."+n.bucket+".")
+		if strings.HasPrefix(key, "job.") {
+			return ""
+		}
+		return " " + key
+	}
 	switch {
 	case strings.HasPrefix(s, "$JS.API.DIRECT.GET.KV_"+n.bucket):
-		return "kv.get"
+		return "kv.get" + keyOf(s)
 	case strings.HasPrefix(s, "$KV."+n.bucket+"."):
 		switch exp, ok := op.header["Nats-Expected-Last-Subject-Sequence"]; {
 		case op.header["KV-Operation"] != "":
-			return "kv." + strings.ToLower(op.header["KV-Operation"])
+			return "kv." + strings.ToLower(op.header["KV-Operation"]) + keyOf(s)
 		case ok && exp == "0":
-			return "kv.create"
+			return "kv.create" + keyOf(s)
 		case ok:
-			return "kv.update"
+			return "kv.update" + keyOf(s)
 		}
-		return "kv.put"
+		return "kv.put" + keyOf(s)
 	case strings.HasPrefix(s, "$JS.ACK."+n.eventStream+"."):
 		switch {
 		case strings.HasPrefix(op.payload, "+ACK"):
@@ -409,6 +418,10 @@ type wirePath struct {
 	// went out without a reply.
 	waves [][]string
 	after []string
+	// unanswered lists requests sent whose reply came after the ack.
+	unanswered []string
+	// timeline is the path message by message, for failure messages.
+	timeline string
 }
 
 // wirePathOf reads the path from ops: from the delivery at index start
@@ -470,7 +483,10 @@ func (n wireNames) wirePathOf(ops []wireOp, start, end int) (wirePath, error) {
 			}
 		}
 		if tr.released.IsZero() {
-			return w, fmt.Errorf("request %s got no reply before the ack; the path:\n%s", tr.class, n.timeline(in))
+			// Sent, but the event was acked before its reply came: the
+			// path did not wait for it.
+			w.unanswered = append(w.unanswered, tr.class)
+			continue
 		}
 		if tr.released.Before(answerAt) {
 			w.sequential = max(w.sequential, tr.level)
@@ -481,6 +497,7 @@ func (n wireNames) wirePathOf(ops []wireOp, start, end int) (wirePath, error) {
 		w.waves[tr.level-1] = append(w.waves[tr.level-1], tr.class)
 	}
 	w.after = noReply
+	w.timeline = n.timeline(in)
 	return w, nil
 }
 
@@ -509,7 +526,11 @@ func (w wirePath) shape() string {
 		sort.Strings(s)
 		parts = append(parts, strings.Join(s, " ∥ "))
 	}
-	return strings.Join(parts, " → ") + "; then " + strings.Join(w.after, ", ")
+	out := strings.Join(parts, " → ") + "; then " + strings.Join(w.after, ", ")
+	if len(w.unanswered) > 0 {
+		out += "; unanswered before the ack: " + strings.Join(w.unanswered, ", ")
+	}
+	return out
 }
 
 // total is the number of messages sent (or, with received, received).

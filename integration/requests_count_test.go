@@ -141,6 +141,11 @@ func runWirePaths(tb testing.TB, proxy *wireProxy, js jetstream.JetStream, n wir
 	if err != nil {
 		return nil, err
 	}
+	// A bucket younger than a lease (the service's quarantine, --lease,
+	// 12 s by default) takes no claim yet: the first event would wait.
+	if err := waitBucketAge(js, n.bucket, 13*time.Second); err != nil {
+		return nil, err
+	}
 	out := map[string]wirePath{}
 	next := first
 	for _, path := range wirePathOrder {
@@ -215,6 +220,22 @@ func backgroundTicks(proxy *wireProxy, n wireNames) ([]time.Time, error) {
 		}
 	}
 	return second, nil
+}
+
+// waitBucketAge waits until the bucket's stream has lived age, in server
+// time.
+func waitBucketAge(js jetstream.JetStream, bucket string, age time.Duration) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	st, err := js.Stream(ctx, "KV_"+bucket)
+	if err != nil {
+		return fmt.Errorf("bucket %s: %w", bucket, err)
+	}
+	info := st.CachedInfo()
+	if lived := info.TimeStamp.Sub(info.Created); lived < age {
+		time.Sleep(age - lived)
+	}
+	return nil
 }
 
 // pathWindow returns when to start a path (tickSettle after a background

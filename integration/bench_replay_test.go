@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -18,17 +17,20 @@ import (
 	"github.com/example/queue-janitor/queue"
 )
 
-// With QJ_BENCH_DECOMPOSE=1 the storm gets two more sides that send the
+// With QJ_BENCH_DECOMPOSE=1 the storm gets three more sides that send the
 // service's requests from the benchmark itself, without the service: what
 // they cost the server, against the floor's and the service's, says which
 // of the service's requests its extra server CPU comes from.
 //
-//   - "floor + record": per job the record's three requests, in the
-//     service's order (kv.get, kv.create, the two deletes, kv.update), on a
-//     bucket like the service's;
+//   - "floor, purge first": the floor with each stream purged before its
+//     delete, as the service does since the safety rework;
+//   - "floor + record": that, with the record's requests in the service's
+//     order (kv.create, the intent's kv.update beside the bucket's stream
+//     info, the purge beside the dead-letter delete, the stream's delete,
+//     kv.update), on a bucket like the service's;
 //   - "replay": the whole path (the event stored, pulled and acked, the
-//     record, the stream info, the deletes, the answer published), at the
-//     service's concurrency.
+//     record, the stream info, the purge and deletes, the answer
+//     published), at the service's concurrency.
 //
 // The replay sends what the service sends (TestRequestsPerPath's table) and
 // nothing else: when its server CPU matches the service's, the server's
@@ -141,31 +143,59 @@ func (r *replaySide) handle(msg jetstream.Msg) {
 	}()
 }
 
-// path is the service's requests for one terminal job: kv.get, kv.create,
-// (stream info,) the stream and dead-letter deletes at once, kv.update.
+// path is the service's requests for one terminal job, as the effect path
+// sends them since the safety rework (TestRequestsPerPath's table): the
+// claim (kv.create) beside the stream's read (with intake: the fence's
+// stream info), the intent (kv.update) beside the bucket's incarnation
+// check (its stream info), the purge beside the dead-letter delete, the
+// stream's delete, the record (kv.update). Keep it in step with that table.
 func (r *replaySide) path(id queue.JobID, info bool) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	key := queue.JobKey(id)
-	if _, err := r.kv.Get(ctx, key); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
-		return err
-	}
-	rev, err := r.kv.Create(ctx, key, recordBody)
+	names := r.w.names
+	stream := names.StreamName(id)
+	var rev uint64
+	err := atOnce(
+		func() (err error) { rev, err = r.kv.Create(ctx, key, recordBody); return err },
+		func() error {
+			if !info {
+				return nil
+			}
+			_, err := r.js.Stream(ctx, stream)
+			return err
+		})
 	if err != nil {
 		return err
 	}
-	names := r.w.names
-	if info {
-		if _, err := r.js.Stream(ctx, names.StreamName(id)); err != nil {
-			return err
-		}
+	err = atOnce(
+		func() (err error) { rev, err = r.kv.Update(ctx, key, recordBody, rev); return err },
+		func() error { _, err := r.kv.Status(ctx); return err })
+	if err != nil {
+		return err
 	}
 	err = atOnce(
-		func() error { return r.js.DeleteStream(ctx, names.StreamName(id)) },
+		func() error { return purgeStream(ctx, r.nc, stream) },
 		func() error { return r.js.DeleteConsumer(ctx, names.AdvisoryStream, names.DeadLetterConsumerName(id)) })
 	if err != nil {
 		return err
 	}
+	if err := r.js.DeleteStream(ctx, stream); err != nil {
+		return err
+	}
 	_, err = r.kv.Update(ctx, key, recordBody, rev)
 	return err
+}
+
+// purgeStream sends the purge request itself, without the stream lookup
+// that jetstream.Stream would add.
+func purgeStream(ctx context.Context, nc *nats.Conn, stream string) error {
+	resp, err := nc.RequestWithContext(ctx, "$JS.API.STREAM.PURGE."+stream, nil)
+	if err != nil {
+		return err
+	}
+	if !bytes.Contains(resp.Data, []byte(`"success":true`)) && !bytes.Contains(resp.Data, []byte("not found")) {
+		return fmt.Errorf("purge %s: %s", stream, resp.Data)
+	}
+	return nil
 }

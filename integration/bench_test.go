@@ -47,7 +47,9 @@ import (
 // bucket; QJ_BENCH_NOTRACE=1 adds a side with tracing off, interleaved with
 // the others, to measure tracing's cost in the same run. The floor deletes
 // at the service's concurrency (QJ_BENCH_FLOOR_CONCURRENCY, 32: the
-// service's --concurrency default). QJ_BENCH_PROFILE_DIR takes a CPU profile
+// service's --concurrency default). QJ_BENCH_DECOMPOSE=1 adds sides that
+// send the service's requests from the benchmark, to tell which of them
+// the server's extra work comes from. QJ_BENCH_PROFILE_DIR takes a CPU profile
 // of the server and of the service during every storm chunk. QJ_BENCH_OUT
 // writes the report to a file as well.
 func BenchmarkInterleaved(b *testing.B) {
@@ -180,7 +182,8 @@ func runInterleaved(b *testing.B, cfg benchConfig) string {
 	}
 	w.floor = sides[len(sides)-len(cfg.floorConcurrency)]
 	if cfg.decompose {
-		sides = append(sides, w.replaySide("floor + record", "k", false), w.replaySide("replay", "r", true))
+		sides = append(sides, &benchSide{name: "floor, purge first", conn: "bench floor", concurrency: w.floor.concurrency, purge: true},
+			w.replaySide("floor + record", "k", false), w.replaySide("replay", "r", true))
 	}
 
 	// What each path puts on the wire, through a delaying proxy, with a
@@ -232,7 +235,9 @@ type benchSide struct {
 	concurrency int
 	// replay sends the service's requests from the benchmark.
 	replay *replaySide
-	conn   string // its connection's name in /connz
+	// purge: the floor empties each stream before deleting it.
+	purge bool
+	conn  string // its connection's name in /connz
 	// Its own event stream, subjects and bucket (service sides).
 	stream, eventPrefix, flushedPrefix string
 
@@ -326,7 +331,7 @@ func (w *bench) stormChunk(s *benchSide, n int, count bool, label string) {
 	case s.replay != nil:
 		s.replay.run(first, n)
 	default:
-		w.deleteMany(first, n, s.concurrency, false)
+		w.deleteMany(first, n, s.concurrency, s.purge)
 	}
 	last := w.gone.waitAll(b, w.names, first, n, 5*time.Minute)
 	took := last.Sub(start)

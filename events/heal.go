@@ -64,8 +64,9 @@ func (in *Intake) consumerConfig() jetstream.ConsumerConfig {
 // ensureStream binds the event stream or creates it (created is then true);
 // with Bind a missing stream is an error wrapping errStreamMissing.
 func (in *Intake) ensureStream(ctx context.Context) (created bool, err error) {
-	_, err = in.js.Stream(ctx, in.cfg.Stream)
+	st, err := in.js.Stream(ctx, in.cfg.Stream)
 	if err == nil {
+		in.born.Store(st.CachedInfo().Created.UnixNano())
 		return false, nil
 	}
 	if !errors.Is(err, jetstream.ErrStreamNotFound) {
@@ -75,13 +76,17 @@ func (in *Intake) ensureStream(ctx context.Context) (created bool, err error) {
 		return false, fmt.Errorf("event stream %q does not exist: create it, or drop --bind-event-stream to let queue-janitor create it: %w",
 			in.cfg.Stream, errStreamMissing)
 	}
-	_, err = in.js.CreateStream(ctx, in.streamConfig())
+	st, err = in.js.CreateStream(ctx, in.streamConfig())
 	if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
-		return false, nil // another replica was first
+		if st, err = in.js.Stream(ctx, in.cfg.Stream); err == nil { // another replica was first
+			in.born.Store(st.CachedInfo().Created.UnixNano())
+		}
+		return false, err
 	}
 	if err != nil {
 		return false, fmt.Errorf("create event stream %q: %w", in.cfg.Stream, err)
 	}
+	in.born.Store(st.CachedInfo().Created.UnixNano())
 	return true, nil
 }
 
@@ -122,6 +127,10 @@ func (in *Intake) consumerGone(ctx context.Context, cons jetstream.Consumer) boo
 	}
 	ctx, cancel := context.WithTimeout(ctx, watchEvery)
 	defer cancel()
+	var boundCreated time.Time
+	if ci := cons.CachedInfo(); ci != nil {
+		boundCreated = ci.Created
+	}
 	// Asked twice, a moment apart, so that an answer given in the middle
 	// of a cluster's leader change does not restart a healthy consumer.
 	for i := range 2 {
@@ -132,7 +141,10 @@ func (in *Intake) consumerGone(ctx context.Context, cons jetstream.Consumer) boo
 			case <-time.After(250 * time.Millisecond):
 			}
 		}
-		_, err := cons.Info(ctx)
+		info, err := cons.Info(ctx)
+		if err == nil && cons.CachedInfo() != nil && !info.Created.Equal(boundCreated) {
+			return true // deleted and created again (by another replica): bind afresh
+		}
 		if !errors.Is(err, jetstream.ErrConsumerNotFound) && !errors.Is(err, jetstream.ErrStreamNotFound) {
 			return false
 		}

@@ -184,6 +184,10 @@ type Intake struct {
 	parkMu   sync.Mutex // orders parked.Add before unpark's Wait
 	halt     chan struct{}
 	haltOnce sync.Once
+	// born is when the event stream the intake is bound to was created
+	// (server time, Unix nanoseconds): an event stored before it came from
+	// a stream deleted since.
+	born atomic.Int64
 }
 
 // NewIntake returns an Intake; call Run to start it.
@@ -375,6 +379,17 @@ func (in *Intake) receive(base context.Context, msg jetstream.Msg) {
 	in.dispatch.submit(key, func() { in.process(base, msg, ev, err, received, 0) })
 }
 
+// ResultLostWithStream is the result of an event received before its event
+// stream was deleted: not acted on.
+const ResultLostWithStream = "lost_with_stream"
+
+// fromDeletedStream reports whether ev reached an event stream older than
+// the one the intake is bound to now.
+func (in *Intake) fromDeletedStream(ev JobStatus) bool {
+	born := in.born.Load()
+	return born != 0 && !ev.Stored.IsZero() && ev.Stored.UnixNano() < born
+}
+
 // process handles one message: it opens the consumer span (continuing the
 // producer's trace), runs the handler unless decoding failed, then settles.
 // parked is how long the event has already waited for its job.
@@ -414,7 +429,15 @@ func (in *Intake) process(base context.Context, msg jetstream.Msg, ev JobStatus,
 
 	var out Outcome
 	err := decodeErr
-	if err == nil {
+	switch {
+	case err == nil && in.fromDeletedStream(ev):
+		// Received before its stream was deleted (parked, or buffered):
+		// the records were rebuilt from the new stream, which does not hold
+		// it nor what followed it, so it is not acted on. Events not yet
+		// handled when their stream is deleted are lost.
+		out = Outcome{Decision: DecisionIgnore, Result: ResultLostWithStream,
+			Note: "the event stream it came from was deleted since; not acted on"}
+	case err == nil:
 		stop := in.keepAlive(msg)
 		out, err = in.handle(ctx, ev)
 		stop()

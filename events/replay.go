@@ -34,20 +34,20 @@ const replayBatch = 1000
 // Events calls fn with every event in the stream that decodes, oldest first,
 // with its stream sequence; its Stored is when it reached the stream. Events
 // that do not decode are skipped (the intake dead-letters them). It returns
-// the last sequence read: events published after it began are left to the
-// intake.
-func (r *Replayer) Events(ctx context.Context, fn func(seq uint64, ev JobStatus)) (uint64, error) {
+// the last sequence read (events published after it began are left to the
+// intake) and when the stream was created (zero when it does not exist).
+func (r *Replayer) Events(ctx context.Context, fn func(seq uint64, ev JobStatus)) (uint64, time.Time, error) {
 	st, err := r.js.Stream(ctx, r.stream)
 	if errors.Is(err, jetstream.ErrStreamNotFound) {
-		return 0, nil // nothing kept: the intake creates it
+		return 0, time.Time{}, nil // nothing kept: the intake creates it
 	}
 	if err != nil {
-		return 0, fmt.Errorf("replay event stream %q: %w", r.stream, err)
+		return 0, time.Time{}, fmt.Errorf("replay event stream %q: %w", r.stream, err)
 	}
 	info := st.CachedInfo()
-	last := info.State.LastSeq
+	last, born := info.State.LastSeq, info.Created
 	if info.State.Msgs == 0 {
-		return last, nil
+		return last, born, nil
 	}
 	// A consumer of its own that nothing acknowledges and the server
 	// removes once idle (the service may not delete consumers on the event
@@ -58,16 +58,16 @@ func (r *Replayer) Events(ctx context.Context, fn func(seq uint64, ev JobStatus)
 		MaxWaiting: 1,
 	})
 	if err != nil {
-		return 0, fmt.Errorf("replay event stream %q: %w", r.stream, err)
+		return 0, born, fmt.Errorf("replay event stream %q: %w", r.stream, err)
 	}
 	seq := uint64(0)
 	for seq < last {
 		if err := ctx.Err(); err != nil {
-			return seq, err
+			return seq, born, err
 		}
 		batch, err := oc.Fetch(replayBatch, jetstream.FetchMaxWait(2*time.Second))
 		if err != nil {
-			return seq, fmt.Errorf("replay event stream %q: %w", r.stream, err)
+			return seq, born, fmt.Errorf("replay event stream %q: %w", r.stream, err)
 		}
 		n := 0
 		for msg := range batch.Messages() {
@@ -85,13 +85,13 @@ func (r *Replayer) Events(ctx context.Context, fn func(seq uint64, ev JobStatus)
 			fn(seq, ev)
 		}
 		if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) {
-			return seq, fmt.Errorf("replay event stream %q: %w", r.stream, err)
+			return seq, born, fmt.Errorf("replay event stream %q: %w", r.stream, err)
 		}
 		if n == 0 {
 			break // the rest aged out or was deleted meanwhile
 		}
 	}
-	return seq, nil
+	return seq, born, nil
 }
 
 // AckFloor is the service's durable consumer's ack floor (0 when the

@@ -27,7 +27,14 @@ type effect struct {
 	prior *queue.Effect
 	// mark changes the record when the effect is done.
 	mark func(queue.Record) queue.Record
+	// stored is when the event that asks for it reached the event stream
+	// (zero for a sweep).
+	stored time.Time
 }
+
+// errFromDeletedStream is returned by run for an event that reached an
+// event stream deleted since (see gate.before): it is not acted on.
+var errFromDeletedStream = errors.New("the event came from an event stream deleted since")
 
 // run carries out e and returns what was removed; retry is true when the
 // claim lost a race and the decision must be taken again. The requests, in
@@ -100,6 +107,9 @@ func (h *Handler) run(ctx context.Context, e effect) (queue.Removal, string, boo
 		}
 	}
 	a := <-admitted
+	if a.err == nil && h.gate.before(e.stored) {
+		a.err = errFromDeletedStream
+	}
 	if a.err != nil {
 		c.release(ctx, intended, e.prior)
 		return nothing, "", false, a.err

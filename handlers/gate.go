@@ -56,6 +56,9 @@ type gate struct {
 
 	mu       sync.Mutex
 	verified time.Time // the incarnation last admitted
+	// from is when the event stream its records were rebuilt from was
+	// created (zero: not rebuilt here, or no rebuilder).
+	from time.Time
 }
 
 // known returns the incarnation last admitted (zero: none yet). Reads sent
@@ -84,15 +87,29 @@ func (g *gate) admit(ctx context.Context, before time.Time) (same bool, err erro
 		}
 	}
 	if g.rebuild != nil && !inc.Created.Equal(g.known()) {
-		if err := g.rebuild.ready(ctx, inc); err != nil {
+		from, err := g.rebuild.ready(ctx, inc)
+		if err != nil {
 			g.forget()
 			return false, err
 		}
+		g.mu.Lock()
+		g.from = from
+		g.mu.Unlock()
 	}
 	g.mu.Lock()
 	g.verified = inc.Created
 	g.mu.Unlock()
 	return !before.IsZero() && before.Equal(inc.Created), nil
+}
+
+// before reports whether an event stored at stored came from an event stream
+// older than the one the admitted bucket's records were rebuilt from: one
+// deleted since, whose events the records do not know, nor what followed
+// them.
+func (g *gate) before(stored time.Time) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return !stored.IsZero() && stored.Before(g.from)
 }
 
 func (g *gate) forget() {

@@ -308,7 +308,7 @@ func (h *Handler) act(ctx context.Context, k kind, ev events.JobStatus, rec queu
 	cause := causeOf(k, ev, rec)
 	out := events.Outcome{Decision: decisionOf(k)}
 	removal, result, retry, err := h.run(ctx, effect{
-		id: ev.JobID, next: next, rev: rev, fence: fenceFor(k, ev, rec), cause: cause, prior: unfinished(rec, cause),
+		id: ev.JobID, next: next, rev: rev, fence: fenceFor(k, ev, rec), cause: cause, prior: unfinished(rec, cause), stored: ev.Stored,
 		mark: func(cur queue.Record) queue.Record {
 			cur.CleanedAt = h.now().UTC()
 			if cur.EventID == next.EventID {
@@ -322,6 +322,13 @@ func (h *Handler) act(ctx context.Context, k kind, ev events.JobStatus, rec queu
 	})
 	if retry {
 		return out, true, nil
+	}
+	if errors.Is(err, errFromDeletedStream) {
+		// Not acted on, and not answered: its stream, and the records of
+		// what followed it, are gone (a backend waiting on a restart takes
+		// its fallback).
+		return events.Outcome{Decision: events.DecisionIgnore, Result: events.ResultLostWithStream,
+			Note: "the event stream it came from was deleted since, with what followed it; not acted on"}, false, nil
 	}
 	out.Removal = &removal
 	if err != nil {

@@ -17,8 +17,8 @@ import (
 type Replay interface {
 	// Events calls fn with every event in the stream that decodes, oldest
 	// first, with its stream sequence and Stored set; it returns the last
-	// sequence read.
-	Events(ctx context.Context, fn func(seq uint64, ev events.JobStatus)) (uint64, error)
+	// sequence read and when the stream was created.
+	Events(ctx context.Context, fn func(seq uint64, ev events.JobStatus)) (uint64, time.Time, error)
 	// AckFloor is the service's durable consumer's ack floor: every event
 	// at or below it was acknowledged, that is, its effect was recorded.
 	AckFloor(ctx context.Context) (uint64, error)
@@ -59,21 +59,22 @@ func WithRebuild(src Replay, markers MarkerStore, log zerolog.Logger, out **Rebu
 	}
 }
 
-// ready returns nil when inc's records are rebuilt, else a [NotReadyError]
-// after asking the Run loop to rebuild them.
-func (r *Rebuilder) ready(ctx context.Context, inc queue.Incarnation) error {
+// ready returns, when inc's records are rebuilt, the creation time of the
+// event stream they were rebuilt from; else a [NotReadyError] after asking
+// the Run loop to rebuild them.
+func (r *Rebuilder) ready(ctx context.Context, inc queue.Incarnation) (time.Time, error) {
 	m, rev, err := r.markers.RebuildMarker(ctx)
 	if err != nil {
-		return err
+		return time.Time{}, err
 	}
 	if rev != 0 && m.State == queue.RebuildDone && m.Incarnation.Equal(inc.Created) {
-		return nil
+		return m.EventsFrom, nil
 	}
 	select {
 	case r.kick <- struct{}{}:
 	default:
 	}
-	return &NotReadyError{Reason: "the key-value bucket's records are being rebuilt from the event stream", RetryAfter: 250 * time.Millisecond}
+	return time.Time{}, &NotReadyError{Reason: "the key-value bucket's records are being rebuilt from the event stream", RetryAfter: 250 * time.Millisecond}
 }
 
 // Run rebuilds the records whenever a claim finds the bucket without its
@@ -196,7 +197,7 @@ func (r *Rebuilder) rebuild(ctx context.Context) (queue.RebuildMarker, error) {
 	}
 	jobs := map[queue.JobID]*rebuilt{}
 	n := 0
-	last, err := r.src.Events(ctx, func(seq uint64, ev events.JobStatus) {
+	last, born, err := r.src.Events(ctx, func(seq uint64, ev events.JobStatus) {
 		n++
 		if !ev.HasQueue() {
 			return
@@ -234,7 +235,7 @@ func (r *Rebuilder) rebuild(ctx context.Context) (queue.RebuildMarker, error) {
 	if err := r.writeAll(ctx, jobs, floor); err != nil {
 		return queue.RebuildMarker{}, err
 	}
-	return queue.RebuildMarker{Through: last, Events: n, Jobs: len(jobs)}, nil
+	return queue.RebuildMarker{Through: last, Events: n, Jobs: len(jobs), EventsFrom: born}, nil
 }
 
 // newer orders two events of a job as the record does: by attempt when

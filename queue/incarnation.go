@@ -117,6 +117,10 @@ type RebuildMarker struct {
 	TTL   time.Duration `json:"ttl,omitempty"`
 	// Incarnation is the creation time of the bucket it was written for.
 	Incarnation time.Time `json:"incarnation"`
+	// EventsFrom is when the event stream replayed was created (server
+	// time): an event stored before it came from a stream deleted since,
+	// which the records do not know, nor what followed it.
+	EventsFrom time.Time `json:"events_from,omitzero"`
 	// Through is the last event-stream sequence replayed; Events and Jobs
 	// count what was read and written; TookMS how long it took.
 	Through uint64  `json:"through,omitempty"`

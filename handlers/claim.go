@@ -25,12 +25,14 @@ type claim struct {
 	id    queue.JobID
 	token string
 
-	mu       sync.Mutex
-	rec      queue.Record // as last written by this claim
-	rev      uint64
-	deadline time.Time
-	lost     bool
-	last     queue.Record // the record as a reload found it when the lease was lost
+	mu        sync.Mutex
+	rec       queue.Record // as last written by this claim
+	rev       uint64
+	deadline  time.Time
+	lost      bool
+	last      queue.Record // the record as a reload found it when the lease was lost
+	first     uint64       // the revision the claim wrote
+	intentRev uint64       // the revision its intent wrote, if any
 
 	stop chan struct{}
 	done chan struct{}
@@ -62,7 +64,7 @@ func (h *Handler) take(ctx context.Context, id queue.JobID, next queue.Record, r
 	if err != nil {
 		return nil, err
 	}
-	c := &claim{h: h, id: id, token: next.Lease.Token, rec: next, rev: newRev,
+	c := &claim{h: h, id: id, token: next.Lease.Token, rec: next, rev: newRev, first: newRev,
 		deadline: sent.Add(h.cfg.Lease - h.margin()), stop: make(chan struct{}), done: make(chan struct{})}
 	if h.renew {
 		go c.renewLoop(ctx)
@@ -199,7 +201,13 @@ func (c *claim) write(ctx context.Context, change func(queue.Record) queue.Recor
 // about to remove.
 func (c *claim) intend(ctx context.Context, e queue.Effect) error {
 	e.Token = c.token
-	return c.write(ctx, func(r queue.Record) queue.Record { r.Effect = &e; return r })
+	err := c.write(ctx, func(r queue.Record) queue.Record { r.Effect = &e; return r })
+	if err == nil {
+		c.mu.Lock()
+		c.intentRev = c.rev
+		c.mu.Unlock()
+	}
+	return err
 }
 
 // halt stops the renewals.
@@ -254,21 +262,23 @@ func landed(rec queue.Record, token string) bool {
 // release gives the lease back after a failure, so that the retry need not
 // wait for it to expire. A failure here is harmless: the lease expires. The
 // effect the claim intended stays recorded (a later attempt learns from it
-// what this one may have removed), unless undo says nothing was sent: then
-// the effect recorded before the claim is put back.
-func (c *claim) release(ctx context.Context, undo bool, before *queue.Effect) {
+// what this one may have removed). With unsent (no destructive request was
+// sent), the record is put back as it was before the claim (before), unless
+// another writer changed it meanwhile: the event the claim was for has not
+// been acted on, and may never be (an event of a deleted stream).
+func (c *claim) release(ctx context.Context, unsent bool, before queue.Record) {
 	c.halt()
 	c.mu.Lock()
-	rec, rev, lost := c.rec, c.rev, c.lost
+	rec, rev, lost, first := c.rec, c.rev, c.lost, c.first
 	c.mu.Unlock()
 	if lost {
 		return
 	}
 	next := rec
-	next.Lease = nil
-	if undo {
-		next.Effect = before
+	if unsent && rev == first || unsent && rec.Effect != nil && rec.Effect.Token == c.token && rev == c.intentRev {
+		next = before
 	}
+	next.Lease = nil
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
 	_, _ = c.h.records.Put(ctx, c.id, next, rev)

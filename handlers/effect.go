@@ -30,6 +30,9 @@ type effect struct {
 	// stored is when the event that asks for it reached the event stream
 	// (zero for a sweep).
 	stored time.Time
+	// before is the record as it was before the claim (zero: none), put
+	// back when the claim gives up without sending anything.
+	before queue.Record
 }
 
 // errFromDeletedStream is returned by run for an event that reached an
@@ -53,6 +56,9 @@ var errFromDeletedStream = errors.New("the event came from an event stream delet
 // removed was judged by reads that the claim covers.
 func (h *Handler) run(ctx context.Context, e effect) (queue.Removal, string, bool, error) {
 	nothing := h.nothing(e.id)
+	if h.gate.before(e.stored) {
+		return nothing, "", false, errFromDeletedStream
+	}
 	known := h.gate.known()
 	if known.IsZero() {
 		// No incarnation admitted yet (this process's first claim, or the
@@ -99,11 +105,9 @@ func (h *Handler) run(ctx context.Context, e effect) (queue.Removal, string, boo
 	}()
 	var plan queue.Plan
 	var planErr error
-	intended := false
 	if readSide && insErr == nil {
 		if plan, planErr = h.q.Plan(ctx, e.id, ins, e.fence, c); planErr == nil && !plan.Empty() {
 			planErr = c.intend(ctx, intentOf(e.cause, plan))
-			intended = planErr == nil
 		}
 	}
 	a := <-admitted
@@ -111,7 +115,7 @@ func (h *Handler) run(ctx context.Context, e effect) (queue.Removal, string, boo
 		a.err = errFromDeletedStream
 	}
 	if a.err != nil {
-		c.release(ctx, intended, e.prior)
+		c.release(ctx, true, e.before)
 		return nothing, "", false, a.err
 	}
 	if !a.same || !readSide || insErr != nil || planErr != nil {
@@ -124,7 +128,7 @@ func (h *Handler) run(ctx context.Context, e effect) (queue.Removal, string, boo
 			}
 		}
 		if err != nil {
-			c.release(ctx, false, nil)
+			c.release(ctx, true, e.before)
 			return nothing, "", false, err
 		}
 	}
@@ -132,7 +136,7 @@ func (h *Handler) run(ctx context.Context, e effect) (queue.Removal, string, boo
 	removal, err := h.q.Execute(ctx, plan, c)
 	credit(e.prior, ins, &removal)
 	if err != nil {
-		c.release(ctx, false, nil)
+		c.release(ctx, false, e.before)
 		return removal, "", false, err
 	}
 	outcome := resultOf(removal)

@@ -308,7 +308,7 @@ func (h *Handler) act(ctx context.Context, k kind, ev events.JobStatus, rec queu
 	cause := causeOf(k, ev, rec)
 	out := events.Outcome{Decision: decisionOf(k)}
 	removal, result, retry, err := h.run(ctx, effect{
-		id: ev.JobID, next: next, rev: rev, fence: fenceFor(k, ev, rec), cause: cause, prior: unfinished(rec, cause), stored: ev.Stored,
+		id: ev.JobID, next: next, rev: rev, fence: fenceFor(k, ev, rec), cause: cause, prior: unfinished(rec, cause), stored: ev.Stored, before: rec,
 		mark: func(cur queue.Record) queue.Record {
 			cur.CleanedAt = h.now().UTC()
 			if cur.EventID == next.EventID {

@@ -75,7 +75,7 @@ func (h *Handler) Sweep(ctx context.Context, req SweepRequest) (events.Outcome, 
 		lease := h.newLease(started)
 		claimed.Lease = &lease
 		cause := req.Trigger + ":" + lease.Token
-		removal, result, retry, err := h.run(ctx, effect{id: req.ID, next: claimed, rev: rev, fence: req.Fence, cause: cause,
+		removal, result, retry, err := h.run(ctx, effect{id: req.ID, next: claimed, rev: rev, fence: req.Fence, cause: cause, before: rec,
 			mark: func(cur queue.Record) queue.Record {
 				cur.CleanedAt = h.now().UTC()
 				if cur.EventID == rec.EventID {

@@ -2,6 +2,7 @@ package handlers
 
 import (
 	"slices"
+	"time"
 
 	"github.com/example/queue-janitor/events"
 	"github.com/example/queue-janitor/queue"
@@ -192,7 +193,7 @@ func fenceFor(k kind, ev events.JobStatus, rec queue.Record) queue.Fence {
 			at, cut = first, "the restart request first reached NATS"
 		}
 	}
-	f := queue.Fence{CreatedBefore: at, Cut: cut}
+	f := queue.Fence{CreatedBefore: at, Cut: cut, PurgeFirst: cleanedRecently(rec, ev.Stored)}
 	if ev.HasAttempt {
 		f.AttemptKnown, f.MaxAttempt = true, ev.Attempt
 		if k == kindRestart {
@@ -200,6 +201,21 @@ func fenceFor(k kind, ev events.JobStatus, rec queue.Record) queue.Fence {
 		}
 	}
 	return f
+}
+
+// recentCleanup is how long after the service last removed a job's queue a
+// removal of it empties the stream first (see queue.Fence.PurgeFirst): a
+// generous bound on the server's removal of a deleted stream's files.
+const recentCleanup = 15 * time.Minute
+
+// cleanedRecently reports whether the job's queue was removed within
+// recentCleanup of at (the record's time is its writer's clock; replicas'
+// clocks agree to well within that).
+func cleanedRecently(rec queue.Record, at time.Time) bool {
+	if at.IsZero() {
+		at = time.Now()
+	}
+	return !rec.CleanedAt.IsZero() && at.Sub(rec.CleanedAt) < recentCleanup
 }
 
 // claimRecord is the record that takes the job's lease for ev.

@@ -255,3 +255,24 @@ func TestLeaseCarriedOverKeepsItsEnd(t *testing.T) {
 		t.Fatal("the lease outlived its holder's last write by a pending")
 	}
 }
+
+// TestPurgeFirstWhenTheQueueWasRemovedRecently: a removal empties the stream
+// first only when the job's queue was removed within recentCleanup (a name
+// deleted twice in a short while can bring the first stream's messages back).
+func TestPurgeFirstWhenTheQueueWasRemovedRecently(t *testing.T) {
+	t.Parallel()
+	fresh := rec("a", events.StatusStarted, 1, 10, true)
+	recent := fresh
+	recent.CleanedAt = at(0)
+	old := fresh
+	old.CleanedAt = at(0).Add(-time.Hour)
+	for _, tc := range []struct {
+		name string
+		rec  queue.Record
+		want bool
+	}{{"never removed", fresh, false}, {"removed 20 s before", recent, true}, {"removed an hour before", old, false}} {
+		if got := fenceFor(kindTerminal, ev("t", events.StatusRevoked, 1, 20), tc.rec).PurgeFirst; got != tc.want {
+			t.Errorf("%s: PurgeFirst = %v, want %v", tc.name, got, tc.want)
+		}
+	}
+}

@@ -3,6 +3,7 @@ package handlers
 import (
 	"context"
 	"errors"
+	"time"
 
 	"github.com/example/queue-janitor/events"
 	"github.com/example/queue-janitor/queue"
@@ -75,7 +76,9 @@ func (h *Handler) Sweep(ctx context.Context, req SweepRequest) (events.Outcome, 
 		lease := h.newLease(started)
 		claimed.Lease = &lease
 		cause := req.Trigger + ":" + lease.Token
-		removal, result, retry, err := h.run(ctx, effect{id: req.ID, next: claimed, rev: rev, fence: req.Fence, cause: cause, before: rec,
+		fence := req.Fence
+		fence.PurgeFirst = fence.PurgeFirst || cleanedRecently(rec, time.Time{})
+		removal, result, retry, err := h.run(ctx, effect{id: req.ID, next: claimed, rev: rev, fence: fence, cause: cause, before: rec,
 			mark: func(cur queue.Record) queue.Record {
 				cur.CleanedAt = h.now().UTC()
 				if cur.EventID == rec.EventID {

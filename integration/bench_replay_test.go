@@ -143,12 +143,13 @@ func (r *replaySide) handle(msg jetstream.Msg) {
 	}()
 }
 
-// path is the service's requests for one terminal job, as the effect path
-// sends them since the safety rework (TestRequestsPerPath's table): the
-// claim (kv.create) beside the stream's read (with intake: the fence's
-// stream info), the intent (kv.update) beside the bucket's incarnation
-// check (its stream info), the purge beside the dead-letter delete, the
-// stream's delete, the record (kv.update). Keep it in step with that table.
+// path is the service's requests for one terminal job of a job it has no
+// record of, as the effect path sends them (TestRequestsPerPath's
+// "terminal, leftover"; keep the two in step): the claim (kv.create) beside
+// the stream's read (with intake: the fence's stream info), the intent
+// (kv.update) beside the bucket's incarnation check (its stream info), the
+// stream's and the dead-letter consumer's deletes at once (no purge: the job's
+// queue was not removed recently), the record (kv.update).
 func (r *replaySide) path(id queue.JobID, info bool) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -175,12 +176,9 @@ func (r *replaySide) path(id queue.JobID, info bool) error {
 		return err
 	}
 	err = atOnce(
-		func() error { return purgeStream(ctx, r.nc, stream) },
+		func() error { return r.js.DeleteStream(ctx, stream) },
 		func() error { return r.js.DeleteConsumer(ctx, names.AdvisoryStream, names.DeadLetterConsumerName(id)) })
 	if err != nil {
-		return err
-	}
-	if err := r.js.DeleteStream(ctx, stream); err != nil {
 		return err
 	}
 	_, err = r.kv.Update(ctx, key, recordBody, rev)

@@ -195,6 +195,8 @@ type Plan struct {
 	Consumers  int
 	// TaskConsumer is the job's task consumer's name.
 	TaskConsumer string
+	// Purge empties the stream before its delete (see Fence.PurgeFirst).
+	Purge bool
 	// Fence is the fence the plan was judged with; a retried delete of the
 	// dead-letter consumer, not looked up, judges what it finds with it.
 	Fence Fence
@@ -235,6 +237,7 @@ func (j *Janitor) Plan(ctx context.Context, id JobID, ins Inspection, fence Fenc
 		if ok {
 			p.DropStream, p.DropDeadLetter = true, true
 			p.Created, p.Messages, p.Consumers = s.Created, s.State.Msgs, s.State.Consumers
+			p.Purge = fence.PurgeFirst && s.State.Msgs > 0
 			return p, nil
 		}
 		p.Kept = append(p.Kept, fmt.Sprintf("stream %s: %s", p.Stream, why))
@@ -254,13 +257,9 @@ func (j *Janitor) Plan(ctx context.Context, id JobID, ins Inspection, fence Fenc
 
 // Execute removes what plan allows: the task stream (its task consumer goes
 // with it) and the job's dead-letter consumer on the shared advisory stream,
-// which itself is never deleted. A stream that holds messages is emptied
-// before it is deleted: nats-server (2.15.2, seen here under load) can
-// recreate a stream from the files of one just deleted when a stream of the
-// same name is created right after, bringing its messages back into the new
-// run (the backend creates the next run's stream the moment a restart is
-// answered, or when an operator presses Start right after a cleanup); an
-// emptied stream brings none back. Resources already gone count as clean.
+// which itself is never deleted. With plan.Purge the stream is emptied
+// before it is deleted (see Fence.PurgeFirst): an emptied stream brings no
+// messages back into the next run's. Resources already gone count as clean.
 //
 // Every request is sent only while auth allows, with a deadline no later than
 // auth's; the purge and the delete are two requests, each checked. A delete
@@ -283,7 +282,7 @@ func (j *Janitor) Execute(ctx context.Context, plan Plan, auth Authority) (Remov
 	err := both(
 		func() (err error) {
 			if plan.DropStream {
-				streamDone, err = j.deleteStream(ctx, plan.Stream, plan.Created, plan.Messages > 0, auth)
+				streamDone, err = j.deleteStream(ctx, plan.Stream, plan.Created, plan.Purge, auth)
 			}
 			return err
 		},

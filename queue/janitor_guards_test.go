@@ -91,7 +91,7 @@ func TestNoDeleteAfterTheAuthorityEndsDuringThePurge(t *testing.T) {
 	srv := &interceptServer{jsServer: jsServer{js: e.js}}
 	srv.onPurge = func(string) { mu.Lock(); now = now.Add(time.Hour); mu.Unlock() } // a pause past the deadline
 	j := e.janitor(WithServer(srv), WithClock(clock))
-	r, err := j.Remove(t.Context(), 1, Fence{CreatedBefore: time.Now().Add(time.Hour)}, fixedAuthority(now.Add(time.Minute)))
+	r, err := j.Remove(t.Context(), 1, Fence{CreatedBefore: time.Now().Add(time.Hour), PurgeFirst: true}, fixedAuthority(now.Add(time.Minute)))
 	if !errors.Is(err, ErrAuthorityExpired) {
 		t.Fatalf("Remove = %+v, %v; want ErrAuthorityExpired", r, err)
 	}
@@ -103,28 +103,30 @@ func TestNoDeleteAfterTheAuthorityEndsDuringThePurge(t *testing.T) {
 	}
 }
 
-// TestTerminalCleanupEmptiesTheStreamFirst: every removal of a stream that
-// holds messages purges it before deleting it (a stream created again right
-// after a plain delete can come back with the old messages).
-func TestTerminalCleanupEmptiesTheStreamFirst(t *testing.T) {
+// TestPurgeFirstEmptiesTheStreamBeforeDeletingIt: with PurgeFirst (the job's
+// queue was removed recently) a stream that holds messages is purged before
+// it is deleted; without it, it is deleted at once (one request fewer).
+func TestPurgeFirstEmptiesTheStreamBeforeDeletingIt(t *testing.T) {
 	t.Parallel()
-	e := setup(t)
-	e.provision(1, 5, ptr[int64](1))
-	var purged atomic.Bool
-	srv := &interceptServer{jsServer: jsServer{js: e.js}}
-	srv.onPurge = func(string) { purged.Store(true) }
-	srv.onDelete = func(context.Context, string, int) (bool, error) {
-		if !purged.Load() {
-			t.Error("the stream was deleted before it was emptied")
+	for _, purge := range []bool{true, false} {
+		e := setup(t)
+		e.provision(1, 5, ptr[int64](1))
+		var purged atomic.Bool
+		srv := &interceptServer{jsServer: jsServer{js: e.js}}
+		srv.onPurge = func(string) { purged.Store(true) }
+		srv.onDelete = func(context.Context, string, int) (bool, error) {
+			if purge && !purged.Load() {
+				t.Error("the stream was deleted before it was emptied")
+			}
+			return true, nil
 		}
-		return true, nil
-	}
-	r, err := e.janitor(WithServer(srv)).Remove(t.Context(), 1, Fence{AttemptKnown: true, MaxAttempt: 1}, nil)
-	if err != nil || r.MessagesDiscarded != 5 || e.streamMsgs(e.names.StreamName(1)) != -1 {
-		t.Fatalf("Remove = %+v, %v; want the stream and its 5 messages gone", r, err)
-	}
-	if !purged.Load() {
-		t.Fatal("no purge")
+		r, err := e.janitor(WithServer(srv)).Remove(t.Context(), 1, Fence{AttemptKnown: true, MaxAttempt: 1, PurgeFirst: purge}, nil)
+		if err != nil || r.MessagesDiscarded != 5 || e.streamMsgs(e.names.StreamName(1)) != -1 {
+			t.Fatalf("PurgeFirst %v: Remove = %+v, %v; want the stream and its 5 messages gone", purge, r, err)
+		}
+		if purged.Load() != purge {
+			t.Fatalf("PurgeFirst %v: purged %v", purge, purged.Load())
+		}
 	}
 }
 

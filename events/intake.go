@@ -612,6 +612,20 @@ func (in *Intake) settle(ctx context.Context, span trace.Span, msg jetstream.Msg
 	}
 	span.SetAttributes(attribute.String("queue_janitor.decision", string(out.Decision)),
 		attribute.String("queue_janitor.result", out.Result))
+	if r := out.Removal; r != nil {
+		// What was deleted and why, on the event's one span.
+		span.SetAttributes(attribute.StringSlice("queue_janitor.deleted", r.Deleted),
+			attribute.Int64("queue_janitor.messages_discarded", int64(min(r.MessagesDiscarded, 1<<62))))
+		if len(r.Kept) > 0 {
+			span.SetAttributes(attribute.StringSlice("queue_janitor.kept", r.Kept))
+		}
+		if r.Confirmed != "" {
+			span.SetAttributes(attribute.String("queue_janitor.confirmed", r.Confirmed))
+		}
+	}
+	if out.Note != "" {
+		span.SetAttributes(attribute.String("queue_janitor.note", out.Note))
+	}
 	if err != nil {
 		span.RecordError(err)
 		span.SetStatus(codes.Error, err.Error())

@@ -84,6 +84,18 @@ func (s *otlpSink) collect(data []byte) {
 				v := sinkSpan{name: sp.GetName(), trace: fmt.Sprintf("%x", sp.GetTraceId()),
 					start: time.Unix(0, int64(sp.GetStartTimeUnixNano())), end: time.Unix(0, int64(sp.GetEndTimeUnixNano()))}
 				s.spans[v.trace] = append(s.spans[v.trace], v)
+				// A JetStream call made inside a span is an event on it,
+				// stamped when the call ended, with its duration: the
+				// breakdown reads it as a span of its own.
+				for _, ev := range sp.GetEvents() {
+					end := time.Unix(0, int64(ev.GetTimeUnixNano()))
+					for _, a := range ev.GetAttributes() {
+						if a.GetKey() == "duration_ms" {
+							d := time.Duration(a.GetValue().GetDoubleValue() * float64(time.Millisecond))
+							s.spans[v.trace] = append(s.spans[v.trace], sinkSpan{name: ev.GetName(), trace: v.trace, start: end.Add(-d), end: end})
+						}
+					}
+				}
 				if strings.HasPrefix(v.name, "process ") {
 					for _, a := range sp.GetAttributes() {
 						if a.GetKey() == "job.id" {

@@ -106,10 +106,16 @@ func streamClosing(e *jetstream.APIError) bool {
 	return e.ErrorCode == 10051 && strings.Contains(e.Description, "stream closed")
 }
 
-// retrier runs one JetStream call under a [RetryPolicy], with a span for the
-// call. The first attempt runs in that span (its failure, if any, is recorded
-// there as an exception event); each retry gets a child span of its own,
-// "<op> retry", with retry.attempt and its error.
+// retrier runs one JetStream call under a [RetryPolicy], traced.
+//
+// A call made inside a recording span (an event's `process` span, the
+// reconciler's span for one job) is recorded on that span as a span event
+// named after the call, with its attributes, retry.attempts and duration_ms
+// (and error when it failed in the end); each failed attempt adds an event
+// "<op> failed" with retry.attempt and the error. One span per event thus
+// tells the whole story at a fraction of the cost of a span per call. A
+// call made outside any span (background checks) gets a client span of its
+// own, its failed attempts recorded on it the same way.
 type retrier struct {
 	policy   RetryPolicy
 	tracer   trace.Tracer
@@ -130,8 +136,13 @@ func newRetrier(policy RetryPolicy, tracer trace.Tracer, observer RetryObserver)
 // up. fn gets a context with the per-attempt deadline. The returned error is
 // fn's last error, wrapped with op.
 func (r retrier) do(ctx context.Context, op string, attrs []attribute.KeyValue, fn func(context.Context) error) error {
-	ctx, span := r.tracer.Start(ctx, op, trace.WithAttributes(attrs...), trace.WithSpanKind(trace.SpanKindClient))
-	defer span.End()
+	span := trace.SpanFromContext(ctx)
+	own := !span.IsRecording()
+	if own {
+		ctx, span = r.tracer.Start(ctx, op, trace.WithAttributes(attrs...), trace.WithSpanKind(trace.SpanKindClient))
+		defer span.End()
+	}
+	started := time.Now()
 
 	b := backoff.NewExponentialBackOff()
 	b.InitialInterval = r.policy.Initial
@@ -142,22 +153,12 @@ func (r retrier) do(ctx context.Context, op string, attrs []attribute.KeyValue, 
 	attempt := 0
 	operation := func() error {
 		attempt++
-		actx, aspan := ctx, span
-		if attempt > 1 {
-			actx, aspan = r.tracer.Start(ctx, op+" retry",
-				trace.WithAttributes(attribute.Int("retry.attempt", attempt)), trace.WithSpanKind(trace.SpanKindClient))
-		}
-		actx, cancel := context.WithTimeout(actx, r.policy.AttemptTimeout)
+		actx, cancel := context.WithTimeout(ctx, r.policy.AttemptTimeout)
 		err := fn(actx)
 		cancel()
-		if err != nil {
-			aspan.RecordError(err, trace.WithAttributes(attribute.Int("retry.attempt", attempt)))
-			if attempt > 1 {
-				aspan.SetStatus(codes.Error, err.Error())
-			}
-		}
-		if attempt > 1 {
-			aspan.End()
+		if err != nil && span.IsRecording() {
+			span.AddEvent(op+" failed", trace.WithAttributes(attribute.Int("retry.attempt", attempt),
+				attribute.String("error", err.Error())))
 		}
 		if err != nil && !IsTransient(err) {
 			return backoff.Permanent(err)
@@ -166,10 +167,22 @@ func (r retrier) do(ctx context.Context, op string, attrs []attribute.KeyValue, 
 	}
 	notify := func(err error, wait time.Duration) { r.observer(ctx, op, attempt, err, wait) }
 	err := backoff.RetryNotify(operation, backoff.WithContext(b, ctx), notify)
-	span.SetAttributes(attribute.Int("retry.attempts", attempt))
+	switch {
+	case own:
+		span.SetAttributes(attribute.Int("retry.attempts", attempt))
+		if err != nil {
+			span.SetStatus(codes.Error, err.Error())
+		}
+	case span.IsRecording():
+		ev := make([]attribute.KeyValue, 0, len(attrs)+3)
+		ev = append(append(ev, attrs...), attribute.Int("retry.attempts", attempt),
+			attribute.Float64("duration_ms", float64(time.Since(started).Microseconds())/1000))
+		if err != nil {
+			ev = append(ev, attribute.String("error", err.Error()))
+		}
+		span.AddEvent(op, trace.WithAttributes(ev...))
+	}
 	if err != nil {
-		span.RecordError(err)
-		span.SetStatus(codes.Error, err.Error())
 		return fmt.Errorf("%s: %w", op, err)
 	}
 	return nil

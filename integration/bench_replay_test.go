@@ -184,16 +184,3 @@ func (r *replaySide) path(id queue.JobID, info bool) error {
 	_, err = r.kv.Update(ctx, key, recordBody, rev)
 	return err
 }
-
-// purgeStream sends the purge request itself, without the stream lookup
-// that jetstream.Stream would add.
-func purgeStream(ctx context.Context, nc *nats.Conn, stream string) error {
-	resp, err := nc.RequestWithContext(ctx, "$JS.API.STREAM.PURGE."+stream, nil)
-	if err != nil {
-		return err
-	}
-	if !bytes.Contains(resp.Data, []byte(`"success":true`)) && !bytes.Contains(resp.Data, []byte("not found")) {
-		return fmt.Errorf("purge %s: %s", stream, resp.Data)
-	}
-	return nil
-}

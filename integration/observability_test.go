@@ -147,7 +147,6 @@ func findSpan(spans []sdktrace.ReadOnlySpan, name string) sdktrace.ReadOnlySpan 
 	return nil
 }
 
-
 func spanNames(spans []sdktrace.ReadOnlySpan) []string {
 	var out []string
 	for _, s := range spans {
@@ -410,4 +409,3 @@ func eventHas(ev sdktrace.Event, key string) bool {
 	}
 	return false
 }
-

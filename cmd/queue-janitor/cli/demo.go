@@ -125,9 +125,14 @@ func newDemoWorld(ctx context.Context, url string, cfg Config) (*demoWorld, erro
 	return &demoWorld{nc: nc, js: js, names: cfg.Names, cfg: cfg}, ctx.Err()
 }
 
+// demoHangGuard bounds each wait of the demo for the service (to start, to
+// answer an event) and for the server. It only guards against a hang: each
+// wait ends as soon as what it waits for happens, however slow the machine.
+const demoHangGuard = 2 * time.Minute
+
 // waitForService waits until the service's consumer is pulling events.
 func (d *demoWorld) waitForService(ctx context.Context, served <-chan error) error {
-	deadline := time.Now().Add(30 * time.Second)
+	deadline := time.Now().Add(demoHangGuard)
 	for time.Now().Before(deadline) {
 		select {
 		case err := <-served:
@@ -141,7 +146,7 @@ func (d *demoWorld) waitForService(ctx context.Context, served <-chan error) err
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	return errors.New("the service did not start consuming within 30s")
+	return fmt.Errorf("the service did not start consuming within %s", demoHangGuard)
 }
 
 // demoReport holds what the demo measured.
@@ -280,13 +285,27 @@ func awaitAcks(ctx context.Context, js jetstream.JetStream) error {
 	}
 }
 
+// drainHangGuard bounds a drain that makes no progress at all. It only
+// guards against a hang: a drain ends when the consumer's state says every
+// task was delivered and acknowledged, however long a busy machine takes.
+const drainHangGuard = 5 * time.Minute
+
 // drain is the worker: it takes up to limit tasks (all when limit < 0) from
 // the job's consumer, acking each, and counts repeats in seen.
+//
+// Taking all ends on the consumer's state, not on an empty fetch: an empty
+// fetch on a busy machine says only that no task came within the fetch's
+// wait. The worker stops when the consumer has nothing left to deliver and
+// no delivered task waits for its ack (NumPending and NumAckPending both 0,
+// read after the acks were flushed to the server). A task the server sent
+// to a fetch that had already given up is pending its ack, and comes back
+// after the consumer's AckWait: the worker waits for it.
 func (d *demoWorld) drain(ctx context.Context, id queue.JobID, limit int, seen map[int]int) (n, dups int, err error) {
 	cons, err := d.js.Consumer(ctx, d.names.StreamName(id), d.names.ConsumerName(id))
 	if err != nil {
 		return 0, 0, err
 	}
+	lastProgress := time.Now()
 	for limit < 0 || n < limit {
 		batch := 1000
 		if limit >= 0 {
@@ -318,24 +337,79 @@ func (d *demoWorld) drain(ctx context.Context, id queue.JobID, limit int, seen m
 		if msgs.Error() != nil {
 			return n, dups, msgs.Error()
 		}
-		if got == 0 && limit < 0 {
-			break
+		if got > 0 {
+			lastProgress = time.Now()
+		}
+		if got == batch {
+			continue
+		}
+		// A short batch: the queue may be empty, or the machine slow.
+		if limit < 0 {
+			done, err := d.drained(ctx, cons)
+			if err != nil {
+				return n, dups, err
+			}
+			if done {
+				return n, dups, nil
+			}
+			if time.Since(lastProgress) > drainHangGuard {
+				info := cons.CachedInfo()
+				return n, dups, fmt.Errorf("draining job %d: no task delivered for %s after %d; the consumer, as last read, had %d still to deliver and %d waiting for their ack",
+					id, drainHangGuard, n, info.NumPending, info.NumAckPending)
+			}
+		} else if time.Since(lastProgress) > drainHangGuard {
+			return n, dups, fmt.Errorf("taking %d tasks of job %d: no task delivered for %s after %d", limit, id, drainHangGuard, n)
+		}
+		if err := ctx.Err(); err != nil {
+			return n, dups, err
 		}
 	}
-	return n, dups, d.nc.FlushTimeout(10 * time.Second)
+	return n, dups, d.nc.FlushTimeout(time.Minute)
 }
 
-func (d *demoWorld) state(ctx context.Context, id queue.JobID) queueState {
-	s, err := d.js.Stream(ctx, d.names.StreamName(id))
-	if err != nil {
-		return queueState{}
+// drained reports whether the consumer has delivered every task and holds
+// no ack pending, after the worker's acks have reached the server. A server
+// too busy to answer in time is not an error: the state is read again after
+// the next fetch.
+func (d *demoWorld) drained(ctx context.Context, cons jetstream.Consumer) (bool, error) {
+	if err := d.nc.FlushTimeout(time.Minute); err != nil {
+		return false, fmt.Errorf("flush the worker's acks: %w", err)
 	}
-	return queueState{exists: true, messages: s.CachedInfo().State.Msgs}
+	info, err := cons.Info(ctx)
+	switch {
+	case isTimeout(err):
+		return false, ctx.Err()
+	case err != nil:
+		return false, fmt.Errorf("read the worker's consumer: %w", err)
+	}
+	return info.NumPending == 0 && info.NumAckPending == 0, nil
+}
+
+// state reads the job's stream: gone (or unreadable) is the zero state. A
+// server too busy to answer in time is asked again.
+func (d *demoWorld) state(ctx context.Context, id queue.JobID) queueState {
+	deadline := time.Now().Add(demoHangGuard)
+	for {
+		s, err := d.js.Stream(ctx, d.names.StreamName(id))
+		switch {
+		case err == nil:
+			return queueState{exists: true, messages: s.CachedInfo().State.Msgs}
+		case isTimeout(err) && ctx.Err() == nil && time.Now().Before(deadline):
+			continue
+		default:
+			return queueState{}
+		}
+	}
+}
+
+// isTimeout tells a request that got no answer in time.
+func isTimeout(err error) bool {
+	return errors.Is(err, nats.ErrTimeout) || errors.Is(err, context.DeadlineExceeded)
 }
 
 func awaitResult(sub *nats.Subscription) (events.QueueResult, error) {
 	defer func() { _ = sub.Unsubscribe() }()
-	m, err := sub.NextMsg(30 * time.Second)
+	m, err := sub.NextMsg(demoHangGuard)
 	if err != nil {
 		return events.QueueResult{}, err
 	}

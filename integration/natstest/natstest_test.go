@@ -4,6 +4,7 @@ import (
 	"os/exec"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go/jetstream"
@@ -16,7 +17,7 @@ func TestRestartKeepsStreams(t *testing.T) {
 	t.Parallel()
 	s := RunServer(t)
 	url := s.URL()
-	_, js := Connect(t, url)
+	nc, js := Connect(t, url)
 	if _, err := js.CreateStream(t.Context(), jetstream.StreamConfig{Name: "S", Subjects: []string{"s.>"}}); err != nil {
 		t.Fatal(err)
 	}
@@ -29,10 +30,15 @@ func TestRestartKeepsStreams(t *testing.T) {
 	if s.Running() {
 		t.Fatal("running after Stop")
 	}
+	// A request written before the client has seen its connection drop is
+	// lost with the old socket: wait for the client to see the outage, and
+	// after the restart to be back, before asking.
+	waitFor(t, "the client to see the server gone", func() bool { return !nc.IsConnected() })
 	s.Restart(t)
 	if !s.Running() || s.URL() != url || !s.JetStreamIsLeader() {
 		t.Fatalf("after Restart: running %v, URL %s (was %s), leader %v", s.Running(), s.URL(), url, s.JetStreamIsLeader())
 	}
+	waitFor(t, "the client to reconnect", func() bool { return nc.IsConnected() && nc.Stats().Reconnects >= 1 })
 	st, err := js.Stream(t.Context(), "S")
 	if err != nil {
 		t.Fatal(err)
@@ -85,5 +91,15 @@ func TestExternalSupports(t *testing.T) {
 	o.Users = []*server.User{{Username: "u"}}
 	if err := externalSupports(o); err == nil || !strings.Contains(err.Error(), "Users, Accounts") {
 		t.Errorf("accounts and users: %v, want them named", err)
+	}
+}
+
+// waitFor polls cond until it holds; the minute only guards against a hang.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(time.Minute); !cond(); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("waited a minute for %s", what)
+		}
 	}
 }

@@ -316,18 +316,18 @@ func TestBindEventStream(t *testing.T) {
 				t.Parallel()
 				e := setup(t)
 				args := append(baseArgs(e.url), tc.extra...)
-				const timeout = 20 * time.Second
+				// A start-up failure ends serve at once: it does not sit there,
+				// unready and silent, until it is stopped (here by the end of
+				// its context, far beyond the second or so it takes).
+				const timeout = 2 * time.Minute
 				start := time.Now()
 				err := serveOnceEnv(t, args, func(k string) string { return tc.env[k] }, timeout)
 				took := time.Since(start)
 				if err == nil {
 					t.Fatal("serve --bind-event-stream without the event stream returned no error")
 				}
-				// A start-up failure ends serve at once: it does not sit there,
-				// unready and silent, until it is stopped.
-				if took > timeout/2 {
-					t.Errorf("serve returned its start-up error only after %s, when its context ended (timeout %s)",
-						took.Round(time.Millisecond), timeout)
+				if took >= timeout {
+					t.Errorf("serve returned its start-up error only when its context ended (timeout %s)", timeout)
 				}
 				for _, want := range []string{`event stream "` + tc.stream + `" does not exist`, "create it", "--bind-event-stream"} {
 					if !strings.Contains(err.Error(), want) {

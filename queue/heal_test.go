@@ -143,7 +143,9 @@ func TestStorePingAnswersAtOnceWhenDisconnected(t *testing.T) {
 	e.srv.Stop()
 	eventually(t, 10*time.Second, "the client to notice", func() bool { return e.nc.Status() != nats.CONNECTED })
 
-	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	// Before, Ping waited for its context: a minute here, which Ping must
+	// not reach (it answers well under a millisecond).
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 	defer cancel()
 	start := time.Now()
 	err := s.Ping(ctx)
@@ -151,11 +153,8 @@ func TestStorePingAnswersAtOnceWhenDisconnected(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "NATS connection is") {
 		t.Errorf("Ping with the server down = %v, want the connection's state", err)
 	}
-	// The bound is far above what it takes (well under a millisecond) so
-	// that a noisy machine cannot fail it; before, Ping waited for its
-	// context (10 s here).
-	if took > time.Second {
-		t.Errorf("Ping with the server down took %s", took)
+	if ctx.Err() != nil {
+		t.Errorf("Ping with the server down waited for its context (%s): %v", took, err)
 	}
 	t.Logf("Ping with the server down answered in %s: %v", took, err)
 }

@@ -11,22 +11,30 @@ import (
 	"time"
 )
 
-// readyz runs one /readyz request against checks and returns the status,
-// the failed checks and how long it took.
-func readyz(t *testing.T, checks map[string]Check) (int, map[string]string, time.Duration) {
+// readyz runs one /readyz request against checks and returns the status
+// and the failed checks. A request that does not answer within a minute
+// fails the test: the minute only guards against a hang.
+func readyz(t *testing.T, checks map[string]Check) (int, map[string]string) {
 	t.Helper()
 	req := httptest.NewRequestWithContext(t.Context(), http.MethodGet, "/readyz", nil)
 	rec := httptest.NewRecorder()
-	start := time.Now()
-	HealthHandler(checks, nil).ServeHTTP(rec, req)
-	took := time.Since(start)
+	served := make(chan struct{})
+	go func() {
+		defer close(served)
+		HealthHandler(checks, nil).ServeHTTP(rec, req)
+	}()
+	select {
+	case <-served:
+	case <-time.After(time.Minute):
+		t.Fatal("/readyz did not answer within a minute")
+	}
 	var body struct {
 		Failed map[string]string `json:"failed"`
 	}
 	if err := json.Unmarshal(rec.Body.Bytes(), &body); err != nil {
 		t.Fatalf("/readyz body %q: %v", rec.Body.String(), err)
 	}
-	return rec.Code, body.Failed, took
+	return rec.Code, body.Failed
 }
 
 // TestReadyzRunsChecksConcurrently: two checks that each need the other to
@@ -45,35 +53,33 @@ func TestReadyzRunsChecksConcurrently(t *testing.T) {
 			}
 		}
 	}
-	code, failed, _ := readyz(t, map[string]Check{"a": waitFor(aStarted, bStarted), "b": waitFor(bStarted, aStarted)})
+	code, failed := readyz(t, map[string]Check{"a": waitFor(aStarted, bStarted), "b": waitFor(bStarted, aStarted)})
 	if code != http.StatusOK {
 		t.Errorf("/readyz = %d, failed %v; want 200 with both checks run at once", code, failed)
 	}
 }
 
 // TestReadyzAnswersWhileACheckHangs: NATS is down (its check fails at
-// once) and the bucket check would wait for a server that does not answer;
-// /readyz still answers 503 within CheckTimeout, naming both.
+// once) and the bucket check hangs, deaf to its context, until the test
+// ends; /readyz still answers 503, naming both, the hanging one as
+// unanswered within CheckTimeout. Before, the hanging check held the answer.
 func TestReadyzAnswersWhileACheckHangs(t *testing.T) {
 	t.Parallel()
-	code, failed, took := readyz(t, map[string]Check{
+	hang := make(chan struct{})
+	t.Cleanup(func() { close(hang) })
+	code, failed := readyz(t, map[string]Check{
 		"nats":     func(context.Context) error { return errors.New("NATS connection is RECONNECTING") },
 		"consumer": func(context.Context) error { return nil },
-		"kv": func(ctx context.Context) error {
-			<-ctx.Done()
-			return ctx.Err()
+		"kv": func(context.Context) error {
+			<-hang
+			return errors.New("answered after the test")
 		},
 	})
-	if code != http.StatusServiceUnavailable || !strings.Contains(failed["nats"], "RECONNECTING") || failed["kv"] == "" {
-		t.Errorf("/readyz = %d, failed %v; want 503 naming nats and kv", code, failed)
+	if code != http.StatusServiceUnavailable || !strings.Contains(failed["nats"], "RECONNECTING") ||
+		failed["kv"] != "no answer within "+CheckTimeout.String() {
+		t.Errorf("/readyz = %d, failed %v; want 503 naming nats, and kv as unanswered", code, failed)
 	}
 	if _, ok := failed["consumer"]; ok {
 		t.Errorf("the passing consumer check is reported failed: %v", failed)
 	}
-	// Far above CheckTimeout, for a noisy machine; before, the hanging
-	// check held the answer for 2 s.
-	if limit := CheckTimeout + time.Second; took > limit {
-		t.Errorf("/readyz took %s with a hanging check, want under %s", took, limit)
-	}
-	t.Logf("/readyz with a hanging check answered in %s", took)
 }

@@ -150,7 +150,9 @@ func (c *countingLister) JobStreams(ctx context.Context, fn func(queue.JobStream
 
 // TestOneSweeperAtATime: two replicas run the reconciler; only one sweeps
 // per interval; when the holder dies without releasing the lease, the other
-// takes over once the lease runs out.
+// takes over once the lease runs out. The lease (5 s) is 50 intervals: a
+// holder starved of the CPU for less than that keeps it, so that a busy
+// machine does not hand it over while the holder lives.
 func TestOneSweeperAtATime(t *testing.T) {
 	t.Parallel()
 	srv := natstest.RunServer(t)
@@ -159,7 +161,7 @@ func TestOneSweeperAtATime(t *testing.T) {
 		cancel context.CancelFunc
 		done   chan struct{}
 	}
-	const interval, ttl = 100 * time.Millisecond, time.Second
+	const interval, ttl = 100 * time.Millisecond, 5 * time.Second
 	start := func(owner string) *replica {
 		_, js := natstest.Connect(t, srv.URL())
 		store, err := queue.OpenStore(t.Context(), js, queue.StoreConfig{Bucket: "queue_janitor_jobs", Replicas: 1})
@@ -180,7 +182,11 @@ func TestOneSweeperAtATime(t *testing.T) {
 		return r
 	}
 	a, b := start("replica-a"), start("replica-b")
-	time.Sleep(1500 * time.Millisecond)
+	// Through ten passes of the first to sweep, the other never sweeps.
+	const passes = 10
+	eventually(t, time.Minute, "a replica's first passes", func() bool {
+		return a.lister.passes.Load() >= passes || b.lister.passes.Load() >= passes
+	})
 	pa, pb := a.lister.passes.Load(), b.lister.passes.Load()
 	if (pa == 0) == (pb == 0) {
 		t.Fatalf("passes: a=%d b=%d; exactly one replica must sweep", pa, pb)
@@ -192,7 +198,7 @@ func TestOneSweeperAtATime(t *testing.T) {
 	holder.cancel() // dies holding the lease
 	<-holder.done
 	before := other.lister.passes.Load()
-	eventually(t, 5*time.Second, "the other replica to take over", func() bool { return other.lister.passes.Load() > before })
+	eventually(t, time.Minute, "the other replica to take over", func() bool { return other.lister.passes.Load() > before })
 	t.Logf("handover after the holder died: passes a=%d b=%d", a.lister.passes.Load(), b.lister.passes.Load())
 }
 

@@ -173,9 +173,21 @@ wait:
 		code, body := httpGet(t, "http://"+addr+"/readyz")
 		readyz = body
 		if code == http.StatusOK {
-			time.Sleep(500 * time.Millisecond) // a reconciler pass or two
+			// What the capture must hold: an event handled (its span). A
+			// busy machine takes its time; the minute guards a hang.
+			for end := time.Now().Add(time.Minute); !spanEnded(rec, "process job.status."); time.Sleep(50 * time.Millisecond) {
+				if time.Now().After(end) {
+					t.Errorf("serve was ready but handled no event within a minute")
+					break
+				}
+			}
+			time.Sleep(500 * time.Millisecond) // a reconciler pass or two, more output to search
 			_, metrics = httpGet(t, "http://"+addr+"/metrics")
-			_, readyz = httpGet(t, "http://"+addr+"/readyz")
+			// Both answers are searched; the later one may be unready on a
+			// busy machine (a check out of its time), which is not this
+			// test's matter.
+			_, later := httpGet(t, "http://"+addr+"/readyz")
+			readyz += "\n" + later
 			cancel()
 			err = <-done
 			break
@@ -190,6 +202,16 @@ wait:
 	}
 	return fmt.Sprintf("stdout:\n%s\nstderr:\n%s\nerror: %v\n/readyz: %s\n/metrics:\n%s\nspans:\n%s", stdout.String(),
 		stderr.String(), err, readyz, metrics, dumpSpans(rec.Ended())), err
+}
+
+// spanEnded reports whether a span whose name starts with prefix has ended.
+func spanEnded(rec *tracetest.SpanRecorder, prefix string) bool {
+	for _, s := range rec.Ended() {
+		if strings.HasPrefix(s.Name(), prefix) {
+			return true
+		}
+	}
+	return false
 }
 
 func assertNoSecret(t *testing.T, c secretCase, what, out string) {

@@ -9,15 +9,6 @@ import (
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 )
 
-func intAttr(s sdktrace.ReadOnlySpan, key string) (int64, bool) {
-	for _, kv := range s.Attributes() {
-		if kv.Key == attribute.Key(key) {
-			return kv.Value.AsInt64(), true
-		}
-	}
-	return 0, false
-}
-
 // TestRemoveTracesEachActionAndAttempt: every JetStream call made inside
 // the caller's span is an event on that span, with its attributes, its
 // attempts and its duration; no span of its own.

@@ -227,6 +227,7 @@ func TestSlowServerDoesNotChurnTheConnection(t *testing.T) {
 		e.provision(queue.JobID(i+1), 10, events.Attempt(1))
 	}
 	logs := &syncBuffer{}
+	answers := subscribe(t, e.nc, "job.queue.cleaned.*")
 	startServe(t, e.js, append(baseArgs(proxy.URL()), "--retry-attempt-timeout", "500ms", "--log-level", "info"),
 		zerolog.MultiLevelWriter(logs, zerolog.NewTestWriter(t)))
 	var wg sync.WaitGroup
@@ -243,5 +244,20 @@ func TestSlowServerDoesNotChurnTheConnection(t *testing.T) {
 	t.Logf("%d jobs through a server slow on deletes: %d connection closes, %d redeliveries", jobs, closes, redelivered)
 	if closes != 0 {
 		t.Errorf("%d connection closes for a server that only answered late", closes)
+	}
+	// Nothing killed: every answer tells the truth, once per job.
+	eventually(t, time.Minute, "an answer for every job", func() bool { return answers.count() >= jobs })
+	per := map[queue.JobID]int{}
+	for _, m := range answers.all() {
+		a := decodeEmitted(t, m).Data
+		per[a.JobID]++
+		if a.Outcome != events.OutcomeRemoved || a.MessagesDiscarded != 10 || !slices.Contains(a.Deleted, "stream "+e.names.StreamName(a.JobID)) {
+			t.Errorf("job %d: answered %s, %d messages, deleted %v; want removed, 10, its stream", a.JobID, a.Outcome, a.MessagesDiscarded, a.Deleted)
+		}
+	}
+	for id, n := range per {
+		if n != 1 {
+			t.Errorf("job %d answered %d times", id, n)
+		}
 	}
 }

@@ -65,7 +65,9 @@ func (r *Replayer) Events(ctx context.Context, fn func(seq uint64, ev JobStatus)
 		if err := ctx.Err(); err != nil {
 			return seq, born, err
 		}
-		batch, err := oc.Fetch(replayBatch, jetstream.FetchMaxWait(2*time.Second))
+		// Ask for no more than is left, so that the fetch returns as soon
+		// as it has them instead of waiting out its time for more.
+		batch, err := oc.Fetch(int(min(last-seq, replayBatch)), jetstream.FetchMaxWait(2*time.Second))
 		if err != nil {
 			return seq, born, fmt.Errorf("replay event stream %q: %w", r.stream, err)
 		}

@@ -34,7 +34,8 @@ func (v verdict) String() string {
 }
 
 // compare orders an event against the newest event in the record: by
-// attempt when both carry one and they differ, else by when each reached the
+// attempt when both carry one and they differ (and of one attempt, its
+// restart request first), else by when each reached the
 // event stream (server time), else (a version 1 record, or an event that did
 // not come through the event stream) by transition time. It returns -1
 // (older), 0 (same instant) or +1 (newer).
@@ -47,6 +48,18 @@ func compare(ev events.JobStatus, rec queue.Record) int {
 			return -1
 		}
 		return 1
+	}
+	if ev.HasAttempt && rec.Attempt != nil {
+		// Of one run, its restart request comes first: it starts the run,
+		// whose other events follow it whenever a copy of the request
+		// arrives (a re-sent one, after the run's end).
+		evRestart, recRestart := ev.Status == events.StatusRestartRequested, rec.Status == string(events.StatusRestartRequested)
+		switch {
+		case evRestart && !recRestart:
+			return -1
+		case recRestart && !evRestart:
+			return 1
+		}
 	}
 	if !ev.Stored.IsZero() && !rec.Stored.IsZero() {
 		return ev.Stored.Compare(rec.Stored)
@@ -159,7 +172,7 @@ func supersedes(rec queue.Record, ev events.JobStatus) bool {
 	if ev.HasAttempt && rec.Attempt != nil && ev.Attempt < *rec.Attempt {
 		return true
 	}
-	return rec.State != queue.StateRunning
+	return rec.State == queue.StateTerminal || rec.State == queue.StateFlushed
 }
 
 // resumes reports whether a restart request resumes the last restart request

@@ -21,7 +21,13 @@ func ev(id string, status events.Status, attempt int64, sec int) events.JobStatu
 }
 
 func rec(id string, status events.Status, attempt int64, sec int, done bool) queue.Record {
-	r := queue.Record{EventID: id, Status: string(status), Time: at(sec), Stored: at(sec), Done: done}
+	r := queue.Record{EventID: id, Status: string(status), Time: at(sec), Stored: at(sec), Done: done, State: queue.StateRunning}
+	switch status {
+	case events.StatusRestartRequested:
+		r.State = queue.StateFlushed
+	case events.StatusRevoked, events.StatusFailure, events.StatusCancelled:
+		r.State = queue.StateTerminal
+	}
 	if attempt >= 0 {
 		r.Attempt = &attempt
 	}
@@ -152,6 +158,13 @@ func TestDecide(t *testing.T) {
 			running(rec("p", events.StatusPending, -1, 25, true)), true, verdictAct},
 		{"restart older than a later attempt's status is stale", kindRestart, ev("r2", restart, 2, 20),
 			running(rec("p3", events.StatusPending, 3, 25, true)), true, verdictStale},
+		// Of one run, its restart request comes first, whenever a copy of it
+		// arrives (found by the history test after an event stream was lost
+		// and rebuilt without the original).
+		{"the run's end after a re-sent copy of its restart request acts", kindTerminal, ev("c4", events.StatusCancelled, 4, 20),
+			rec("r4", restart, 4, 30, true), true, verdictAct},
+		{"a re-sent restart request after its run's end is not newer", kindRestart, ev("r4x", restart, 4, 40),
+			rec("c4", events.StatusCancelled, 4, 30, true), true, verdictStale},
 		// A copy of an event published again after newer ones (an outbox
 		// that re-sends) is not newer than they are (found by the model
 		// checker, without attempts).

@@ -238,11 +238,15 @@ func (r *Rebuilder) rebuild(ctx context.Context) (queue.RebuildMarker, error) {
 	return queue.RebuildMarker{Through: last, Events: n, Jobs: len(jobs), EventsFrom: born}, nil
 }
 
-// newer orders two events of a job as the record does: by attempt when
-// both carry one and they differ, else by arrival at the event stream.
+// newer orders two events of a job as the record does (see compare): by
+// attempt when both carry one and they differ, of one attempt its restart
+// request first, else by arrival at the event stream.
 func newer(a, b events.JobStatus) bool {
 	if a.HasAttempt && b.HasAttempt && a.Attempt != b.Attempt {
 		return a.Attempt > b.Attempt
+	}
+	if a.HasAttempt && b.HasAttempt && (a.Status == events.StatusRestartRequested) != (b.Status == events.StatusRestartRequested) {
+		return b.Status == events.StatusRestartRequested // a run's restart request comes first
 	}
 	return a.Stored.After(b.Stored)
 }

@@ -155,7 +155,11 @@ func (in *Intake) consumerGone(ctx context.Context, cons jetstream.Consumer) boo
 // recover sets the stream and consumer up again, retrying with backoff
 // until it succeeds or ctx is done (it then returns ctx's error). Ready
 // says what is going on meanwhile.
-func (in *Intake) recover(ctx context.Context) (jetstream.Consumer, error) {
+func (in *Intake) recover(ctx context.Context, prev jetstream.Consumer) (jetstream.Consumer, error) {
+	var prevCreated time.Time
+	if ci := prev.CachedInfo(); ci != nil {
+		prevCreated = ci.Created
+	}
 	in.setProblem(fmt.Sprintf("event consumer %s/%s lost on the server; recreating it", in.cfg.Stream, in.cfg.Consumer))
 	in.drainSignals()
 	wait := recoverFirst
@@ -170,7 +174,7 @@ func (in *Intake) recover(ctx context.Context) (jetstream.Consumer, error) {
 			return nil, ctx.Err()
 		case <-time.After(wait):
 		}
-		cons, err := in.rebind(ctx, &toldMissing)
+		cons, err := in.rebind(ctx, prevCreated, &toldMissing)
 		if err == nil {
 			return cons, nil
 		}
@@ -178,8 +182,10 @@ func (in *Intake) recover(ctx context.Context) (jetstream.Consumer, error) {
 	}
 }
 
-// rebind is one attempt of recover.
-func (in *Intake) rebind(ctx context.Context, toldMissing *bool) (jetstream.Consumer, error) {
+// rebind is one attempt of recover; prevCreated is when the consumer last
+// bound was created, to tell a consumer created again from the same one
+// bound afresh.
+func (in *Intake) rebind(ctx context.Context, prevCreated time.Time, toldMissing *bool) (jetstream.Consumer, error) {
 	if err := queue.Connected(in.js); err != nil {
 		in.setProblem(fmt.Sprintf("event consumer %s/%s not bound: %v; waiting for NATS", in.cfg.Stream, in.cfg.Consumer, err))
 		return nil, err
@@ -210,7 +216,12 @@ func (in *Intake) rebind(ctx context.Context, toldMissing *bool) (jetstream.Cons
 		in.setProblem(fmt.Sprintf("event consumer %s/%s: %v; retrying", in.cfg.Stream, in.cfg.Consumer, err))
 		return nil, err
 	}
-	if !created {
+	switch ci := cons.CachedInfo(); {
+	case created:
+	case ci != nil && ci.Created.Equal(prevCreated):
+		in.log.Info().Str("stream", in.cfg.Stream).Str("consumer", in.cfg.Consumer).
+			Msg("event consumer bound again (it was still there)")
+	default:
 		in.log.Warn().Str("stream", in.cfg.Stream).Str("consumer", in.cfg.Consumer).
 			Msg("event consumer was deleted on the server; recreated")
 	}

@@ -274,7 +274,7 @@ func (in *Intake) Run(ctx context.Context) error {
 		} else {
 			in.setProblem(fmt.Sprintf("consume %s/%s: %v; retrying", in.cfg.Stream, in.cfg.Consumer, err))
 		}
-		if cons, err = in.recover(ctx); err != nil {
+		if cons, err = in.recover(ctx, cons); err != nil {
 			// Only ctx ends recovery: wait for the events still in flight.
 			in.stopping.Store(true)
 			in.unpark()

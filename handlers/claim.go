@@ -50,7 +50,7 @@ func (h *Handler) margin() time.Duration { return h.cfg.Lease / 4 }
 // take writes next, whose Lease is a new one, over revision rev. On success
 // the claim is held and renewed until it ends; [queue.ErrConflict] means
 // another writer got there first. A write whose reply was lost and whose
-// retry conflicted with itself is recognised by its token.
+// retry conflicted with itself is recognized by its token.
 func (h *Handler) take(ctx context.Context, id queue.JobID, next queue.Record, rev uint64) (*claim, error) {
 	sent := h.now()
 	newRev, err := h.records.Put(ctx, id, next, rev)

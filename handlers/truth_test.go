@@ -70,7 +70,7 @@ func TestRepeatedAnswerCarriesTheCounts(t *testing.T) {
 
 // TestLostReplyToTheLastRecordWriteIsNotALostLease: the finishing write
 // lands but its reply is lost, so its retry conflicts with itself. The
-// claim recognises its own write; the effect is answered `removed`.
+// claim recognizes its own write; the effect is answered `removed`.
 func TestLostReplyToTheLastRecordWriteIsNotALostLease(t *testing.T) {
 	t.Parallel()
 	w := setup(t)

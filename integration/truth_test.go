@@ -156,7 +156,7 @@ func (s *lostLastReply) Put(ctx context.Context, id queue.JobID, rec queue.Recor
 }
 
 // TestLostReplyToTheLastRecordWrite (27.4): the claim's own last write
-// landed; its reply was lost. The claim recognises its write and answers
+// landed; its reply was lost. The claim recognizes its write and answers
 // removed with the counts, instead of "the claim's lease was taken over".
 func TestLostReplyToTheLastRecordWrite(t *testing.T) {
 	t.Parallel()

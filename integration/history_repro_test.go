@@ -14,8 +14,8 @@ import (
 
 // Reproductions of what TestRandomHistories found with bucket losses and
 // PENDING between a restart request and its answer, each reduced to a
-// deterministic case through serve on a real server. They fail until the
-// service is changed; each says what it expects.
+// deterministic case through serve on a real server. Each failed on the
+// code before its fix (named in its comment) and passes since.
 
 // TestRestartParkedWhileItsPendingIsRecordedIsStillFlushed: a Start right
 // after REVOKED whose restart request finds the job's lease held (another
@@ -27,7 +27,9 @@ import (
 // event is the PENDING), so the backend gives up the Start
 // (RestartSuperseded) and the leftover stays. Seen in the histories as
 // "LIVENESS: restart ... answered stale" (193 of 510 histories' restarts
-// with base seed 1796513553371592493).
+// with base seed 1796513553371592493). Fails at 7a72a7e (answered stale, 5
+// leftover tasks); fixed by 91ed1e0 (a restart request is superseded only by
+// a newer terminal status or restart request, or a later attempt).
 func TestRestartParkedWhileItsPendingIsRecordedIsStillFlushed(t *testing.T) {
 	t.Parallel()
 	e := setup(t)
@@ -68,6 +70,9 @@ func TestRestartParkedWhileItsPendingIsRecordedIsStillFlushed(t *testing.T) {
 // histories as "LIVENESS: job N ended failure but job_N still exists" with
 // the terminal event logged "stale ... record has newer event
 // N-restart_requested-..." (4 to 6 jobs in 130 bucket-loss histories).
+// Fails at 7a72a7e (run 2's stream still there after 20 s); fixed by
+// 91ed1e0 (the record keeps the ids of its last newest events, and the
+// rebuild takes a copy for the event it repeats).
 func TestRebuildDoesNotTakeAResentRestartForTheNewestEvent(t *testing.T) {
 	t.Parallel()
 	e := setup(t)
@@ -103,10 +108,10 @@ func TestRebuildDoesNotTakeAResentRestartForTheNewestEvent(t *testing.T) {
 // (kept_later_run), but the reconciler then removes run 2's stream as
 // "created after the job ended, with no restart since". The history test
 // counts such deletions as outside the promise (unstamped streams after an
-// event-stream loss); this case runs only with QJ_HISTORY_REPRO_STRAGGLER=1
-// until it is decided whether the service should drop the events of a lost
-// event stream (as docs say: "events not yet handled are lost") or the
-// limit be documented.
+// event-stream loss). Fails at 3084977's parent (the straggler answered
+// kept_later_run, then run 2's stream gone); fixed by 3084977 and 6986f00:
+// an event stored before the event stream the records were rebuilt from is
+// not acted on by any replica (lost_with_stream).
 func TestStragglerAfterEventStreamLossDoesNotLetTheReconcilerRemoveALaterRun(t *testing.T) {
 	t.Parallel()
 	e := setup(t)

@@ -79,7 +79,7 @@ func (r *Replayer) Events(ctx context.Context, fn func(seq uint64, ev JobStatus)
 				continue
 			}
 			seq = meta.Sequence.Stream
-			ev, err := r.decoder.Decode(msg.Subject(), msg.Headers(), msg.Data())
+			ev, err := r.decoder.Decode(msg.Subject(), msg.Headers(), msg.Data()) //nolint:contextcheck // no I/O
 			if err != nil {
 				continue
 			}

@@ -117,7 +117,7 @@ func decide(k kind, ev events.JobStatus, rec queue.Record, exists, busy bool) ve
 		}
 		return verdictAct
 	}
-	if ev.ID != rec.EventID && slices.Contains(rec.Seen, ev.ID) && !(k == kindRestart && repeatedRestart(ev, rec)) {
+	if ev.ID != rec.EventID && slices.Contains(rec.Seen, ev.ID) && (k != kindRestart || !repeatedRestart(ev, rec)) {
 		// A copy of an event already taken into account, published again
 		// after newer ones: it is not newer than they are.
 		if k == kindOther {

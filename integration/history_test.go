@@ -717,7 +717,7 @@ func (g *historyGroup) provision(ctx context.Context, j *jobPlan, attempt *int64
 		}
 		err = queue.Provision(ctx, g.js, g.names, j.id, attempt)
 		var apiErr *jetstream.APIError
-		if err == nil || !queue.IsTransient(err) && !(errors.As(err, &apiErr) && apiErr.Code == 500) {
+		if err == nil || !queue.IsTransient(err) && (!errors.As(err, &apiErr) || apiErr.Code != 500) {
 			return err
 		}
 	}

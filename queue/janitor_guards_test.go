@@ -57,7 +57,7 @@ func TestRetriedDeleteKeepsAStreamCreatedSinceTheFenceJudged(t *testing.T) {
 		if err := (jsServer{js: e.js}).DeleteStream(ctx, stream); err != nil {
 			t.Errorf("the first delete: %v", err)
 		}
-		if err := Provision(context.Background(), e.js, e.names, 1, ptr[int64](2)); err != nil {
+		if err := Provision(ctx, e.js, e.names, 1, ptr[int64](2)); err != nil {
 			t.Errorf("run 2's stream: %v", err)
 		}
 		return false, context.DeadlineExceeded

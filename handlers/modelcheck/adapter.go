@@ -27,17 +27,19 @@ const (
 	opEmit
 	opList
 	opTaskConsumer
+	opPurge  // purge stream: its messages go, the stream stays
+	opResume // not a request: a paused replica waits to go on (Config.MaxPauses)
 )
 
 var opNames = [...]string{"kv get", "kv put", "server time", "stream info", "consumer info", "delete stream",
-	"delete consumer", "answer", "list job streams", "task consumer info"}
+	"delete consumer", "answer", "list job streams", "task consumer info", "purge stream", "resume"}
 
 func (o op) String() string { return opNames[o] }
 
 // effect reports whether the request is one of an effect's JetStream calls,
 // sent under a claim's authority (the janitor's four calls).
 func (o op) effect() bool {
-	return o == opStreamInfo || o == opConsumerInfo || o == opDeleteStream || o == opDeleteConsumer
+	return o == opStreamInfo || o == opConsumerInfo || o == opDeleteStream || o == opDeleteConsumer || o == opPurge
 }
 
 // errCrashed answers every request of a crashed replica: its goroutine
@@ -84,7 +86,7 @@ func (c *call) target() string {
 	switch c.op {
 	case opGet, opPut, opTaskConsumer:
 		return fmt.Sprintf("job %d", c.job)
-	case opStreamInfo, opDeleteStream:
+	case opStreamInfo, opDeleteStream, opPurge:
 		return c.stream
 	case opConsumerInfo, opDeleteConsumer:
 		return c.stream + "/" + c.consumer
@@ -116,6 +118,12 @@ func (x *exec) do(ctx context.Context, c *call) reply {
 	c.t = t
 	t.calls++
 	c.seq = t.calls
+	if !c.op.effect() {
+		// A pause that no authority check followed is over: the record
+		// writes and answers are not checked against the claim's deadline
+		// (a request pending for long is modelled by the request itself).
+		t.paused = false
+	}
 	if x.cfg.Mutation == MutAnswerBeforeRecord && c.op == opPut && c.rec.Lease == nil && c.rec.Done && t.ev != nil {
 		x.earlyAnswer(t)
 	}
@@ -169,22 +177,37 @@ func (s server) DeleteStream(ctx context.Context, stream string) error {
 	return s.x.do(ctx, &call{op: opDeleteStream, stream: stream}).err
 }
 
-// PurgeStream is, in the model, a request that only looks: the model
-// tracks which resources exist, not their messages (the purge guards
-// against a server that brings a deleted stream's messages back).
+// PurgeStream empties the stream: its tasks go, the stream and its
+// consumers stay. Purging a run's tasks is judged like deleting its stream
+// (world.mayDelete).
 func (s server) PurgeStream(ctx context.Context, stream string) error {
-	rep := s.x.do(ctx, &call{op: opStreamInfo, stream: stream})
-	switch {
-	case rep.err != nil:
-		return rep.err
-	case rep.sinfo == nil:
-		return queue.ErrGone
-	}
-	return nil
+	return s.x.do(ctx, &call{op: opPurge, stream: stream}).err
 }
 
 func (s server) DeleteConsumer(ctx context.Context, stream, consumer string) error {
 	return s.x.do(ctx, &call{op: opDeleteConsumer, stream: stream, consumer: consumer}).err
+}
+
+// pausePoint is where a replica may stand still (Config.MaxPauses): the
+// janitor reads its clock just before each authority check (and after a
+// failed request), so a task marked paused by the scheduler blocks here,
+// after the reply of its last request and before its next check, until a
+// resume step. Every goroutine of the task (the janitor deletes the stream
+// and the dead-letter consumer concurrently) waits alike, so the state
+// does not depend on which reaches it first.
+func (x *exec) pausePoint(a *actor) {
+	x.mu.Lock()
+	t := a.task
+	if t == nil || !t.paused || t.crashed || x.closing {
+		x.mu.Unlock()
+		return
+	}
+	c := &call{op: opResume, t: t, reply: make(chan reply, 1)}
+	t.calls++
+	c.seq = t.calls
+	x.pending = append(x.pending, c)
+	x.mu.Unlock()
+	<-c.reply
 }
 
 // emitter publishes the answers ([handlers.Emitter]).

@@ -2,6 +2,7 @@ package modelcheck
 
 import (
 	"fmt"
+	"sort"
 	"strings"
 
 	"github.com/example/queue-janitor/events"
@@ -17,6 +18,7 @@ const (
 	bRestart                   // publish restart_requested for the next run
 	bWait                      // wait for job.queue.flushed answering it
 	bStarted                   // publish the run's started event (a status that is only recorded)
+	bPending                   // publish the next run's pending status, before the answer came (Config.PendingBetween)
 )
 
 // backend is the job backend: a script over runs 1 and 2 of job 7.
@@ -29,10 +31,14 @@ type backend struct {
 	tries  int
 	gaveUp string
 	nextID int
+	lastAt stamp // when the last restart request was stored
 }
 
 func newBackend(cfg Config) backend {
 	s := []bstep{bCreateStream, bCreateDLQ, bTerminal, bRestart, bWait, bCreateStream, bCreateDLQ}
+	if cfg.PendingBetween {
+		s = []bstep{bCreateStream, bCreateDLQ, bTerminal, bRestart, bPending, bWait, bCreateStream, bCreateDLQ}
+	}
 	if cfg.Run2Started {
 		s = append(s, bStarted)
 	}
@@ -44,7 +50,11 @@ func newBackend(cfg Config) backend {
 
 func (b *backend) done() bool { return b.pc >= len(b.script) || b.gaveUp != "" }
 
-func (b *backend) waiting() bool { return !b.done() && b.script[b.pc] == bWait }
+// waiting reports whether the backend waits for the answer to its restart
+// request (publishing its pending status meanwhile counts as waiting).
+func (b *backend) waiting() bool {
+	return !b.done() && (b.script[b.pc] == bWait || b.script[b.pc] == bPending)
+}
 
 func (b *backend) key(sb *strings.Builder) {
 	fmt.Fprintf(sb, "back=%d/%d/%v/%d/%s;", b.pc, b.run, b.sent, b.tries, b.gaveUp)
@@ -73,7 +83,7 @@ func (x *exec) backendEnabled() bool {
 	switch {
 	case b.done():
 		return false
-	case b.waiting():
+	case b.script[b.pc] == bWait:
 		return x.answered() != nil
 	}
 	return true
@@ -123,12 +133,14 @@ func (x *exec) backendStep() string {
 	case bTerminal:
 		e := x.publish(events.StatusRevoked, b.run)
 		return fmt.Sprintf("backend: publishes %s for run %d, stored at %s", e.label(), b.run, e.Stored)
+	case bPending:
+		return x.pendingStatus()
 	case bStarted:
 		e := x.publish(events.StatusStarted, b.run)
 		return fmt.Sprintf("backend: publishes %s for run %d, stored at %s", e.label(), b.run, e.Stored)
 	case bRestart:
 		e := x.publish(events.StatusRestartRequested, b.run+1)
-		b.sent, b.tries, b.reqAt = []string{e.ID}, 1, len(w.Events)-1
+		b.sent, b.tries, b.reqAt, b.lastAt = []string{e.ID}, 1, len(w.Events)-1, e.Stored
 		return fmt.Sprintf("backend: Start → publishes %s for run %d, stored at %s; waits for flushed", e.label(), b.run+1, e.Stored)
 	case bWait:
 		a := x.answered()
@@ -138,17 +150,49 @@ func (x *exec) backendStep() string {
 		}
 		b.run++
 		line := fmt.Sprintf("backend: flushed answer to %s (%s) → run %d may publish", a.Cause, a.Outcome, b.run)
-		for _, r := range w.Resources {
-			if r.Run > 0 && r.Run < b.run {
-				line += fmt.Sprintf("  ← VIOLATION (handshake): flushed while run %d's %s is still there", r.Run, r.Key)
-				if x.violated == "" {
-					x.violated = fmt.Sprintf("flushed answered while run %d's %s is still there", r.Run, r.Key)
-				}
+		for _, k := range sortedKeys(w.Resources) {
+			r := w.Resources[k]
+			if r.Run == 0 || r.Run >= b.run {
+				continue
+			}
+			if k == streamKey(names.StreamName(job)) && r.Msgs == 0 {
+				// Emptied by a purge whose delete did not follow: no task of
+				// the earlier run can reach the new one.
+				line += fmt.Sprintf("  (run %d's %s is still there, emptied)", r.Run, r.Key)
+				continue
+			}
+			what := "is still there"
+			if r.Msgs > 0 {
+				what = fmt.Sprintf("still holds %d tasks", r.Msgs)
+			}
+			line += fmt.Sprintf("  ← VIOLATION (handshake): flushed while run %d's %s %s", r.Run, r.Key, what)
+			if x.violated == "" {
+				x.violated = fmt.Sprintf("flushed answered (%s, to %s) while run %d's %s %s", a.Outcome, a.Cause, r.Run, r.Key, what)
 			}
 		}
 		return line
 	}
 	return ""
+}
+
+// pendingStatus publishes the next run's pending status while the backend
+// waits for the answer to its restart request (Config.PendingBetween), as
+// Antenna does between Start and the new round (the Celery prerun signal
+// sets PENDING), before the answer came. Its place in the script is fixed,
+// right after the request: it is handled in any order with the others.
+func (x *exec) pendingStatus() string {
+	b := &x.back
+	e := x.publish(events.StatusPending, b.run+1)
+	return fmt.Sprintf("backend: publishes %s for run %d while it waits, stored at %s", e.label(), b.run+1, e.Stored)
+}
+
+func sortedKeys(m map[string]*resource) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
 }
 
 // reask is the backend's timeout: it publishes restart_requested again
@@ -162,6 +206,7 @@ func (x *exec) reask() string {
 	x.w.Events = append(x.w.Events, e)
 	b.sent = append(b.sent, e.ID)
 	b.tries++
+	b.lastAt = e.Stored
 	return fmt.Sprintf("backend: no answer yet (timeout) → publishes %s again, stored at %s", e.label(), e.Stored)
 }
 

@@ -47,9 +47,18 @@ type task struct {
 	calls   int
 	crashed bool
 	done    bool
-	out     events.Outcome
-	err     error
-	obs     strings.Builder // what it has observed, for the state hash
+	// paused: the task stands still before its next authority check
+	// (pausePoint) until a resume step.
+	paused bool
+	// MutNoCheckAfterPurge: a purge was answered; the next authority
+	// check sees no deadline.
+	skipCheck bool
+	// MutRetryIgnoresCreation: the creation time first seen of each
+	// resource this task looked up.
+	seen map[string]time.Time
+	out  events.Outcome
+	err  error
+	obs  strings.Builder // what it has observed, for the state hash
 }
 
 // context is the context of the task's requests: the adapter tells by it
@@ -77,6 +86,8 @@ type exec struct {
 	usedR    int  // renewals used
 	usedD    int  // duplicates used
 	usedP    int  // reconciler passes used
+	usedL    int  // bucket losses used
+	usedZ    int  // pauses used
 	violated string
 	history  []string
 	activity int  // steps by anyone but the clock and the reconciler
@@ -99,15 +110,25 @@ func newExec(cfg Config, settle func()) *exec {
 func (x *exec) newActor(name string, offset time.Duration, reconciler bool) *actor {
 	a := &actor{name: name, offset: offset}
 	clock := func() time.Time { return x.w.Now.time().Add(offset) }
-	jclock := clock
+	jclock := func() time.Time {
+		// The janitor reads its clock just before each authority check:
+		// where a paused replica stands still.
+		x.pausePoint(a)
+		return clock()
+	}
 	if x.cfg.Mutation == MutAuthorityNeverExpires {
 		// The janitor judges the authority by a clock that never reaches
 		// any deadline.
 		jclock = func() time.Time { return base.Add(-24 * time.Hour) }
 	}
 	var srv queue.Server = server{x}
-	if x.cfg.Mutation == MutFenceIgnoresCreation {
+	switch x.cfg.Mutation {
+	case MutFenceIgnoresCreation:
 		srv = ancientServer{server{x}}
+	case MutRetryIgnoresCreation:
+		srv = sameCreationServer{server{x}, x, a}
+	case MutNoCheckAfterPurge:
+		srv = purgeMarkingServer{server{x}, x, a}
 	}
 	owner := "replica-" + name
 	if reconciler {
@@ -123,7 +144,11 @@ func (x *exec) newActor(name string, offset time.Duration, reconciler bool) *act
 	if x.cfg.Mutation == MutLeaseByHolderClock {
 		recs = holderClockRecords{records{x}}
 	}
-	a.h = handlers.New(jan, recs, emitter{x}, hcfg, handlers.WithClock(clock), handlers.WithoutRenewal(),
+	var q handlers.Queue = jan
+	if x.cfg.Mutation == MutNoCheckAfterPurge {
+		q = uncheckedAfterPurge{jan, x, a}
+	}
+	a.h = handlers.New(q, recs, emitter{x}, hcfg, handlers.WithClock(clock), handlers.WithoutRenewal(),
 		handlers.WithClaimHook(func(c handlers.ClaimHandle) {
 			x.mu.Lock()
 			defer x.mu.Unlock()
@@ -326,6 +351,8 @@ func (x *exec) serve(c *call, f fault) string {
 		what = describeFound(w, consumerKey(c.stream, c.consumer))
 	case opDeleteStream, opDeleteConsumer:
 		what = x.delete(c, f, &rep)
+	case opPurge:
+		what = x.purge(c, f, &rep)
 	case opEmit:
 		a := answer{Kind: c.kind, Cause: c.res.CauseEventID, Outcome: c.res.Outcome, Trigger: c.res.Trigger, Lost: f == faultLostReply}
 		w.Answers = append(w.Answers, a)
@@ -495,7 +522,7 @@ func (x *exec) delete(c *call, f fault, rep *reply) string {
 		w.tick()
 		w.Deleted = append(w.Deleted, key)
 		what = "DELETED " + r.describe()
-		if why := w.mayDelete(r); why != "" {
+		if why := w.mayDelete(r, "deleted"); why != "" {
 			what += "  ← " + why
 			if x.violated == "" {
 				x.violated = why
@@ -507,6 +534,68 @@ func (x *exec) delete(c *call, f fault, rep *reply) string {
 		what += ", reply lost"
 	}
 	return what
+}
+
+// purge empties a stream (its tasks go; the stream and its consumers stay),
+// checking the safety property: purging a run's tasks is judged like
+// deleting its stream.
+func (x *exec) purge(c *call, f fault, rep *reply) string {
+	w := x.w
+	if f == faultDrop {
+		rep.err = errNoReply
+		return "request dropped: not applied, no reply"
+	}
+	r, ok := w.Resources[streamKey(c.stream)]
+	var what string
+	switch {
+	case !ok:
+		rep.err = queue.ErrGone
+		what = "nothing there"
+	case r.Msgs == 0:
+		w.tick()
+		what = "purged " + r.describe() + " (it held no tasks)"
+	default:
+		n := r.Msgs
+		r.Msgs = 0
+		w.tick()
+		what = fmt.Sprintf("PURGED %s: %d tasks gone", r.describe(), n)
+		if why := w.mayDelete(r, "purged"); why != "" {
+			what += "  ← " + why
+			if x.violated == "" {
+				x.violated = why
+			}
+		}
+	}
+	if f == faultLostReply {
+		rep.err = errNoReply
+		what += ", reply lost"
+	}
+	return what
+}
+
+// resume lets a paused task go on: every goroutine of it waiting at its
+// pause point (pausePoint) proceeds to its authority check.
+func (x *exec) resume(a *actor) string {
+	t := a.task
+	x.mu.Lock()
+	t.paused = false
+	var mine []*call
+	for _, c := range x.pending {
+		if c.t == t && c.op == opResume {
+			mine = append(mine, c)
+		}
+	}
+	x.mu.Unlock()
+	for _, c := range mine {
+		x.remove(c)
+		c.reply <- reply{}
+	}
+	t.obs.WriteString("resumed|")
+	// A task paused after a failed request goes on into the janitor's
+	// backoff: let its timer fire.
+	x.slept = true
+	return fmt.Sprintf("replica %s: resumes at %s (its clock: %s; its deadline %s)", a.name, x.w.Now,
+		x.now(a).Sub(base), t.claim.Deadline().Sub(base))
 }
 
 // errs for the crashed and the buffered.

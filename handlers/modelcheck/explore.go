@@ -30,6 +30,35 @@ type Config struct {
 	// lease renewals; MaxDuplicates duplicate publications; MaxPasses
 	// reconciler passes; MaxReasks the backend's repeated restart requests.
 	MaxFaults, MaxCrashes, MaxRenewals, MaxDuplicates, MaxPasses, MaxReasks int
+
+	// MaxLosses bounds the fault "the bucket is lost" (world.lose): every
+	// record and lease vanishes and the store goes on with an empty bucket,
+	// its revisions starting again at 1. RecordExpiry makes the fault job
+	// 7's record expiring instead (revisions go on; only when no lease in it
+	// runs).
+	MaxLosses    int
+	RecordExpiry bool
+	// PendingBetween: the backend may publish the next run's pending status
+	// (with the new attempt) between its restart request and the answer.
+	PendingBetween bool
+	// MaxPauses bounds pauses: after the reply to one of an effect's
+	// requests, its replica stands still before its next authority check
+	// (between the fence's read and the delete, between the purge and the
+	// delete, before a retry) while other steps, ticks included, run.
+	// PauseAfterFailureOnly allows them only after a request that failed
+	// (the retry's backoff and reconnection).
+	MaxPauses             int
+	PauseAfterFailureOnly bool
+	// Prompt: an effect's request reaches the server before any other step
+	// (no other replica, backend step or tick while one is in flight);
+	// only a pause or a fault opens a gap within an effect.
+	Prompt bool
+	// DropStreamDeleteOnly: the only fault is a dropped stream delete.
+	DropStreamDeleteOnly bool
+	// ReaskAfter: the backend asks again only once that many seconds of
+	// server time passed since its last request (0: at any time). Its
+	// timeout (30 s by default) is longer than the lease (12 s).
+	ReaskAfter int
 	// MaxStates stops the exploration after that many states (0: no
 	// limit); the result then says it was cut short.
 	MaxStates int
@@ -38,6 +67,9 @@ type Config struct {
 	// StopAtFirst stops at the first violation instead of searching on for
 	// a shorter one.
 	StopAtFirst bool
+	// SafetyOnly ignores liveness violations, so that a longer safety
+	// counterexample is not hidden by a shorter liveness one.
+	SafetyOnly bool
 }
 
 // Result is what an exploration found.
@@ -121,7 +153,11 @@ func Explore(cfg Config, settle func(), clock func() time.Time) Result {
 			}
 			if len(steps) == 0 {
 				res.Leaves++
-				if why := x.complete(); why != "" && res.record(settle, path, why, since) {
+				why := x.complete()
+				if cfg.SafetyOnly && strings.HasPrefix(why, "LIVENESS") {
+					why = ""
+				}
+				if why != "" && res.record(settle, path, why, since) {
 					maxSteps = depth - 1
 				}
 				leaf = true
@@ -251,6 +287,18 @@ func (x *exec) complete() string {
 	return fmt.Sprintf("LIVENESS: no quiescence within %d steps of the fair completion", limit)
 }
 
+// supersededRestart reports whether a restart request for a run after the
+// one the backend waited for was published: only then may its own request
+// be answered stale.
+func (x *exec) supersededRestart() bool {
+	for _, e := range x.w.Events {
+		if e.restart() && e.Run > x.back.run+1 {
+			return true
+		}
+	}
+	return false
+}
+
 func (x *exec) pendingEvents() int {
 	n := 0
 	for _, e := range x.w.Events {
@@ -266,6 +314,10 @@ func (x *exec) pendingEvents() int {
 func (x *exec) liveness() string {
 	if x.back.waiting() {
 		return "LIVENESS: the restart request was never answered (the backend gave up after 3 tries)"
+	}
+	if x.back.gaveUp != "" && !x.supersededRestart() {
+		return fmt.Sprintf("LIVENESS: the restart request for run %d was answered stale, though no later request superseded it: the backend never starts the run",
+			x.back.run+1)
 	}
 	var last *modelEvent
 	for _, e := range x.w.Events {

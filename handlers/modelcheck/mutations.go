@@ -36,6 +36,16 @@ const (
 	// buffer (the abort does not discard it) and reach the server later, at
 	// any step, even after its claim ended or its replica crashed.
 	MutReconnectBuffer
+	// MutRetryIgnoresCreation disables the retried delete's comparison of
+	// creation times (queue.Janitor.deleteOnce: a retry deletes only the
+	// resource the fence judged): a task's later lookups of a resource report
+	// the creation time its first lookup saw, so a resource recreated since
+	// looks like the one judged.
+	MutRetryIgnoresCreation
+	// MutNoCheckAfterPurge disables the second authority check of a flush,
+	// between its purge and its delete (queue.Janitor.deleteStream): the
+	// check that follows a purge's reply sees no deadline.
+	MutNoCheckAfterPurge
 )
 
 var mutationNames = map[Mutation]string{
@@ -45,6 +55,8 @@ var mutationNames = map[Mutation]string{
 	MutLeaseByHolderClock:    "lease-by-holder-clock",
 	MutAnswerBeforeRecord:    "answer-before-record",
 	MutReconnectBuffer:       "reconnect-buffer",
+	MutRetryIgnoresCreation:  "retry-ignores-creation",
+	MutNoCheckAfterPurge:     "no-check-after-purge",
 }
 
 func (m Mutation) String() string { return mutationNames[m] }
@@ -81,4 +93,110 @@ func (r holderClockRecords) Get(ctx context.Context, id queue.JobID) (queue.Reco
 	rec, rev, err := r.records.Get(ctx, id)
 	rec.At = time.Time{}
 	return rec, rev, err
+}
+
+// sameCreationServer (MutRetryIgnoresCreation) reports, to each of a
+// task's lookups of a resource after the first, the creation time the
+// first saw. Within one Remove the only repeated lookups are a retried
+// delete's re-reads, so this blinds exactly the comparison of creation
+// times that decides whether the retry may delete.
+type sameCreationServer struct {
+	server
+	x *exec
+	a *actor
+}
+
+func (s sameCreationServer) first(key string, created time.Time) time.Time {
+	s.x.mu.Lock()
+	defer s.x.mu.Unlock()
+	t := s.a.task
+	if t == nil {
+		return created
+	}
+	if t.seen == nil {
+		t.seen = map[string]time.Time{}
+	}
+	if c, ok := t.seen[key]; ok {
+		return c
+	}
+	t.seen[key] = created
+	return created
+}
+
+func (s sameCreationServer) StreamInfo(ctx context.Context, stream string) (*jetstream.StreamInfo, error) {
+	info, err := s.server.StreamInfo(ctx, stream)
+	if info != nil {
+		c := *info
+		c.Created = s.first(streamKey(stream), info.Created)
+		info = &c
+	}
+	return info, err
+}
+
+func (s sameCreationServer) ConsumerInfo(ctx context.Context, stream, consumer string) (*jetstream.ConsumerInfo, error) {
+	info, err := s.server.ConsumerInfo(ctx, stream, consumer)
+	if info != nil {
+		c := *info
+		c.Created = s.first(consumerKey(stream, consumer), info.Created)
+		info = &c
+	}
+	return info, err
+}
+
+// purgeMarkingServer (MutNoCheckAfterPurge) marks the task when a purge is
+// answered: the authority check that follows (the delete's) is skipped by
+// uncheckedAfterPurge.
+type purgeMarkingServer struct {
+	server
+	x *exec
+	a *actor
+}
+
+func (s purgeMarkingServer) PurgeStream(ctx context.Context, stream string) error {
+	err := s.server.PurgeStream(ctx, stream)
+	if err == nil {
+		s.x.mu.Lock()
+		if t := s.a.task; t != nil {
+			t.skipCheck = true
+		}
+		s.x.mu.Unlock()
+	}
+	return err
+}
+
+// uncheckedAfterPurge (MutNoCheckAfterPurge) is the janitor with an
+// authority that, once, right after a purge was answered, reports no
+// deadline: the delete that follows the purge is sent unchecked, however
+// late. Every other check is the claim's own.
+type uncheckedAfterPurge struct {
+	*queue.Janitor
+	x *exec
+	a *actor
+}
+
+func (q uncheckedAfterPurge) Remove(ctx context.Context, id queue.JobID, fence queue.Fence, auth queue.Authority) (queue.Removal, error) {
+	if auth == nil {
+		return q.Janitor.Remove(ctx, id, fence, nil)
+	}
+	return q.Janitor.Remove(ctx, id, fence, skippingAuthority{auth, q.x, q.a})
+}
+
+type skippingAuthority struct {
+	queue.Authority
+	x *exec
+	a *actor
+}
+
+func (s skippingAuthority) Deadline() time.Time {
+	s.x.mu.Lock()
+	t := s.a.task
+	skip := t != nil && t.skipCheck
+	if skip {
+		t.skipCheck = false
+	}
+	s.x.mu.Unlock()
+	if skip {
+		return base.Add(1000 * time.Hour)
+	}
+	return s.Authority.Deadline()
 }

@@ -27,6 +27,8 @@ const (
 	sRenew                     // a claim's renewal runs
 	sPass                      // the reconciler starts a pass
 	sTick                      // the clock advances by one second
+	sLose                      // the bucket is lost (or job 7's record expires)
+	sResume                    // a paused replica goes on
 )
 
 // step is one choice at a state.
@@ -36,6 +38,9 @@ type step struct {
 	fault fault
 	ev    *modelEvent
 	a     *actor
+	// pause: the request is served, and its task then stands still before
+	// its next authority check (Config.MaxPauses).
+	pause bool
 }
 
 // enabled lists the steps possible at the current state, in a stable
@@ -43,7 +48,24 @@ type step struct {
 func (x *exec) enabled(explore bool) []step {
 	var out []step
 	faults := explore && x.usedF < x.cfg.MaxFaults
-	for _, c := range x.sortedPending() {
+	pauses := explore && x.usedZ < x.cfg.MaxPauses
+	pend := x.sortedPending()
+	prompt := false
+	if x.cfg.Prompt {
+		// An effect's request reaches the server before anything else
+		// happens: only such requests are served until none is in flight.
+		var urgent []*call
+		for _, c := range pend {
+			if c.op.effect() && !c.buffered && !c.ghost && !c.renew {
+				urgent = append(urgent, c)
+			}
+		}
+		if len(urgent) > 0 {
+			pend, prompt = urgent, true
+		}
+	}
+	resumed := map[*task]bool{}
+	for _, c := range pend {
 		switch {
 		case c.ghost:
 			out = append(out, step{kind: sRelease, c: c})
@@ -56,20 +78,51 @@ func (x *exec) enabled(explore bool) []step {
 			continue
 		case c.renew:
 			continue // served within the renewal's step
+		case c.op == opResume:
+			if !resumed[c.t] {
+				resumed[c.t] = true
+				out = append(out, step{kind: sResume, a: c.t.a})
+			}
+			continue
 		}
+		// A pause may follow the reply of an effect's request, before the
+		// next authority check of its claim.
+		pausable := pauses && c.op.effect() && c.t.claim != nil
 		out = append(out, step{kind: sServe, c: c})
+		if pausable && !x.cfg.PauseAfterFailureOnly {
+			out = append(out, step{kind: sServe, c: c, pause: true})
+		}
 		if !faults {
 			continue
 		}
-		switch c.op {
-		case opDeleteStream, opDeleteConsumer:
-			out = append(out, step{kind: sServe, c: c, fault: faultLostReply}, step{kind: sServe, c: c, fault: faultDrop},
-				step{kind: sServe, c: c, fault: faultDelay})
-		case opPut:
-			out = append(out, step{kind: sServe, c: c, fault: faultLostReply}, step{kind: sServe, c: c, fault: faultDrop})
-		case opEmit:
-			out = append(out, step{kind: sServe, c: c, fault: faultLostReply})
+		var fs []fault
+		switch {
+		case x.cfg.DropStreamDeleteOnly:
+			if c.op == opDeleteStream {
+				fs = []fault{faultDrop}
+			}
+		case c.op == opDeleteStream || c.op == opDeleteConsumer:
+			fs = []fault{faultLostReply, faultDrop, faultDelay}
+		case c.op == opPut:
+			fs = []fault{faultLostReply, faultDrop}
+		case c.op == opEmit:
+			fs = []fault{faultLostReply}
 		}
+		for _, f := range fs {
+			out = append(out, step{kind: sServe, c: c, fault: f})
+			if pausable && f != faultDelay {
+				out = append(out, step{kind: sServe, c: c, fault: f, pause: true})
+			}
+		}
+	}
+	if prompt {
+		// A crash is the replica's own event: it may come mid-effect.
+		for _, a := range x.actors {
+			if a.task != nil && explore && x.usedC < x.cfg.MaxCrashes {
+				out = append(out, step{kind: sCrash, a: a})
+			}
+		}
+		return out
 	}
 	for _, e := range x.w.Events {
 		if e.State != evPending {
@@ -87,8 +140,12 @@ func (x *exec) enabled(explore bool) []step {
 	if !explore {
 		return out
 	}
-	if x.back.waiting() && x.back.tries < 1+x.cfg.MaxReasks {
+	if x.back.waiting() && x.back.tries < 1+x.cfg.MaxReasks &&
+		(x.cfg.ReaskAfter == 0 || !x.w.Now.time().Before(x.back.lastAt.time().Add(time.Duration(x.cfg.ReaskAfter)*time.Second))) {
 		out = append(out, step{kind: sReask})
+	}
+	if x.usedL < x.cfg.MaxLosses && x.mayLose() {
+		out = append(out, step{kind: sLose})
 	}
 	if x.usedD < x.cfg.MaxDuplicates {
 		for _, e := range x.w.Events {
@@ -134,11 +191,26 @@ func (x *exec) inEffect(t *task) bool {
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	for _, c := range x.pending {
-		if c.t == t && c.op.effect() && !c.ghost {
+		if c.t == t && (c.op.effect() || c.op == opResume) && !c.ghost {
 			return true
 		}
 	}
 	return false
+}
+
+// mayLose reports whether the loss fault changes anything: the bucket holds
+// a record. A record expires (Config.RecordExpiry) only when no lease in it
+// is running: its TTL (30 days by default) is far longer than a lease, and
+// every claim writes the record.
+func (x *exec) mayLose() bool {
+	if !x.cfg.RecordExpiry {
+		return len(x.w.Recs) > 0
+	}
+	r, ok := x.w.Recs[job]
+	if !ok {
+		return false
+	}
+	return r.Rec.Lease == nil || !r.At.time().Add(r.Rec.Lease.TTL).After(x.w.Now.time())
 }
 
 // tickAllowed is the bound on a request's time in flight: a request of an
@@ -222,9 +294,16 @@ func stampOf(t time.Time) stamp {
 func (x *exec) label(s step) string {
 	switch s.kind {
 	case sServe:
+		l := ""
 		if s.fault != faultNone {
-			return fmt.Sprintf("[%s] ", faultNames[s.fault])
+			l = fmt.Sprintf("[%s] ", faultNames[s.fault])
 		}
+		if s.pause {
+			l += "[then PAUSES before its next check] "
+		}
+		return l
+	case sLose:
+		return "FAULT: "
 	case sDeliver:
 		return fmt.Sprintf("event stream: delivers %s to replica %s", s.ev.label(), s.a.name)
 	case sDuplicate:
@@ -249,6 +328,12 @@ func (x *exec) apply(s step) {
 	}
 	switch s.kind {
 	case sServe:
+		if s.pause {
+			x.mu.Lock()
+			s.c.t.paused = true // before the reply: the task may run on at once
+			x.mu.Unlock()
+			x.usedZ++
+		}
 		switch s.fault {
 		case faultDelay:
 			s.c.buffered = true
@@ -307,6 +392,11 @@ func (x *exec) apply(s step) {
 		})
 	case sTick:
 		x.w.Now = x.tickTarget()
+	case sLose:
+		x.usedL++
+		line += x.w.lose(x.cfg.RecordExpiry)
+	case sResume:
+		line = x.resume(s.a)
 	}
 	x.history = append(x.history, line)
 	if s.kind != sTick && s.kind != sPass && (s.c == nil || !s.c.t.a.reconciler()) {
@@ -373,14 +463,14 @@ func (x *exec) hash() [16]byte {
 	var b strings.Builder
 	x.w.key(&b)
 	x.back.key(&b)
-	fmt.Fprintf(&b, "used=%d/%d/%d/%d/%d;", x.usedF, x.usedC, x.usedR, x.usedD, x.usedP)
+	fmt.Fprintf(&b, "used=%d/%d/%d/%d/%d/%d/%d;", x.usedF, x.usedC, x.usedR, x.usedD, x.usedP, x.usedL, x.usedZ)
 	for _, a := range x.actors {
 		if t := a.task; t != nil {
 			ev := ""
 			if t.ev != nil {
 				ev = t.ev.ID + t.ev.Stored.String()
 			}
-			fmt.Fprintf(&b, "%s:%s:%s;", a.name, ev, t.obs.String())
+			fmt.Fprintf(&b, "%s:%s:%s:%v;", a.name, ev, t.obs.String(), t.paused)
 		}
 	}
 	for _, c := range x.sortedPending() {
@@ -391,4 +481,79 @@ func (x *exec) hash() [16]byte {
 	var out [16]byte
 	copy(out[:], h.Sum(nil))
 	return out
+}
+
+// describe names a step in the words TestScript matches: "deliver e2 A",
+// "deliver e1 copy 1 B",
+// "serve A delete stream job_7 +drop +pause", "backend", "tick", "lose",
+// "resume A", ...
+func (x *exec) describe(s step) string {
+	switch s.kind {
+	case sServe, sRelease, sTimeout:
+		verb := map[stepKind]string{sServe: "serve", sRelease: "release", sTimeout: "timeout"}[s.kind]
+		d := fmt.Sprintf("%s %s %s %s", verb, s.c.t.a.name, s.c.op, s.c.target())
+		if s.fault != faultNone {
+			d += " +" + strings.ReplaceAll(faultNames[s.fault], " ", "-")
+		}
+		if s.pause {
+			d += " +pause"
+		}
+		return d
+	case sDeliver:
+		if s.ev.Copy > 0 {
+			return fmt.Sprintf("deliver %s copy %d %s", s.ev.ID, s.ev.Copy, s.a.name)
+		}
+		return fmt.Sprintf("deliver %s %s", s.ev.ID, s.a.name)
+	case sBackend:
+		return "backend"
+	case sReask:
+		return "reask"
+	case sDuplicate:
+		return "duplicate " + s.ev.ID
+	case sRedeliver:
+		return "redeliver " + s.ev.ID
+	case sCrash:
+		return "crash " + s.a.name
+	case sRenew:
+		return "renew " + s.a.name
+	case sPass:
+		return "pass"
+	case sTick:
+		return "tick"
+	case sLose:
+		return "lose"
+	case sResume:
+		return "resume " + s.a.name
+	}
+	return "?"
+}
+
+// Script turns a list of step descriptions into replay choices: at each
+// step, the first enabled step whose description (describe) contains the
+// pattern. It is how a history of a given shape is written down by hand.
+func Script(cfg Config, settle func(), patterns []string) ([]int, error) {
+	x := newExec(cfg, settle)
+	defer x.close()
+	x.quiet = true
+	var choices []int
+	for i, p := range patterns {
+		steps := x.enabled(true)
+		found := -1
+		for j, s := range steps {
+			if strings.Contains(x.describe(s), p) {
+				found = j
+				break
+			}
+		}
+		if found < 0 {
+			var have []string
+			for _, s := range steps {
+				have = append(have, x.describe(s))
+			}
+			return choices, fmt.Errorf("step %d: no enabled step matches %q; enabled: %s", i+1, p, strings.Join(have, " | "))
+		}
+		choices = append(choices, found)
+		x.apply(steps[found])
+	}
+	return choices, nil
 }

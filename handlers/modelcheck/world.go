@@ -263,29 +263,52 @@ func (w *world) terminalPublished(run int) bool {
 	return false
 }
 
-// restartAfter returns a restart request published after at, if any.
-func (w *world) restartAfter(at stamp) *modelEvent {
+// restartAfter returns a restart request for a run after run, published
+// after at, if any. A request for run itself (the request that started it,
+// published again after it began) does not count: it must never flush the
+// run it started.
+func (w *world) restartAfter(run int, at stamp) *modelEvent {
 	for _, e := range w.Events {
-		if e.restart() && (e.Stored.S > at.S || e.Stored.S == at.S && e.Stored.K > at.K) {
+		if e.restart() && e.Run > run && (e.Stored.S > at.S || e.Stored.S == at.S && e.Stored.K > at.K) {
 			return e
 		}
 	}
 	return nil
 }
 
-// mayDelete is the safety property: run N's resource may go only once run
-// N (or a later run) ended by a terminal event, or once a restart request
-// was published after run N took it; nothing that is not job 7's may ever
-// go. It returns "" when allowed, else why not.
-func (w *world) mayDelete(r *resource) string {
+// mayDelete is the safety property: run N's resource may go (or its tasks
+// be purged) only once run N (or a later run) ended by a terminal event, or
+// once a restart request for a later run was published after run N took
+// it; nothing that is not job 7's may ever go. It returns "" when allowed,
+// else why not.
+func (w *world) mayDelete(r *resource, what string) string {
 	switch {
 	case r.Run == 0:
 		return "VIOLATION: " + r.Key + " is not job 7's (the shared advisories stream or another job's queue)"
 	case w.terminalPublished(r.Run):
 		return ""
-	case w.restartAfter(r.Since) != nil:
+	case w.restartAfter(r.Run, r.Since) != nil:
 		return ""
 	}
-	return fmt.Sprintf("VIOLATION: run %d's %s deleted, but no terminal event of run %d or later and no restart request after its creation was published",
-		r.Run, r.Key, r.Run)
+	return fmt.Sprintf("VIOLATION: run %d's %s %s, but no terminal event of run %d or later and no restart request for a later run after its creation was published",
+		r.Run, r.Key, what, r.Run)
+}
+
+// lose is the fault "the bucket is lost" (Config.MaxLosses): the bucket's
+// stream KV_queue_janitor_jobs is deleted on the server, and the service's
+// self-healing store (queue/heal.go: the next call finds the bucket gone,
+// recreates it with the same configuration, and runs the call once more)
+// carries on with an empty bucket. Every record and lease is gone, and the
+// revisions start again from 1, as the new stream's sequence does: a write
+// that expects revision N succeeds if the new bucket's record happens to be
+// at N. With expiry (Config.RecordExpiry) it is instead job 7's record
+// that expires (the bucket's TTL): the record goes, the revisions go on.
+func (w *world) lose(expiry bool) string {
+	if expiry {
+		delete(w.Recs, job)
+		return "job 7's record expires (the bucket's TTL): gone, with any lease; revisions go on"
+	}
+	w.Recs = map[queue.JobID]*storedRecord{}
+	w.NextRev = 0
+	return "the bucket is deleted on the server; the store recreates it empty (queue/heal.go): every record and lease is gone, revisions start again at 1"
 }

@@ -17,6 +17,21 @@
 // dead-letter consumer left, and the backend's restart request is
 // answered.
 //
+// Issue #23 added faults and properties, in scenarios of their own
+// (-modelcheck.issue23): the bucket lost (every record and lease gone, the
+// self-healing store going on with an empty bucket whose revisions start
+// again at 1) or one record expired; the backend's pending status of the
+// new attempt published before the answer; a replica pausing after the
+// reply to one of an effect's requests, before its next authority check,
+// while time passes. A purge empties the stream and is judged like a
+// delete; a flushed answer must not leave an earlier run's tasks or
+// dead-letter consumer behind (an emptied stream may stay); a restart
+// request published again after its run began never permits deleting that
+// run; and, in those scenarios, a restart request answered stale without a
+// later request superseding it breaks liveness (the backend never starts
+// the run). Script (and -modelcheck.script) writes a history down as step
+// descriptions instead of choice numbers.
+//
 // Explore must run inside a testing/synctest bubble, whose Wait tells when
 // every goroutine of the model waits for the scheduler.
 package modelcheck

@@ -21,6 +21,7 @@ var (
 	maxSteps    = flag.Int("modelcheck.maxsteps", 0, "override the bound on a history's length")
 	withMutants = flag.Bool("modelcheck.mutants", false, "run TestMutations")
 	safetyOnly  = flag.Bool("modelcheck.safety-only", false, "ignore liveness violations (a shorter one would hide a safety counterexample)")
+	measure     = flag.Bool("modelcheck.measure", false, "explore on past violations without reporting them: how large the state space is")
 	controls    = flag.Bool("modelcheck.controls", false, "TestMutations also explores each mutation's scenario without the mutation (it must pass for the guard to be the one in the way)")
 	bounds      = flag.String("modelcheck.bounds", "", "override bounds: time,faults,crashes,renewals,passes,duplicates,reasks")
 	script      = flag.String("modelcheck.script", "", "replay a history written as step descriptions separated by ';' (with -modelcheck.config or -modelcheck.mutation)")
@@ -85,29 +86,45 @@ func configs(deeper bool) []Config {
 // in is replaced; to put them into CI, drop the flag's condition in
 // configs.
 func issue23Configs(deeper bool) []Config {
-	if !deeper {
-		return []Config{
-			// 1: two claims on one job after the bucket is recreated.
-			{Name: "bucket-loss", Attempts: true, Stamps: true, MaxSteps: 60, MaxLosses: 1},
-			// 2: order lost with the records: attempts in events, unstamped
-			// streams, a late publication.
-			{Name: "bucket-loss-unstamped", Attempts: true, MaxSteps: 60, MaxLosses: 1, MaxDuplicates: 1},
-			{Name: "record-expiry", Attempts: true, MaxSteps: 60, MaxLosses: 1, RecordExpiry: true, MaxDuplicates: 1},
-			// 3: a restart answered without its flush.
-			{Name: "pending-between", Attempts: true, Stamps: true, PendingBetween: true, MaxSteps: 60, MaxCrashes: 1, Prompt: true},
-			// Pauses between two requests of an effect, with time.
-			{Name: "pause", Attempts: true, Stamps: true, MaxSteps: 60, MaxTime: 5, MaxPauses: 1, Prompt: true},
+	cs := []Config{
+		// 1: two claims on one job after the bucket is recreated.
+		{Name: "bucket-loss", Attempts: true, Stamps: true, MaxSteps: 60, MaxLosses: 1},
+		// 2: order lost with the records: attempts in events, unstamped
+		// streams.
+		{Name: "bucket-loss-unstamped", Attempts: true, MaxSteps: 60, MaxLosses: 1},
+		{Name: "record-expiry", Attempts: true, MaxSteps: 60, MaxLosses: 1, RecordExpiry: true},
+		// 3: a restart answered without its flush.
+		{Name: "pending-between", Attempts: true, Stamps: true, PendingBetween: true, MaxSteps: 60, MaxCrashes: 1, Prompt: true},
+		// Pauses between two requests of an effect, with time.
+		{Name: "pause", Attempts: true, Stamps: true, MaxSteps: 60, MaxTime: 5, MaxPauses: 1, Prompt: true},
+	}
+	if deeper {
+		cs = []Config{
+			// 2 as the issue tells it: a late copy of the revoked event, or
+			// of the restart request, after the bucket is lost.
+			{Name: "deep-bucket-loss-duplicates", Attempts: true, MaxSteps: 60, MaxLosses: 1, MaxDuplicates: 1},
+			{Name: "deep-record-expiry-duplicates", Attempts: true, MaxSteps: 60, MaxLosses: 1, RecordExpiry: true, MaxDuplicates: 1},
+			{Name: "deep-bucket-loss-time", Attempts: true, Stamps: true, MaxSteps: 60, MaxTime: 5, MaxLosses: 1, MaxRenewals: 1},
+			{Name: "deep-bucket-loss-faults", Attempts: true, Stamps: true, MaxSteps: 60, MaxLosses: 1, MaxFaults: 1},
+			{Name: "deep-no-attempts-loss", ReplicaOffsets: [2]time.Duration{-3 * time.Second, 0}, BackendOffset: -5 * time.Hour,
+				MaxSteps: 60, MaxLosses: 1, MaxReasks: 1},
+			// Without attempts, a copy of the revoked event published after
+			// the restart request is the newest event: no loss needed.
+			{Name: "deep-no-attempts-duplicates", ReplicaOffsets: [2]time.Duration{-3 * time.Second, 0}, BackendOffset: -5 * time.Hour,
+				MaxSteps: 60, MaxDuplicates: 1},
+			// 3 through a flush that fails (its retries outlast its
+			// authority).
+			{Name: "deep-pending-between-time", Attempts: true, Stamps: true, PendingBetween: true, MaxSteps: 60, MaxTime: 5,
+				MaxFaults: 1, Prompt: true},
+			{Name: "deep-pause", Attempts: true, Stamps: true, MaxSteps: 60, MaxTime: 7, MaxPauses: 1, MaxReasks: 1, ReaskAfter: 4,
+				MaxRenewals: 1, Prompt: true},
+			{Name: "deep-pause-loss", Attempts: true, Stamps: true, MaxSteps: 60, MaxTime: 5, MaxPauses: 1, MaxLosses: 1, Prompt: true},
 		}
 	}
-	return []Config{
-		{Name: "deep-bucket-loss-time", Attempts: true, Stamps: true, MaxSteps: 60, MaxTime: 5, MaxLosses: 1, MaxRenewals: 1},
-		{Name: "deep-bucket-loss-faults", Attempts: true, Stamps: true, MaxSteps: 60, MaxLosses: 1, MaxFaults: 1},
-		{Name: "deep-no-attempts-loss", ReplicaOffsets: [2]time.Duration{-3 * time.Second, 0}, BackendOffset: -5 * time.Hour,
-			MaxSteps: 60, MaxLosses: 1, MaxDuplicates: 1, MaxReasks: 1},
-		{Name: "deep-pending-between-time", Attempts: true, Stamps: true, PendingBetween: true, MaxSteps: 60, MaxTime: 5, MaxFaults: 1},
-		{Name: "deep-pause", Attempts: true, Stamps: true, MaxSteps: 60, MaxTime: 7, MaxPauses: 1, MaxReasks: 1, MaxRenewals: 1},
-		{Name: "deep-pause-loss", Attempts: true, Stamps: true, MaxSteps: 60, MaxTime: 5, MaxPauses: 1, MaxLosses: 1},
+	for i := range cs {
+		cs[i].StaleIsLiveness = true
 	}
+	return cs
 }
 
 func pick(t *testing.T, cs []Config) []Config {
@@ -152,6 +169,8 @@ func TestProtocolExhaustive(t *testing.T) {
 				cfg.MaxStates = *maxState
 			}
 			cfg.SafetyOnly = cfg.SafetyOnly || *safetyOnly
+			cfg.Measure = *measure
+			cfg.StaleIsLiveness = cfg.StaleIsLiveness || *withIssue23
 			if raceEnabled && (cfg.MaxStates == 0 || cfg.MaxStates > 2000) {
 				cfg.MaxStates = 2000 // the race detector checks the harness; check-model-ci checks the bounds
 			}
@@ -262,7 +281,7 @@ var mutants = []struct {
 	// A flush pauses between its purge and its delete past its deadline;
 	// the lease runs out and the repeated request is flushed by the other
 	// replica; run 2 is created. Only the check before the delete stops it.
-	{MutNoCheckAfterPurge, Config{Name: "pause-purge", Attempts: true, Stamps: true, MaxSteps: 40, MaxTime: 5, MaxPauses: 1,
+	{MutNoCheckAfterPurge, Config{Name: "pause-purge", Attempts: true, Stamps: true, MaxSteps: 30, MaxTime: 5, MaxPauses: 1,
 		MaxReasks: 1, ReaskAfter: 4, Prompt: true}},
 }
 

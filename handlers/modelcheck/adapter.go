@@ -27,12 +27,18 @@ const (
 	opEmit
 	opList
 	opTaskConsumer
-	opPurge  // purge stream: its messages go, the stream stays
-	opResume // not a request: a paused replica waits to go on (Config.MaxPauses)
+	opPurge       // purge stream: its messages go, the stream stays
+	opResume      // not a request: a paused replica waits to go on (Config.MaxPauses)
+	opIncarnation // the bucket's stream info: its creation time and the server's time
+	opMarkerGet   // the rebuild marker (queue.RebuildKey)
+	opMarkerPut   // the rebuild marker's compare-and-set write
+	opAckFloor    // the service's consumer's ack floor on the event stream
+	opReplay      // the rebuild's read of the whole event stream
 )
 
 var opNames = [...]string{"kv get", "kv put", "server time", "stream info", "consumer info", "delete stream",
-	"delete consumer", "answer", "list job streams", "task consumer info", "purge stream", "resume"}
+	"delete consumer", "answer", "list job streams", "task consumer info", "purge stream", "resume",
+	"bucket info", "kv get rebuild", "kv put rebuild", "event consumer info", "replay events"}
 
 func (o op) String() string { return opNames[o] }
 
@@ -40,6 +46,16 @@ func (o op) String() string { return opNames[o] }
 // sent under a claim's authority (the janitor's four calls).
 func (o op) effect() bool {
 	return o == opStreamInfo || o == opConsumerInfo || o == opDeleteStream || o == opDeleteConsumer || o == opPurge
+}
+
+// readOnly reports whether the request changes nothing on the server: one
+// that timed out behind a held request is then as good as never sent.
+func (o op) readOnly() bool {
+	switch o {
+	case opPut, opDeleteStream, opDeleteConsumer, opPurge, opMarkerPut, opEmit:
+		return false
+	}
+	return true
 }
 
 // errCrashed answers every request of a crashed replica: its goroutine
@@ -61,25 +77,39 @@ type call struct {
 	stream   string
 	consumer string
 	rec      queue.Record
+	marker   queue.RebuildMarker
 	rev      uint64
 	res      events.QueueResult
 	kind     string // answers: "cleaned" or "flushed"
 	renew    bool
 	reply    chan reply
 	seq      int // order of arrival within the task, for a stable sort
-	buffered bool
-	dropped  bool
-	ghost    bool // timed out, yet still on its way (MutReconnectBuffer)
+	// conn is the connection it was sent on (its actor's, as numbered by
+	// crashes and aborts); arrived the step during which it was sent.
+	conn, arrived int
+	// buffered: held in the client's buffer (faultDelay) since step
+	// bufferedAt, its caller still waiting. ghost: its caller gave up
+	// (timed out), yet it is still in the buffer and may leave later,
+	// until its connection is closed. Requests of the same connection sent
+	// after it was held wait behind it (exec.blocked).
+	buffered   bool
+	ghost      bool
+	bufferedAt int
+	key        string // sortKey, once computed
 }
 
 type reply struct {
-	rec   queue.Record
-	rev   uint64
-	now   time.Time
-	sinfo *jetstream.StreamInfo
-	cinfo *jetstream.ConsumerInfo
-	list  []queue.JobStream
-	err   error
+	rec    queue.Record
+	rev    uint64
+	now    time.Time
+	sinfo  *jetstream.StreamInfo
+	cinfo  *jetstream.ConsumerInfo
+	list   []queue.JobStream
+	inc    queue.Incarnation
+	marker queue.RebuildMarker
+	seq    uint64
+	evs    []events.JobStatus
+	err    error
 }
 
 func (c *call) target() string {
@@ -92,17 +122,22 @@ func (c *call) target() string {
 		return c.stream + "/" + c.consumer
 	case opEmit:
 		return fmt.Sprintf("job.queue.%s (cause %s, %s)", c.kind, c.res.CauseEventID, c.res.Outcome)
+	case opMarkerPut:
+		return c.marker.State
 	}
 	return ""
 }
 
 // sortKey orders the pending requests independently of goroutine timing.
 func (c *call) sortKey() string {
-	r := 0
-	if c.renew {
-		r = 1
+	if c.key == "" {
+		r := 0
+		if c.renew {
+			r = 1
+		}
+		c.key = fmt.Sprintf("%s/%03d/%d/%02d/%s", c.t.a.name, c.t.n, r, int(c.op), c.target())
 	}
-	return fmt.Sprintf("%s/%03d/%d/%02d/%s", c.t.a.name, c.t.n, r, int(c.op), c.target())
+	return c.key
 }
 
 // do blocks the calling goroutine until the scheduler serves c.
@@ -116,15 +151,22 @@ func (x *exec) do(ctx context.Context, c *call) reply {
 		return reply{err: errCrashed}
 	}
 	c.t = t
+	c.conn, c.arrived = t.a.conn, x.stepNo
+	c.sortKey()
 	t.calls++
 	c.seq = t.calls
-	if !c.op.effect() {
-		// A pause that no authority check followed is over: the record
-		// writes and answers are not checked against the claim's deadline
-		// (a request pending for long is modelled by the request itself).
+	if c.op == opEmit || c.op == opPut && c.rec.Lease == nil {
+		// A pause that no authority check followed is over once the effect
+		// is recorded or answered (or its claim released): those requests
+		// are not checked against the claim's deadline. The intent write
+		// and the incarnation check in the midst of an effect keep it.
 		t.paused = false
 	}
-	if x.cfg.Mutation == MutAnswerBeforeRecord && c.op == opPut && c.rec.Lease == nil && c.rec.Done && t.ev != nil {
+	if c.op == opPut && c.rec.Lease != nil {
+		t.token = c.rec.Lease.Token
+	}
+	if x.cfg.Mutation == MutAnswerBeforeRecord && c.op == opPut && c.rec.Lease == nil && t.ev != nil &&
+		c.rec.Effect != nil && c.rec.Effect.Finished && c.rec.Effect.Token == t.token {
 		x.earlyAnswer(t)
 	}
 	x.pending = append(x.pending, c)
@@ -150,14 +192,76 @@ func (r records) ServerNow(ctx context.Context) (time.Time, error) {
 	return rep.now, rep.err
 }
 
-// Incarnation answers at once, without a step: the model's bucket is never
-// lost, so it was created long before (an hour before the model's epoch),
-// and the check changes nothing in the world.
-func (r records) Incarnation(context.Context) (queue.Incarnation, error) {
-	r.x.mu.Lock()
-	now := r.x.w.Now.time()
-	r.x.mu.Unlock()
-	return queue.Incarnation{Created: base.Add(-time.Hour), Now: now}, nil
+// Incarnation is the gate's check of the bucket (queue.Store.Incarnation):
+// its creation time and the server's time. When the bucket can be lost
+// (Config.MaxLosses without RecordExpiry) it is a request, one step, as
+// every other: what it sees depends on when it is served. Otherwise it
+// answers at once, without a step: the bucket is then the one created an
+// hour before the model's epoch for the whole history, so every answer
+// admits (its age is far past the quarantine, and the incarnation is the
+// one admitted before), whenever it were served; a step would only
+// multiply the interleavings by the moments at which nothing differs. The
+// step-free answer reads the clock under the lock while the scheduler waits
+// (exec.quiesce), so it is the time of the step that let the caller run.
+func (r records) Incarnation(ctx context.Context) (queue.Incarnation, error) {
+	if !r.x.lossy() {
+		r.x.mu.Lock()
+		inc := queue.Incarnation{Created: r.x.w.Bucket.time(), Now: r.x.w.Now.time()}
+		r.x.mu.Unlock()
+		return inc, nil
+	}
+	rep := r.x.do(ctx, &call{op: opIncarnation})
+	return rep.inc, rep.err
+}
+
+// markers is the rebuild marker's store ([handlers.MarkerStore]), in the
+// same bucket as the records. Without bucket loss the marker is the first
+// bucket's, done before the model begins, and never changes: it is read
+// without a step, for the reason Incarnation gives.
+type markers struct{ x *exec }
+
+func (m markers) RebuildMarker(ctx context.Context) (queue.RebuildMarker, uint64, error) {
+	if !m.x.lossy() {
+		m.x.mu.Lock()
+		defer m.x.mu.Unlock()
+		sm := m.x.w.Marker
+		mk := copyMarker(sm.M)
+		mk.At = sm.At.time()
+		return mk, sm.Rev, nil
+	}
+	rep := m.x.do(ctx, &call{op: opMarkerGet})
+	return rep.marker, rep.rev, rep.err
+}
+
+func (m markers) PutJSON(ctx context.Context, key string, v any, rev uint64) (uint64, error) {
+	mk, ok := v.(queue.RebuildMarker)
+	if key != queue.RebuildKey || !ok {
+		return 0, fmt.Errorf("modelcheck: the model's marker store keeps only the rebuild marker, not %q (%T)", key, v)
+	}
+	rep := m.x.do(ctx, &call{op: opMarkerPut, marker: mk, rev: rev})
+	return rep.rev, rep.err
+}
+
+// eventReplay is the event stream as the rebuild reads it ([handlers.Replay]):
+// each call one request, one step. The read of the whole stream is one
+// step (events published after it began are left to the intake, as the
+// real replay leaves those after its last sequence).
+type eventReplay struct{ x *exec }
+
+func (r eventReplay) Events(ctx context.Context, fn func(seq uint64, ev events.JobStatus)) (uint64, error) {
+	rep := r.x.do(ctx, &call{op: opReplay})
+	if rep.err != nil {
+		return 0, rep.err
+	}
+	for i, ev := range rep.evs {
+		fn(uint64(i+1), ev)
+	}
+	return rep.seq, nil
+}
+
+func (r eventReplay) AckFloor(ctx context.Context) (uint64, error) {
+	rep := r.x.do(ctx, &call{op: opAckFloor})
+	return rep.seq, rep.err
 }
 
 // server is the janitor's four JetStream calls ([queue.Server]).
@@ -202,7 +306,8 @@ func (x *exec) pausePoint(a *actor) {
 		x.mu.Unlock()
 		return
 	}
-	c := &call{op: opResume, t: t, reply: make(chan reply, 1)}
+	c := &call{op: opResume, t: t, reply: make(chan reply, 1), conn: a.conn, arrived: x.stepNo}
+	c.sortKey()
 	t.calls++
 	c.seq = t.calls
 	x.pending = append(x.pending, c)
@@ -250,8 +355,10 @@ func (l lister) TaskConsumer(ctx context.Context, id queue.JobID) (*jetstream.Co
 }
 
 var (
-	_ handlers.Records = records{}
-	_ queue.Server     = server{}
-	_ handlers.Emitter = emitter{}
-	_ handlers.Lister  = lister{}
+	_ handlers.Records     = records{}
+	_ handlers.MarkerStore = markers{}
+	_ handlers.Replay      = eventReplay{}
+	_ queue.Server         = server{}
+	_ handlers.Emitter     = emitter{}
+	_ handlers.Lister      = lister{}
 )

@@ -2,6 +2,7 @@ package modelcheck
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"sort"
@@ -31,9 +32,21 @@ type actor struct {
 	offset time.Duration
 	h      *handlers.Handler
 	rc     *handlers.Reconciler
-	task   *task
-	tasks  int
-	claims int
+	// rb is the handler's Rebuilder; the rebuild actor runs its Ensure.
+	rb       *handlers.Rebuilder
+	rebuilds bool
+	task     *task
+	tasks    int
+	claims   int
+	// conn numbers the actor's connection: a new one after each crash and
+	// each abort (the janitor's WithAbort).
+	conn int
+	// gate is what the handler's gate has read (the bucket's incarnation
+	// and rebuild marker), which decides what it has admitted: state that
+	// outlives its tasks, for the state hash. (Without bucket loss those
+	// reads are step-free and always admit, so the gate's state then
+	// changes nothing.)
+	gate []string
 }
 
 func (a *actor) reconciler() bool { return a.rc != nil }
@@ -56,9 +69,30 @@ type task struct {
 	// MutRetryIgnoresCreation: the creation time first seen of each
 	// resource this task looked up.
 	seen map[string]time.Time
-	out  events.Outcome
-	err  error
-	obs  strings.Builder // what it has observed, for the state hash
+	// token is the lease token of the task's last claim write.
+	token string
+	out   events.Outcome
+	err   error
+	// obs is what it has observed (each reply, tagged by its request), for
+	// the state hash; occ counts a request's occurrences. It is hashed as a
+	// set: replies to its concurrent goroutines (the claim's write beside the
+	// stream's read, the incarnation check beside the intent write, the
+	// dead-letter consumer's delete beside the stream's) in either order
+	// leave it in the same state when they say the same; one goroutine's
+	// repeated requests keep their order by their occurrence numbers.
+	obs []string
+	occ map[string]int
+}
+
+// observe records what the task learnt from c.
+func (t *task) observe(c *call, what string) {
+	if t.occ == nil {
+		t.occ = map[string]int{}
+	}
+	key := c.sortKey()
+	n := t.occ[key]
+	t.occ[key]++
+	t.obs = append(t.obs, fmt.Sprintf("%s#%d=%s", key, n, what))
 }
 
 // context is the context of the task's requests: the adapter tells by it
@@ -88,6 +122,7 @@ type exec struct {
 	usedP    int  // reconciler passes used
 	usedL    int  // bucket losses used
 	usedZ    int  // pauses used
+	stepNo   int  // steps applied so far (a request's arrival)
 	violated string
 	history  []string
 	activity int  // steps by anyone but the clock and the reconciler
@@ -96,7 +131,8 @@ type exec struct {
 }
 
 // newExec builds the initial state: two replicas, the reconciler, the
-// backend at the start of its script.
+// rebuild loop when the bucket can be lost, the backend at the start of
+// its script.
 func newExec(cfg Config, settle func()) *exec {
 	x := &exec{cfg: cfg, w: newWorld(), settle: settle}
 	x.back = newBackend(cfg)
@@ -104,7 +140,32 @@ func newExec(cfg Config, settle func()) *exec {
 		x.actors = append(x.actors, x.newActor(name, cfg.ReplicaOffsets[i], false))
 	}
 	x.actors = append(x.actors, x.newActor("R", cfg.ReplicaOffsets[0], true))
+	if x.lossy() && cfg.Mutation != MutRebuildOff {
+		q := x.newActor("Q", cfg.ReplicaOffsets[1], false)
+		q.rebuilds = true
+		x.actors = append(x.actors, q)
+	}
+	// The backend creates run 1's stream and dead-letter consumer and
+	// publishes its terminal event before anything else can happen that
+	// matters: the initial state. (A bucket lost, or a reconciler pass,
+	// before the event exists is one just after it, a few milliseconds
+	// apart: no decision depends on so little.)
+	for x.back.pc < 3 {
+		x.history = append(x.history, "start: "+x.backendStep())
+	}
 	return x
+}
+
+// lossy reports whether the bucket itself can be lost (not only a record
+// expire): only then are the gate's checks steps.
+func (x *exec) lossy() bool { return x.cfg.MaxLosses > 0 && !x.cfg.RecordExpiry }
+
+// rebuilder is the actor that runs the rebuild loop, nil when none does.
+func (x *exec) rebuilder() *actor {
+	if len(x.actors) > 3 {
+		return x.actors[3]
+	}
+	return nil
 }
 
 func (x *exec) newActor(name string, offset time.Duration, reconciler bool) *actor {
@@ -140,22 +201,36 @@ func (x *exec) newActor(name string, offset time.Duration, reconciler bool) *act
 			MaxElapsed: 1000 * time.Hour, AttemptTimeout: 1000 * time.Hour}))
 	hcfg := handlers.DefaultConfig(owner)
 	hcfg.Lease = Lease
+	// The quarantine is the lease, as DefaultConfig makes it.
+	hcfg.Quarantine = Lease
+	if x.cfg.Mutation == MutQuarantineOff || x.cfg.TrustNewBucket {
+		hcfg.Quarantine = 0
+	}
 	var recs handlers.Records = records{x}
-	if x.cfg.Mutation == MutLeaseByHolderClock {
+	switch x.cfg.Mutation {
+	case MutLeaseByHolderClock:
 		recs = holderClockRecords{records{x}}
+	case MutRestartDoneIgnored:
+		recs = version2Records{records{x}}
 	}
 	var q handlers.Queue = jan
 	if x.cfg.Mutation == MutNoCheckAfterPurge {
 		q = uncheckedAfterPurge{jan, x, a}
 	}
-	a.h = handlers.New(q, recs, emitter{x}, hcfg, handlers.WithClock(clock), handlers.WithoutRenewal(),
+	opts := []handlers.Option{handlers.WithClock(clock), handlers.WithoutRenewal(),
 		handlers.WithClaimHook(func(c handlers.ClaimHandle) {
 			x.mu.Lock()
 			defer x.mu.Unlock()
 			if a.task != nil {
 				a.task.claim = c
 			}
-		}))
+		})}
+	if x.cfg.Mutation != MutRebuildOff {
+		// As serve configures every handler: no claim acts in a bucket
+		// incarnation without its rebuild marker.
+		opts = append(opts, handlers.WithRebuild(eventReplay{x}, markers{x}, zerolog.Nop(), &a.rb))
+	}
+	a.h = handlers.New(q, recs, emitter{x}, hcfg, opts...)
 	if reconciler {
 		a.rc = handlers.NewReconciler(a.h, lister{x}, recs, nil,
 			handlers.SweepConfig{Grace: Grace, OrphanIdle: 100 * time.Second},
@@ -214,6 +289,10 @@ func (x *exec) finished(t *task) {
 		x.note(fmt.Sprintf("   reconciler pass ends (err: %v)", t.err))
 		return
 	}
+	if t.a.rebuilds {
+		x.note(fmt.Sprintf("   rebuild loop: Ensure returns (err: %v)", t.err))
+		return
+	}
 	e := t.ev
 	e.Handler = ""
 	if t.err == nil {
@@ -239,19 +318,59 @@ func (x *exec) note(s string) {
 	}
 }
 
-// abort is the janitor's WithAbort: the process's connection is closed,
-// so its requests still buffered in the client never reach the server.
+// abort is the janitor's WithAbort: the process's connection is closed
+// abortively, so its requests still in the client's buffer never reach the
+// server: those whose caller gave up vanish, those whose caller waits fail
+// (the connection is gone). The next requests go out on a new connection.
+// Under MutReconnectBuffer a reconnect buffer keeps them: they may still
+// reach the server at any later step.
 func (x *exec) abort(a *actor) {
-	if x.cfg.Mutation == MutReconnectBuffer {
-		return // a reconnect buffer would send them after reconnecting
-	}
 	x.mu.Lock()
-	defer x.mu.Unlock()
+	var fail, gone []*call
 	for _, c := range x.pending {
-		if c.buffered && c.t.a == a {
-			c.dropped = true
+		if c.t.a != a || c.conn != a.conn || c.op == opResume {
+			continue
+		}
+		if x.cfg.Mutation == MutReconnectBuffer {
+			continue
+		}
+		switch {
+		case c.ghost:
+			gone = append(gone, c)
+		case c.buffered || x.blockedLocked(c):
+			fail = append(fail, c)
 		}
 	}
+	a.conn++
+	x.mu.Unlock()
+	for _, c := range gone {
+		x.remove(c)
+	}
+	for _, c := range fail {
+		x.failCall(c, errNoReply)
+	}
+}
+
+// blockedLocked reports whether c waits behind a request of its connection
+// held in the client's buffer: requests leave a connection in the order
+// sent, so a request sent after one that is held cannot reach the server
+// before it (exec.mu held).
+func (x *exec) blockedLocked(c *call) bool {
+	if c.op == opResume {
+		return false
+	}
+	for _, b := range x.pending {
+		if b != c && (b.buffered || b.ghost) && b.t.a == c.t.a && b.conn == c.conn && c.arrived >= b.bufferedAt {
+			return true
+		}
+	}
+	return false
+}
+
+func (x *exec) blocked(c *call) bool {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	return x.blockedLocked(c)
 }
 
 // close ends the execution: every blocked goroutine gets an error and
@@ -292,20 +411,21 @@ func (x *exec) remove(c *call) {
 	}
 }
 
-// copyRecord is the record as the store would give it back: through its
-// JSON encoding.
-func copyRecord(rec queue.Record) queue.Record {
-	rec.V, rec.At = queue.RecordVersion, time.Time{}
-	if rec.Attempt != nil {
-		a := *rec.Attempt
-		rec.Attempt = &a
+// copyMarker is the rebuild marker through its JSON encoding.
+func copyMarker(m queue.RebuildMarker) queue.RebuildMarker {
+	var out queue.RebuildMarker
+	roundTrip(m, &out)
+	return out
+}
+
+func roundTrip(in, out any) {
+	b, err := json.Marshal(in)
+	if err == nil {
+		err = json.Unmarshal(b, out)
 	}
-	if rec.Lease != nil {
-		l := *rec.Lease
-		rec.Lease = &l
+	if err != nil {
+		panic(fmt.Sprintf("modelcheck: %T does not go through JSON: %v", in, err))
 	}
-	rec.Time, rec.Stored, rec.CleanedAt = rec.Time.Round(0), rec.Stored.Round(0), rec.CleanedAt.Round(0)
-	return rec
 }
 
 // fault is how a request goes wrong.
@@ -330,8 +450,7 @@ func (x *exec) serve(c *call, f fault) string {
 	switch c.op {
 	case opGet:
 		if r, ok := w.Recs[c.job]; ok {
-			rep.rec, rep.rev = copyRecord(r.Rec), r.Rev
-			rep.rec.At = r.At.time()
+			rep.rec, rep.rev = r.record(), r.Rev
 			if !x.quiet {
 				what = fmt.Sprintf("rev %d (%s)", r.Rev, describeRecord(w, r))
 			}
@@ -373,11 +492,44 @@ func (x *exec) serve(c *call, f fault) string {
 		}
 	case opTaskConsumer:
 		rep.cinfo = w.consumerInfo(names.StreamName(c.job), names.ConsumerName(c.job))
+	case opIncarnation:
+		rep.inc = queue.Incarnation{Created: w.Bucket.time(), Now: w.Now.time()}
+		what = fmt.Sprintf("created %s, now %s", w.Bucket, w.Now)
+	case opMarkerGet:
+		if m := w.Marker; m != nil {
+			rep.marker, rep.rev = copyMarker(m.M), m.Rev
+			rep.marker.At = m.At.time()
+			if !x.quiet {
+				what = fmt.Sprintf("rev %d (%s)", m.Rev, describeMarker(w, m))
+			}
+		} else {
+			what = "none"
+		}
+	case opMarkerPut:
+		what = x.putMarker(c, &rep)
+	case opAckFloor:
+		for _, e := range w.Events {
+			if e.State != evAcked {
+				break
+			}
+			rep.seq++
+		}
+		what = fmt.Sprintf("ack floor %d", rep.seq)
+	case opReplay:
+		for _, e := range w.Events {
+			rep.evs = append(rep.evs, e.jobStatus())
+		}
+		rep.seq = uint64(len(w.Events))
+		what = fmt.Sprintf("%d events", len(w.Events))
 	}
-	c.t.obs.WriteString(opNames[c.op])
-	c.t.obs.WriteString(c.target())
-	c.t.obs.WriteString(canonObs(x, c, rep))
-	c.t.obs.WriteByte('|')
+	if !c.ghost {
+		// (A request whose caller gave up tells it nothing.)
+		obs := canonObs(x, c, rep)
+		c.t.observe(c, obs)
+		if (c.op == opIncarnation || c.op == opMarkerGet) && !c.t.a.rebuilds {
+			c.t.a.gate = append(c.t.a.gate, obs)
+		}
+	}
 	if rep.err != nil && !errors.Is(rep.err, queue.ErrConflict) && !errors.Is(rep.err, queue.ErrGone) {
 		x.slept = true
 	}
@@ -385,10 +537,7 @@ func (x *exec) serve(c *call, f fault) string {
 	if x.quiet {
 		return ""
 	}
-	who := "replica " + c.t.a.name
-	if c.t.a.reconciler() {
-		who = "reconciler"
-	}
+	who := x.who(c)
 	if c.renew {
 		who += " (renewal)"
 	}
@@ -419,9 +568,17 @@ func canonObs(x *exec, c *call, rep reply) string {
 	}
 	switch c.op {
 	case opGet:
-		fmt.Fprintf(&b, "%d %s", rep.rev, x.w.canonRecord(rep.rec))
-	case opPut:
-		fmt.Fprintf(&b, "%d", rep.rev)
+		if r, ok := x.w.Recs[c.job]; ok && rep.err == nil {
+			fmt.Fprintf(&b, "%d@%v %s", r.Rev, r.At, r.Canon) // what the reply decodes
+		}
+	case opPut, opMarkerPut, opAckFloor:
+		fmt.Fprintf(&b, "%d/%d", rep.rev, rep.seq)
+	case opIncarnation:
+		fmt.Fprintf(&b, "%s/%s", rep.inc.Created.Sub(base), rep.inc.Now.Sub(base))
+	case opMarkerGet:
+		fmt.Fprintf(&b, "%d@%s %s", rep.rev, rep.marker.At.Sub(base), x.w.canonMarker(rep.marker))
+	case opReplay:
+		fmt.Fprintf(&b, "%d", rep.seq)
 	case opNow:
 		b.WriteString(rep.now.Sub(base).String())
 	case opStreamInfo:
@@ -456,11 +613,67 @@ func describeRecord(w *world, r *storedRecord) string {
 	if rec.Done {
 		s += " done"
 	}
+	if rec.RestartID != "" {
+		s += fmt.Sprintf(", restart %s first at %s", rec.RestartID, stampOf(rec.RestartStored))
+		if rec.RestartDone {
+			s += " done"
+		}
+	}
+	if e := rec.Effect; e != nil {
+		s += fmt.Sprintf(", effect %s", w.canon(e.Cause))
+		switch {
+		case e.Finished:
+			s += " finished (" + e.Outcome + ")"
+		case e.Stream != "":
+			s += fmt.Sprintf(" about to remove %s created %s", e.Stream, stampOf(e.StreamCreated))
+		case e.DeadLetter:
+			s += " about to remove the dead-letter consumer"
+		}
+	}
 	if rec.Lease != nil {
+		at := r.At
+		if !rec.Lease.Since.IsZero() {
+			at = stampOf(rec.Lease.Since)
+		}
 		s += fmt.Sprintf(", lease %s until %s", w.tokens[rec.Lease.Token],
-			stamp{S: r.At.S + int(rec.Lease.TTL/time.Second), K: r.At.K})
+			stamp{S: at.S + int(rec.Lease.TTL/time.Second), K: at.K})
 	}
 	return s
+}
+
+func describeMarker(w *world, m *storedMarker) string {
+	s := fmt.Sprintf("%s for the bucket created %s", m.M.State, stampOf(m.M.Incarnation))
+	if m.M.State == queue.RebuildRunning {
+		s += fmt.Sprintf(", lease %s until %s", w.tokens[m.M.Token], stamp{S: m.At.S + int(m.M.TTL/time.Second), K: m.At.K})
+	}
+	return s
+}
+
+// putMarker is the store's compare-and-set write of the rebuild marker.
+func (x *exec) putMarker(c *call, rep *reply) string {
+	w := x.w
+	var cur uint64
+	if w.Marker != nil {
+		cur = w.Marker.Rev
+	}
+	if c.rev != cur {
+		rep.err = queue.ErrConflict
+		return fmt.Sprintf("expected rev %d, is %d", c.rev, cur)
+	}
+	m := copyMarker(c.marker)
+	if m.Token != "" {
+		if _, ok := w.tokens[m.Token]; !ok {
+			c.t.a.claims++
+			w.tokens[m.Token] = fmt.Sprintf("%s#%d", c.t.a.name, c.t.a.claims)
+		}
+	}
+	w.NextRev++
+	w.Marker = &storedMarker{M: m, Rev: w.NextRev, At: w.tick()}
+	rep.rev = w.Marker.Rev
+	if x.quiet {
+		return ""
+	}
+	return fmt.Sprintf("rev %d at %s (%s)", w.Marker.Rev, w.Marker.At, describeMarker(w, w.Marker))
 }
 
 // put is the store's compare-and-set write.
@@ -478,7 +691,7 @@ func (x *exec) put(c *call, f fault, rep *reply) string {
 		rep.err = queue.ErrConflict
 		return fmt.Sprintf("expected rev %d, is %d", c.rev, cur)
 	}
-	rec := copyRecord(c.rec)
+	rec := c.rec
 	if rec.Lease != nil {
 		if _, ok := w.tokens[rec.Lease.Token]; !ok {
 			c.t.a.claims++
@@ -486,7 +699,7 @@ func (x *exec) put(c *call, f fault, rep *reply) string {
 		}
 	}
 	w.NextRev++
-	sr := &storedRecord{Rec: rec, Rev: w.NextRev, At: w.tick()}
+	sr := w.store(rec, w.NextRev, w.tick())
 	w.Recs[c.job] = sr
 	rep.rev = sr.Rev
 	var what string
@@ -590,7 +803,7 @@ func (x *exec) resume(a *actor) string {
 		x.remove(c)
 		c.reply <- reply{}
 	}
-	t.obs.WriteString("resumed|")
+	t.observe(&call{op: opResume, t: t, key: "resume"}, "resumed")
 	// A task paused after a failed request goes on into the janitor's
 	// backoff: let its timer fire.
 	x.slept = true
@@ -601,7 +814,7 @@ func (x *exec) resume(a *actor) string {
 // errs for the crashed and the buffered.
 func (x *exec) failCall(c *call, err error) {
 	x.remove(c)
-	fmt.Fprintf(&c.t.obs, "%d:%s:%s|", c.op, c.target(), shortErr(err))
+	c.t.observe(c, shortErr(err))
 	if !errors.Is(err, errCrashed) {
 		x.slept = true
 	}

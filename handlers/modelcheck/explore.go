@@ -49,6 +49,12 @@ type Config struct {
 	// (the retry's backoff and reconnection).
 	MaxPauses             int
 	PauseAfterFailureOnly bool
+	// PauseAfterPurgeOnly allows them only after a purge's reply (between
+	// the purge and the stream's delete).
+	PauseAfterPurgeOnly bool
+	// TrustNewBucket runs the replicas as --trust-new-bucket does: no
+	// quarantine of a new bucket (handlers.Config.Quarantine 0).
+	TrustNewBucket bool
 	// Prompt: an effect's request reaches the server before any other step
 	// (no other replica, backend step or tick while one is in flight);
 	// only a pause or a fault opens a gap within an effect.
@@ -62,6 +68,17 @@ type Config struct {
 	// MaxStates stops the exploration after that many states (0: no
 	// limit); the result then says it was cut short.
 	MaxStates int
+	// DeepenFrom, when set, explores by iterative deepening: every history
+	// with up to DeepenFrom choice points (steps taken where more than one
+	// step was enabled; a forced step is free), then DeepenBy more, and so
+	// on up to MaxSteps, MaxStates bounding the states of all rounds
+	// together. A depth-first search cut short by MaxStates has explored
+	// only the histories that begin with its first choices; a round that
+	// completes has explored every history of its length (each then runs on
+	// in the fair completion), so a short counterexample is found wherever
+	// it branches off. Result.CompleteDepth says how deep the search was
+	// complete.
+	DeepenFrom, DeepenBy int
 	// Mutation weakens one guard in the model.
 	Mutation Mutation
 	// StopAtFirst stops at the first violation instead of searching on for
@@ -78,6 +95,11 @@ type Config struct {
 	// Measure explores on past violations without recording them: the size
 	// of the state space the bounds give, as a fixed code would meet it.
 	Measure bool
+	// KnownBug marks a scenario in which the model finds a product bug that
+	// is reported and not fixed yet: the property broken must contain it.
+	// The test then expects that counterexample (and fails once it is no
+	// longer found, so that the mark goes with the fix).
+	KnownBug string
 }
 
 // Result is what an exploration found.
@@ -89,12 +111,21 @@ type Result struct {
 	Leaves     int // complete executions checked for liveness
 	Took       time.Duration
 	Truncated  bool // MaxStates reached
+	// CompleteDepth is the bound within which every history was explored
+	// (0: none): explored steps, or with iterative deepening
+	// (Config.DeepenFrom) choice points; Rounds the rounds of iterative
+	// deepening, CutAt the bound of a round cut short.
+	CompleteDepth, Rounds, CutAt int
+	// RoundStates are the states each round explored.
+	RoundStates []int
 	// Violation is the shortest counterexample found, nil when none.
 	Violation *Counterexample
 	// FirstAfter is how long the first counterexample took to find, and
-	// FirstSteps its length in explored steps.
-	FirstAfter time.Duration
-	FirstSteps int
+	// FirstSteps its length in explored steps, FirstStates the states
+	// visited until then.
+	FirstAfter  time.Duration
+	FirstSteps  int
+	FirstStates int
 }
 
 // Counterexample is a history that breaks a property.
@@ -126,18 +157,72 @@ func joinInts(xs []int) string {
 // Explore checks cfg exhaustively: every interleaving of the enabled steps
 // up to the bounds, depth first, re-executing the real handler code from
 // the initial state for each branch (stateless search) and pruning states
-// already explored at no greater depth. settle must return once every
-// goroutine started by the model waits (testing/synctest's Wait); Explore
-// must run inside a synctest bubble. clock is a real clock (time.Now is
-// the bubble's fake one), for the times reported.
+// already explored at no greater depth; with Config.DeepenFrom, by
+// iterative deepening. settle must return once every goroutine started by
+// the model waits (testing/synctest's Wait); Explore must run inside a
+// synctest bubble. clock is a real clock (time.Now is the bubble's fake
+// one), for the times reported.
 func Explore(cfg Config, settle func(), clock func() time.Time) Result {
+	if cfg.DeepenFrom <= 0 || cfg.DeepenFrom >= cfg.MaxSteps {
+		res := explore(cfg, 0, settle, clock)
+		if !res.Truncated && res.Violation == nil {
+			res.CompleteDepth = cfg.MaxSteps
+		}
+		return res
+	}
+	start := clock()
+	step := max(cfg.DeepenBy, 1)
+	var total Result
+	for d := cfg.DeepenFrom; ; d = min(d+step, cfg.MaxSteps) {
+		round := cfg
+		if cfg.MaxStates > 0 {
+			round.MaxStates = cfg.MaxStates - total.States
+		}
+		res := explore(round, d, settle, clock)
+		res.Config = cfg
+		res.RoundStates = append(total.RoundStates, res.States)
+		res.States += total.States
+		res.Executions += total.Executions
+		res.Steps += total.Steps
+		res.Leaves += total.Leaves
+		res.Rounds = total.Rounds + 1
+		res.CompleteDepth = total.CompleteDepth
+		if res.Violation != nil {
+			res.FirstAfter += total.Took
+			res.FirstStates += total.States
+		}
+		res.Took = clock().Sub(start)
+		total = res
+		switch {
+		case res.Violation != nil:
+			return total
+		case res.Truncated:
+			total.CutAt = d
+			return total
+		}
+		total.CompleteDepth = d
+		if d == cfg.MaxSteps || cfg.MaxStates > 0 && total.States >= cfg.MaxStates {
+			return total
+		}
+	}
+}
+
+// explore is one depth-first search of cfg up to its bounds: histories of
+// up to cfg.MaxSteps explored steps and, when choices > 0, up to that many
+// choice points (steps taken where more than one was enabled; a step that
+// was the only one enabled costs none).
+func explore(cfg Config, choices int, settle func(), clock func() time.Time) Result {
 	start := clock()
 	since := func() time.Duration { return clock().Sub(start) }
 	res := Result{Config: cfg}
-	visited := map[[16]byte]int{}
+	// visited keeps, for each state, the choice points and steps taken to
+	// reach it: a state reached again with no fewer of either is pruned.
+	type seen struct{ choices, steps int16 }
+	visited := map[[16]byte]seen{}
 	type frame struct{ n, i int }
 	var frames []frame
 	var path []int
+	chosen := 0 // frames with more than one step
 	x := newExec(cfg, settle)
 	x.quiet = true
 	res.Executions++
@@ -153,14 +238,20 @@ func Explore(cfg Config, settle func(), clock func() time.Time) Result {
 				maxSteps = len(path) - 1
 			}
 			leaf = true
-		} else if h := x.hash(); visited[h] > 0 && visited[h]-1 <= depth {
+		} else if h := x.hash(); func() bool {
+			v, ok := visited[h]
+			return ok && int(v.choices) <= chosen && int(v.steps) <= depth
+		}() {
 			leaf = true
 		} else {
-			visited[h] = depth + 1
+			visited[h] = seen{int16(chosen), int16(depth)}
 			res.States++
 			var steps []step
 			if depth < maxSteps {
 				steps = x.enabled(true)
+				if len(steps) > 1 && choices > 0 && chosen >= choices {
+					steps = nil // at the bound: the fair completion takes over
+				}
 			}
 			if len(steps) == 0 {
 				res.Leaves++
@@ -174,6 +265,9 @@ func Explore(cfg Config, settle func(), clock func() time.Time) Result {
 				leaf = true
 			} else {
 				frames = append(frames, frame{n: len(steps)})
+				if len(steps) > 1 {
+					chosen++
+				}
 				path = append(path, 0)
 				x.apply(steps[0])
 				res.Steps++
@@ -198,6 +292,12 @@ func Explore(cfg Config, settle func(), clock func() time.Time) Result {
 		frames[len(frames)-1].i++
 		path = path[:len(frames)]
 		path[len(path)-1] = frames[len(frames)-1].i
+		chosen = 0
+		for _, f := range frames {
+			if f.n > 1 {
+				chosen++
+			}
+		}
 		x = newExec(cfg, settle)
 		x.quiet = true
 		res.Executions++
@@ -215,7 +315,7 @@ func Explore(cfg Config, settle func(), clock func() time.Time) Result {
 func (r *Result) record(settle func(), path []int, why string, since func() time.Duration) bool {
 	if r.Violation == nil {
 		r.FirstAfter = since()
-		r.FirstSteps = len(path)
+		r.FirstSteps, r.FirstStates = len(path), r.States
 	} else if len(r.Violation.Choices) <= len(path) {
 		return false
 	}
@@ -263,8 +363,8 @@ func (x *exec) complete() string {
 		var next *step
 		for i := range steps {
 			s := steps[i]
-			if s.kind == sTimeout && !s.c.dropped {
-				continue
+			if s.kind == sTimeout {
+				continue // no more faults: held requests leave
 			}
 			if s.kind == sDeliver && x.failed {
 				continue // tick first: the lease in the way must run out
@@ -277,7 +377,10 @@ func (x *exec) complete() string {
 			idle = 0
 			continue
 		}
-		busy := x.actors[0].task != nil || x.actors[1].task != nil || x.actors[2].task != nil
+		busy := false
+		for _, a := range x.actors {
+			busy = busy || a.task != nil
+		}
 		if !busy && x.back.waiting() && x.pendingEvents() == 0 && x.back.tries < 3 {
 			x.apply(step{kind: sReask})
 			continue

@@ -32,9 +32,9 @@ const (
 	// sent, before it is applied: a crash in between leaves an answer for an
 	// effect that is not recorded.
 	MutAnswerBeforeRecord
-	// MutReconnectBuffer lets a request that timed out stay in a reconnect
-	// buffer (the abort does not discard it) and reach the server later, at
-	// any step, even after its claim ended or its replica crashed.
+	// MutReconnectBuffer lets a request held in the client's buffer survive
+	// the janitor's abort and its replica's crash (a reconnect buffer): it
+	// may reach the server at any later step, even after its claim ended.
 	MutReconnectBuffer
 	// MutRetryIgnoresCreation disables the retried delete's comparison of
 	// creation times (queue.Janitor.deleteOnce: a retry deletes only the
@@ -46,6 +46,23 @@ const (
 	// between its purge and its delete (queue.Janitor.deleteStream): the
 	// check that follows a purge's reply sees no deadline.
 	MutNoCheckAfterPurge
+	// MutQuarantineOff turns the quarantine of a new bucket off
+	// (handlers.Config.Quarantine 0, as --trust-new-bucket does): a claim
+	// may act in a bucket created a moment ago, while a claim held in the
+	// deleted one still acts.
+	MutQuarantineOff
+	// MutRebuildOff configures no Rebuilder: a new bucket's records are not
+	// rebuilt from the event stream, and claims do not wait for them.
+	MutRebuildOff
+	// MutRestartDoneIgnored hands the decision every record as version 2
+	// (handlers.restartDone then ignores restart_done: a restart request
+	// counts as flushed once a later status of its run is recorded).
+	MutRestartDoneIgnored
+	// MutRevisionsRestart recreates a lost bucket with its revisions
+	// starting again at 1 (the client library's default stream, without
+	// first_seq): a compare-and-set of a claim held in the old bucket may
+	// land on a record of the new one.
+	MutRevisionsRestart
 )
 
 var mutationNames = map[Mutation]string{
@@ -57,6 +74,10 @@ var mutationNames = map[Mutation]string{
 	MutReconnectBuffer:       "reconnect-buffer",
 	MutRetryIgnoresCreation:  "retry-ignores-creation",
 	MutNoCheckAfterPurge:     "no-check-after-purge",
+	MutQuarantineOff:         "quarantine-off",
+	MutRebuildOff:            "rebuild-off",
+	MutRestartDoneIgnored:    "restart-done-ignored",
+	MutRevisionsRestart:      "revisions-restart",
 }
 
 func (m Mutation) String() string { return mutationNames[m] }
@@ -92,6 +113,20 @@ type holderClockRecords struct{ records }
 func (r holderClockRecords) Get(ctx context.Context, id queue.JobID) (queue.Record, uint64, error) {
 	rec, rev, err := r.records.Get(ctx, id)
 	rec.At = time.Time{}
+	return rec, rev, err
+}
+
+// version2Records (MutRestartDoneIgnored) reads every record as version 2:
+// the only use of the version is handlers.restartDone, which then judges a
+// restart's flush done by the newest event's state instead of the record's
+// restart_done.
+type version2Records struct{ records }
+
+func (r version2Records) Get(ctx context.Context, id queue.JobID) (queue.Record, uint64, error) {
+	rec, rev, err := r.records.Get(ctx, id)
+	if rev != 0 {
+		rec.V = 2
+	}
 	return rec, rev, err
 }
 

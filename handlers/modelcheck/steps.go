@@ -4,11 +4,13 @@ import (
 	"context"
 	"fmt"
 	"hash/fnv"
+	"slices"
 	"strings"
 	"time"
 
 	"github.com/example/queue-janitor/events"
 	"github.com/example/queue-janitor/handlers"
+	"github.com/example/queue-janitor/queue"
 )
 
 // stepKind is what a step of the model does.
@@ -29,6 +31,7 @@ const (
 	sTick                      // the clock advances by one second
 	sLose                      // the bucket is lost (or job 7's record expires)
 	sResume                    // a paused replica goes on
+	sRebuild                   // the rebuild loop runs (handlers.Rebuilder.Ensure)
 )
 
 // step is one choice at a state.
@@ -56,7 +59,7 @@ func (x *exec) enabled(explore bool) []step {
 		// happens: only such requests are served until none is in flight.
 		var urgent []*call
 		for _, c := range pend {
-			if c.op.effect() && !c.buffered && !c.ghost && !c.renew {
+			if c.op.effect() && !c.buffered && !c.ghost && !c.renew && !x.blocked(c) {
 				urgent = append(urgent, c)
 			}
 		}
@@ -67,27 +70,31 @@ func (x *exec) enabled(explore bool) []step {
 	resumed := map[*task]bool{}
 	for _, c := range pend {
 		switch {
-		case c.ghost:
-			out = append(out, step{kind: sRelease, c: c})
-			continue
-		case c.buffered:
-			if !c.dropped {
-				out = append(out, step{kind: sRelease, c: c})
-			}
-			out = append(out, step{kind: sTimeout, c: c})
-			continue
-		case c.renew:
-			continue // served within the renewal's step
 		case c.op == opResume:
 			if !resumed[c.t] {
 				resumed[c.t] = true
 				out = append(out, step{kind: sResume, a: c.t.a})
 			}
 			continue
+		case c.renew:
+			continue // served within the renewal's step
+		case x.blocked(c):
+			// Behind a held request of its connection: it may only time
+			// out (its caller gives up) until that one leaves.
+			if !c.ghost {
+				out = append(out, step{kind: sTimeout, c: c})
+			}
+			continue
+		case c.ghost:
+			out = append(out, step{kind: sRelease, c: c})
+			continue
+		case c.buffered:
+			out = append(out, step{kind: sRelease, c: c}, step{kind: sTimeout, c: c})
+			continue
 		}
 		// A pause may follow the reply of an effect's request, before the
 		// next authority check of its claim.
-		pausable := pauses && c.op.effect() && c.t.claim != nil
+		pausable := pauses && c.op.effect() && c.t.claim != nil && (!x.cfg.PauseAfterPurgeOnly || c.op == opPurge)
 		out = append(out, step{kind: sServe, c: c})
 		if pausable && !x.cfg.PauseAfterFailureOnly {
 			out = append(out, step{kind: sServe, c: c, pause: true})
@@ -101,7 +108,7 @@ func (x *exec) enabled(explore bool) []step {
 			if c.op == opDeleteStream {
 				fs = []fault{faultDrop}
 			}
-		case c.op == opDeleteStream || c.op == opDeleteConsumer:
+		case c.op == opDeleteStream || c.op == opDeleteConsumer || c.op == opPurge:
 			fs = []fault{faultLostReply, faultDrop, faultDelay}
 		case c.op == opPut:
 			fs = []fault{faultLostReply, faultDrop}
@@ -137,6 +144,9 @@ func (x *exec) enabled(explore bool) []step {
 	if x.backendEnabled() {
 		out = append(out, step{kind: sBackend})
 	}
+	if q := x.rebuilder(); q != nil && q.task == nil && x.rebuildDue() {
+		out = append(out, step{kind: sRebuild, a: q})
+	}
 	if !explore {
 		return out
 	}
@@ -169,7 +179,7 @@ func (x *exec) enabled(explore bool) []step {
 		if x.usedC < x.cfg.MaxCrashes {
 			out = append(out, step{kind: sCrash, a: a})
 		}
-		if x.usedR < x.cfg.MaxRenewals && x.inEffect(t) {
+		if !a.rebuilds && x.usedR < x.cfg.MaxRenewals && x.inEffect(t) {
 			out = append(out, step{kind: sRenew, a: a})
 		}
 	}
@@ -198,19 +208,41 @@ func (x *exec) inEffect(t *task) bool {
 	return false
 }
 
-// mayLose reports whether the loss fault changes anything: the bucket holds
-// a record. A record expires (Config.RecordExpiry) only when no lease in it
-// is running: its TTL (30 days by default) is far longer than a lease, and
+// mayLose reports whether the loss fault changes anything. A bucket always
+// holds something (at least its rebuild marker): it may be lost at any
+// time. A record expires (Config.RecordExpiry) only when no lease in it is
+// running: its TTL (30 days, when set) is far longer than a lease, and
 // every claim writes the record.
 func (x *exec) mayLose() bool {
 	if !x.cfg.RecordExpiry {
-		return len(x.w.Recs) > 0
+		return true
 	}
 	r, ok := x.w.Recs[job]
 	if !ok {
 		return false
 	}
-	return r.Rec.Lease == nil || !r.At.time().Add(r.Rec.Lease.TTL).After(x.w.Now.time())
+	rec := r.Rec
+	rec.At = r.At.time()
+	return !rec.LeaseLive(x.w.Now.time())
+}
+
+// rebuildDue reports whether the rebuild loop has something to do: the
+// bucket holds no finished rebuild marker of its own incarnation, and no
+// rebuild holds a running lease in it. The loop runs at any moment then (a
+// claim's kick, or its five-second ticker).
+func (x *exec) rebuildDue() bool {
+	m := x.w.Marker
+	switch {
+	case m == nil:
+		return true
+	case !m.M.Incarnation.Equal(x.w.Bucket.time()):
+		return true
+	case m.M.State == queue.RebuildDone:
+		return false
+	case m.M.State == queue.RebuildRunning:
+		return !x.w.Now.time().Before(m.At.time().Add(m.M.TTL))
+	}
+	return true
 }
 
 // tickAllowed is the bound on a request's time in flight: a request of an
@@ -241,7 +273,8 @@ func (x *exec) tickAllowed() bool {
 // nextThreshold is the next instant at which time changes a decision: a
 // lease ends (in server time, or by its holder's clock under
 // MutLeaseByHolderClock), a claim's deadline passes (by its holder's
-// clock), a stream leaves the reconciler's grace period. Between two such
+// clock), a stream leaves the reconciler's grace period, a new bucket's
+// quarantine ends, a rebuild's lease in the marker ends. Between two such
 // instants time changes nothing any code decides on (every time stamp only
 // moves later together), so the clock jumps from one to the next: one tick
 // a step. ok is false when no instant is ahead.
@@ -254,8 +287,18 @@ func (x *exec) nextThreshold() (next time.Time, ok bool) {
 	}
 	for _, r := range x.w.Recs {
 		if l := r.Rec.Lease; l != nil {
-			consider(r.At.time().Add(l.TTL))
+			rec := r.Rec
+			rec.At = r.At.time()
+			consider(rec.LeaseEnds())
 			consider(l.Until)
+		}
+	}
+	if x.lossy() {
+		// A new bucket's quarantine ends; a rebuild's lease in the marker
+		// ends.
+		consider(x.w.Bucket.time().Add(Lease))
+		if m := x.w.Marker; m != nil && m.M.State == queue.RebuildRunning {
+			consider(m.At.time().Add(m.M.TTL))
 		}
 	}
 	x.mu.Lock()
@@ -314,6 +357,8 @@ func (x *exec) label(s step) string {
 		return fmt.Sprintf("CRASH of %s (its lease stays until it expires)", s.a.name)
 	case sPass:
 		return "reconciler: starts a pass"
+	case sRebuild:
+		return "rebuild loop: runs (Rebuilder.Ensure)"
 	case sTick:
 		return fmt.Sprintf("clock: %s → %s", x.w.Now, x.tickTarget())
 	}
@@ -326,6 +371,7 @@ func (x *exec) apply(s step) {
 	if !x.quiet {
 		line = x.label(s)
 	}
+	x.stepNo++
 	switch s.kind {
 	case sServe:
 		if s.pause {
@@ -336,9 +382,11 @@ func (x *exec) apply(s step) {
 		}
 		switch s.fault {
 		case faultDelay:
-			s.c.buffered = true
+			x.mu.Lock()
+			s.c.buffered, s.c.bufferedAt = true, x.stepNo
+			x.mu.Unlock()
 			x.usedF++
-			line += fmt.Sprintf("replica %s: %s %s held in the client's buffer", s.c.t.a.name, s.c.op, s.c.target())
+			line += fmt.Sprintf("%s: %s %s held in the client's buffer", x.who(s.c), s.c.op, s.c.target())
 		case faultNone:
 			line += x.serve(s.c, s.fault)
 		default:
@@ -346,22 +394,9 @@ func (x *exec) apply(s step) {
 			line += x.serve(s.c, s.fault)
 		}
 	case sRelease:
-		line = "network: buffered request sent → " + x.serve(s.c, faultNone)
+		line = "network: held request leaves → " + x.serve(s.c, faultNone)
 	case sTimeout:
-		line = fmt.Sprintf("replica %s: %s %s times out", s.c.t.a.name, s.c.op, s.c.target())
-		if x.cfg.Mutation == MutReconnectBuffer && !s.c.dropped {
-			// The request stays in the reconnect buffer.
-			s.c.ghost, s.c.buffered = true, false
-			s.c.t.obs.WriteString("timeout|")
-			x.slept = true
-			s.c.reply <- reply{err: errNoReply}
-			line += " (it stays in the reconnect buffer)"
-		} else {
-			if s.c.dropped {
-				line += " (dropped by the abort)"
-			}
-			x.failCall(s.c, errNoReply)
-		}
+		line = x.timeout(s.c)
 	case sDeliver:
 		s.ev.State, s.ev.Handler = evInFlight, s.a.name
 		ev := s.ev.jobStatus()
@@ -394,7 +429,10 @@ func (x *exec) apply(s step) {
 		x.w.Now = x.tickTarget()
 	case sLose:
 		x.usedL++
-		line += x.w.lose(x.cfg.RecordExpiry)
+		line += x.w.lose(x.cfg.RecordExpiry, x.cfg.Mutation == MutRevisionsRestart)
+	case sRebuild:
+		rb := s.a.rb
+		x.start(s.a, nil, func(ctx context.Context) (events.Outcome, error) { return events.Outcome{}, rb.Ensure(ctx) })
 	case sResume:
 		line = x.resume(s.a)
 	}
@@ -405,26 +443,68 @@ func (x *exec) apply(s step) {
 	x.quiesce()
 }
 
-// crash abandons a's task: its requests fail, its buffered requests die
-// with its connection, its event is redelivered.
+// crash abandons a's task: its requests fail, its connection goes with
+// the requests held in its buffer (unless MutReconnectBuffer keeps them),
+// its event is redelivered.
 func (x *exec) crash(a *actor) {
 	t := a.task
 	x.mu.Lock()
 	t.crashed = true
 	var mine []*call
 	for _, c := range x.pending {
-		if c.t == t && !c.ghost {
+		if c.t.a == a && c.conn == a.conn && (!c.ghost || x.cfg.Mutation != MutReconnectBuffer) {
 			mine = append(mine, c)
 		}
 	}
 	a.task = nil
+	a.conn++
 	x.mu.Unlock()
 	for _, c := range mine {
+		if c.ghost {
+			x.remove(c) // its caller is gone already
+			continue
+		}
 		x.failCall(c, errCrashed)
 	}
 	if t.ev != nil {
 		t.ev.State, t.ev.Handler = evPending, ""
 	}
+}
+
+// timeout is a held request's caller giving up: it gets no reply. The
+// request stays where it is, in the client's buffer, and may still leave
+// later (until its connection is closed), unless it is read-only: then
+// whether it ever leaves makes no difference.
+func (x *exec) timeout(c *call) string {
+	line := fmt.Sprintf("%s: %s %s times out", x.who(c), c.op, c.target())
+	if x.blocked(c) {
+		line += " (held behind an earlier request of its connection)"
+	}
+	if c.op.readOnly() {
+		x.failCall(c, errNoReply)
+		return line
+	}
+	x.mu.Lock()
+	if !c.buffered {
+		c.bufferedAt = c.arrived // held since it was sent: what came after waits behind it
+	}
+	c.ghost, c.buffered = true, false
+	x.mu.Unlock()
+	c.t.observe(c, "timeout")
+	x.slept = true
+	c.reply <- reply{err: errNoReply}
+	return line + " (it stays in the client's buffer, in doubt)"
+}
+
+// who names the actor of a request.
+func (x *exec) who(c *call) string {
+	if c.t.a.reconciler() {
+		return "reconciler"
+	}
+	if c.t.a.rebuilds {
+		return "rebuild loop"
+	}
+	return "replica " + c.t.a.name
 }
 
 // renew runs the claim's Renew as one step, as the renewal loop would.
@@ -450,6 +530,11 @@ func (x *exec) renew(a *actor) string {
 		if next == nil {
 			break
 		}
+		if x.blocked(next) {
+			x.failCall(next, errNoReply)
+			lines = append(lines, "   renewal held behind an earlier request of its connection: times out")
+			continue
+		}
 		lines = append(lines, "   "+x.serve(next, faultNone))
 	}
 	held := <-done
@@ -465,16 +550,19 @@ func (x *exec) hash() [16]byte {
 	x.back.key(&b)
 	fmt.Fprintf(&b, "used=%d/%d/%d/%d/%d/%d/%d;", x.usedF, x.usedC, x.usedR, x.usedD, x.usedP, x.usedL, x.usedZ)
 	for _, a := range x.actors {
+		fmt.Fprintf(&b, "%s:c%d:%v;", a.name, a.conn, a.gate)
 		if t := a.task; t != nil {
 			ev := ""
 			if t.ev != nil {
 				ev = t.ev.ID + t.ev.Stored.String()
 			}
-			fmt.Fprintf(&b, "%s:%s:%s:%v;", a.name, ev, t.obs.String(), t.paused)
+			obs := slices.Clone(t.obs)
+			slices.Sort(obs)
+			fmt.Fprintf(&b, "%s:%s:%v:%v;", a.name, ev, obs, t.paused)
 		}
 	}
 	for _, c := range x.sortedPending() {
-		fmt.Fprintf(&b, "p=%s/%v/%v/%v;", c.sortKey(), c.buffered, c.dropped, c.ghost)
+		fmt.Fprintf(&b, "p=%s/%d/%v/%v/%v;", c.sortKey(), c.conn, c.buffered, c.ghost, x.blocked(c))
 	}
 	h := fnv.New128a()
 	h.Write([]byte(b.String()))
@@ -491,6 +579,7 @@ func (x *exec) describe(s step) string {
 	switch s.kind {
 	case sServe, sRelease, sTimeout:
 		verb := map[stepKind]string{sServe: "serve", sRelease: "release", sTimeout: "timeout"}[s.kind]
+		// "serve A kv put job 7", "release A delete stream job_7"
 		d := fmt.Sprintf("%s %s %s %s", verb, s.c.t.a.name, s.c.op, s.c.target())
 		if s.fault != faultNone {
 			d += " +" + strings.ReplaceAll(faultNames[s.fault], " ", "-")
@@ -518,6 +607,8 @@ func (x *exec) describe(s step) string {
 		return "renew " + s.a.name
 	case sPass:
 		return "pass"
+	case sRebuild:
+		return "rebuild"
 	case sTick:
 		return "tick"
 	case sLose:

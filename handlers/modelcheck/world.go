@@ -1,9 +1,10 @@
 package modelcheck
 
 import (
+	"encoding/json"
 	"fmt"
+	"slices"
 	"sort"
-	"strconv"
 	"strings"
 	"time"
 
@@ -119,15 +120,26 @@ type answer struct {
 }
 
 // world is everything outside the replicas: the server (streams,
-// consumers, the key-value record, the event stream, the clock) and the
-// answers.
+// consumers, the key-value bucket with its records and rebuild marker, the
+// event stream, the clock) and the answers.
 type world struct {
 	Now       stamp
 	Resources map[string]*resource
 
-	// The record of each job: its JSON value as the store keeps it, its
+	// Bucket is the creation time of the bucket's current incarnation
+	// (queue.Incarnation): long before the model's epoch, or the moment of
+	// its last loss (world.lose).
+	Bucket stamp
+	// The record of each job: its value as the store keeps it, its
 	// revision and the revision's server time.
-	Recs    map[queue.JobID]*storedRecord
+	Recs map[queue.JobID]*storedRecord
+	// Marker is the rebuild marker (queue.RebuildKey), nil when the bucket
+	// has none.
+	Marker *storedMarker
+	// NextRev is the bucket's last revision. Revisions go on across a
+	// loss: the bucket is created with its first sequence at the creation
+	// instant in nanoseconds (queue.StoreConfig), above every revision of
+	// the bucket before.
 	NextRev uint64
 	// tokens names each lease token by the claim that created it, so that
 	// the random tokens do not make equal states look different.
@@ -138,18 +150,86 @@ type world struct {
 	Deleted []string
 }
 
+// storedRecord is a record as the store keeps it: its JSON encoding (Rec
+// decoded from it), its revision and the revision's server time. Canon is
+// the encoding with its lease tokens named (world.canon), for the state
+// hash: every field is in it.
 type storedRecord struct {
-	Rec queue.Record
+	Rec   queue.Record
+	JSON  []byte
+	Canon string
+	Rev   uint64
+	At    stamp
+}
+
+// store encodes rec as the store would (queue.Store.Put).
+func (w *world) store(rec queue.Record, rev uint64, at stamp) *storedRecord {
+	rec.V = queue.RecordVersion
+	b, err := json.Marshal(rec)
+	if err != nil {
+		panic(err)
+	}
+	sr := &storedRecord{JSON: b, Rev: rev, At: at}
+	if err := json.Unmarshal(b, &sr.Rec); err != nil {
+		panic(err)
+	}
+	sr.Canon = w.canonJSON(b)
+	return sr
+}
+
+// record is the stored record as a Get returns it: decoded from its
+// encoding (a deep copy of Rec, which was), with the revision's server
+// time.
+func (r *storedRecord) record() queue.Record {
+	rec := r.Rec
+	if rec.Attempt != nil {
+		a := *rec.Attempt
+		rec.Attempt = &a
+	}
+	if rec.RestartAttempt != nil {
+		a := *rec.RestartAttempt
+		rec.RestartAttempt = &a
+	}
+	rec.Seen = slices.Clone(rec.Seen)
+	if rec.Lease != nil {
+		l := *rec.Lease
+		rec.Lease = &l
+	}
+	if rec.Effect != nil {
+		e := *rec.Effect
+		if e.Report != nil {
+			rp := *e.Report
+			rp.Deleted, rp.Kept, rp.Notes = slices.Clone(rp.Deleted), slices.Clone(rp.Kept), slices.Clone(rp.Notes)
+			e.Report = &rp
+		}
+		rec.Effect = &e
+	}
+	rec.At = r.At.time()
+	return rec
+}
+
+type storedMarker struct {
+	M   queue.RebuildMarker
 	Rev uint64
 	At  stamp
 }
 
+// bucketEpoch is the creation of the model's first bucket: an hour before
+// the model's epoch, so that it has long outlived the quarantine.
+var bucketEpoch = stamp{S: -3600}
+
 func newWorld() *world {
-	w := &world{Resources: map[string]*resource{}, Recs: map[queue.JobID]*storedRecord{}, tokens: map[string]string{}}
+	w := &world{Resources: map[string]*resource{}, Recs: map[queue.JobID]*storedRecord{}, tokens: map[string]string{},
+		Bucket: bucketEpoch}
 	// The shared stream and the other job's queue exist from the start.
 	w.Resources["advisories"] = &resource{Key: "advisories", Consumers: 2}
 	w.Resources["advisories/job-8-dlq"] = &resource{Key: "advisories/job-8-dlq"}
 	w.Resources["job_8"] = &resource{Key: "job_8", Consumers: 1, Msgs: 3}
+	// The first bucket's records were rebuilt (from an empty event stream)
+	// before the model begins.
+	w.NextRev = 1
+	w.Marker = &storedMarker{M: queue.RebuildMarker{State: queue.RebuildDone, Owner: "replica-A", Incarnation: w.Bucket.time()},
+		Rev: w.NextRev, At: w.Bucket}
 	return w
 }
 
@@ -206,32 +286,34 @@ func (w *world) consumerInfo(stream, name string) *jetstream.ConsumerInfo {
 	return nil
 }
 
-// canonRecord is the record with its lease token named by its claim.
-func (w *world) canonRecord(rec queue.Record) string {
-	var b strings.Builder
-	if rec.Attempt != nil {
-		b.WriteString(strconv.FormatInt(*rec.Attempt, 10))
+// canon is a value as the store keeps it (its JSON encoding), with the
+// lease tokens named by their claims.
+func (w *world) canon(v any) string {
+	b, err := json.Marshal(v)
+	if err != nil {
+		panic(err)
 	}
-	for _, t := range []time.Time{rec.Time, rec.Stored, rec.CleanedAt, rec.At} {
-		b.WriteByte(',')
-		b.WriteString(strconv.FormatInt(t.UnixMilli(), 10))
+	return w.canonJSON(b)
+}
+
+func (w *world) canonJSON(b []byte) string {
+	s := string(b)
+	for tok, name := range w.tokens {
+		s = strings.ReplaceAll(s, tok, name)
 	}
-	b.WriteString(rec.EventID)
-	b.WriteByte(',')
-	b.WriteString(rec.Status)
-	b.WriteString(string(rec.State))
-	if rec.Done {
-		b.WriteString(",done")
-	}
-	if l := rec.Lease; l != nil {
-		fmt.Fprintf(&b, ",lease:%s:%s:%d:%d", l.Owner, w.tokens[l.Token], l.TTL, l.Until.UnixMilli())
-	}
-	return b.String()
+	return s
+}
+
+// canonMarker is the rebuild marker without what varies from one execution
+// to the next (how long the rebuild took in the bubble's clock).
+func (w *world) canonMarker(m queue.RebuildMarker) string {
+	m.TookMS = 0
+	return w.canon(m)
 }
 
 // key is the canonical text of the world, for the state hash.
 func (w *world) key(b *strings.Builder) {
-	fmt.Fprintf(b, "now=%v;", w.Now)
+	fmt.Fprintf(b, "now=%v;bucket=%v;", w.Now, w.Bucket)
 	keys := make([]string, 0, len(w.Resources))
 	for k := range w.Resources {
 		keys = append(keys, k)
@@ -241,8 +323,13 @@ func (w *world) key(b *strings.Builder) {
 		r := w.Resources[k]
 		fmt.Fprintf(b, "%s:%d:%v:%v:%d:%d:%d;", r.Key, r.Run, r.Created, r.Since, r.Attempt, r.Consumers, r.Msgs)
 	}
-	for id, r := range w.Recs {
-		fmt.Fprintf(b, "rec%d=%d@%v:%s;", id, r.Rev, r.At, w.canonRecord(r.Rec))
+	for _, id := range []queue.JobID{job, otherJob} {
+		if r, ok := w.Recs[id]; ok {
+			fmt.Fprintf(b, "rec%d=%d@%v:%s;", id, r.Rev, r.At, r.Canon)
+		}
+	}
+	if m := w.Marker; m != nil {
+		fmt.Fprintf(b, "marker=%d@%v:%s;", m.Rev, m.At, w.canonMarker(m.M))
 	}
 	for _, e := range w.Events {
 		fmt.Fprintf(b, "ev=%s/%v/%d/%s;", e.ID, e.Stored, e.State, e.Handler)
@@ -298,17 +385,29 @@ func (w *world) mayDelete(r *resource, what string) string {
 // stream KV_queue_janitor_jobs is deleted on the server, and the service's
 // self-healing store (queue/heal.go: the next call finds the bucket gone,
 // recreates it with the same configuration, and runs the call once more)
-// carries on with an empty bucket. Every record and lease is gone, and the
-// revisions start again from 1, as the new stream's sequence does: a write
-// that expects revision N succeeds if the new bucket's record happens to be
-// at N. With expiry (Config.RecordExpiry) it is instead job 7's record
-// that expires (the bucket's TTL): the record goes, the revisions go on.
-func (w *world) lose(expiry bool) string {
+// carries on with an empty bucket, a new incarnation created now. Every
+// record, lease and the rebuild marker are gone. The new bucket's revisions
+// start at its creation instant in nanoseconds (queue.StoreConfig's
+// FirstSeq), above every revision of the old one: the model's revisions go
+// on (under MutRevisionsRestart they start again at 1, as a bucket created
+// with the client library's defaults does). The bucket is recreated at the
+// instant it is lost, the soonest the self-healing can: its quarantine ends
+// as early as it can.
+//
+// With expiry (Config.RecordExpiry) it is instead job 7's record that
+// expires (the bucket's TTL, --kv-ttl above 0): the record goes, the bucket
+// and its revisions stay.
+func (w *world) lose(expiry, restartRevisions bool) string {
 	if expiry {
 		delete(w.Recs, job)
-		return "job 7's record expires (the bucket's TTL): gone, with any lease; revisions go on"
+		return "job 7's record expires (the bucket's TTL): gone, with any lease; the bucket stays"
 	}
 	w.Recs = map[queue.JobID]*storedRecord{}
-	w.NextRev = 0
-	return "the bucket is deleted on the server; the store recreates it empty (queue/heal.go): every record and lease is gone, revisions start again at 1"
+	w.Marker = nil
+	w.Bucket = w.tick()
+	if restartRevisions {
+		w.NextRev = 0
+		return fmt.Sprintf("the bucket is deleted on the server; the store recreates it empty at %s: every record, lease and the rebuild marker are gone; revisions start again at 1 (MUTATION)", w.Bucket)
+	}
+	return fmt.Sprintf("the bucket is deleted on the server; the store recreates it empty at %s: every record, lease and the rebuild marker are gone; revisions go on (first_seq)", w.Bucket)
 }

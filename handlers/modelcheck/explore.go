@@ -95,6 +95,10 @@ type Config struct {
 	// Measure explores on past violations without recording them: the size
 	// of the state space the bounds give, as a fixed code would meet it.
 	Measure bool
+	// Prefix starts the exploration from the state a history reaches: its
+	// steps written as for Script (the first enabled step whose description
+	// contains each), taken before the explored ones (and not counted).
+	Prefix []string
 	// KnownBug marks a scenario in which the model finds a product bug that
 	// is reported and not fixed yet: the property broken must contain it.
 	// The test then expects that counterexample (and fails once it is no
@@ -118,6 +122,8 @@ type Result struct {
 	CompleteDepth, Rounds, CutAt int
 	// RoundStates are the states each round explored.
 	RoundStates []int
+	// bounded: the round's choice bound cut some history short.
+	bounded bool
 	// Violation is the shortest counterexample found, nil when none.
 	Violation *Counterexample
 	// FirstAfter is how long the first counterexample took to find, and
@@ -133,6 +139,9 @@ type Counterexample struct {
 	Property string
 	Choices  []int
 	History  []string
+	// ChoicePoints counts the steps taken where more than one was enabled
+	// (what iterative deepening bounds).
+	ChoicePoints int
 }
 
 // String prints the numbered history and the choices that replay it.
@@ -142,6 +151,7 @@ func (c *Counterexample) String() string {
 	for i, h := range c.History {
 		fmt.Fprintf(&b, "%3d. %s\n", i+1, h)
 	}
+	fmt.Fprintf(&b, "(%d explored steps, %d of them choice points)\n", len(c.Choices), c.ChoicePoints)
 	fmt.Fprintf(&b, "replay: -modelcheck.replay=%s", joinInts(c.Choices))
 	return b.String()
 }
@@ -201,6 +211,11 @@ func Explore(cfg Config, settle func(), clock func() time.Time) Result {
 			return total
 		}
 		total.CompleteDepth = d
+		if !res.bounded {
+			// No history reached the bound: every history is explored.
+			total.CompleteDepth = cfg.MaxSteps
+			return total
+		}
 		if d == cfg.MaxSteps || cfg.MaxStates > 0 && total.States >= cfg.MaxStates {
 			return total
 		}
@@ -223,7 +238,7 @@ func explore(cfg Config, choices int, settle func(), clock func() time.Time) Res
 	var frames []frame
 	var path []int
 	chosen := 0 // frames with more than one step
-	x := newExec(cfg, settle)
+	x := newExecAt(cfg, settle)
 	x.quiet = true
 	res.Executions++
 	maxSteps := cfg.MaxSteps
@@ -251,6 +266,7 @@ func explore(cfg Config, choices int, settle func(), clock func() time.Time) Res
 				steps = x.enabled(true)
 				if len(steps) > 1 && choices > 0 && chosen >= choices {
 					steps = nil // at the bound: the fair completion takes over
+					res.bounded = true
 				}
 			}
 			if len(steps) == 0 {
@@ -298,7 +314,7 @@ func explore(cfg Config, choices int, settle func(), clock func() time.Time) Res
 				chosen++
 			}
 		}
-		x = newExec(cfg, settle)
+		x = newExecAt(cfg, settle)
 		x.quiet = true
 		res.Executions++
 		for _, c := range path {
@@ -331,12 +347,16 @@ func (r *Result) record(settle func(), path []int, why string, since func() time
 // Replay runs one history given by its choices and returns it, with the
 // violation it shows, if any.
 func Replay(cfg Config, settle func(), choices []int) (*Counterexample, error) {
-	x := newExec(cfg, settle)
+	x := newExecAt(cfg, settle)
 	defer x.close()
+	points := 0
 	for i, c := range choices {
 		steps := x.enabled(true)
 		if c < 0 || c >= len(steps) {
 			return nil, fmt.Errorf("choice %d at step %d: only %d steps are enabled", c, i+1, len(steps))
+		}
+		if len(steps) > 1 {
+			points++
 		}
 		x.apply(steps[c])
 	}
@@ -344,7 +364,7 @@ func Replay(cfg Config, settle func(), choices []int) (*Counterexample, error) {
 	if why == "" {
 		why = x.complete()
 	}
-	return &Counterexample{Property: why, Choices: choices, History: x.history}, nil
+	return &Counterexample{Property: why, Choices: choices, History: x.history, ChoicePoints: points}, nil
 }
 
 // complete runs the execution on without faults under a fair scheduler

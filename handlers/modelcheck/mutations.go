@@ -199,9 +199,9 @@ func (s purgeMarkingServer) PurgeStream(ctx context.Context, stream string) erro
 	return err
 }
 
-// uncheckedAfterPurge (MutNoCheckAfterPurge) is the janitor with an
-// authority that, once, right after a purge was answered, reports no
-// deadline: the delete that follows the purge is sent unchecked, however
+// uncheckedAfterPurge (MutNoCheckAfterPurge) is the janitor whose Execute
+// sees an authority that, once, right after a purge was answered, reports
+// no deadline: the delete that follows the purge is sent unchecked, however
 // late. Every other check is the claim's own.
 type uncheckedAfterPurge struct {
 	*queue.Janitor
@@ -209,11 +209,11 @@ type uncheckedAfterPurge struct {
 	a *actor
 }
 
-func (q uncheckedAfterPurge) Remove(ctx context.Context, id queue.JobID, fence queue.Fence, auth queue.Authority) (queue.Removal, error) {
+func (q uncheckedAfterPurge) Execute(ctx context.Context, plan queue.Plan, auth queue.Authority) (queue.Removal, error) {
 	if auth == nil {
-		return q.Janitor.Remove(ctx, id, fence, nil)
+		return q.Janitor.Execute(ctx, plan, nil)
 	}
-	return q.Janitor.Remove(ctx, id, fence, skippingAuthority{auth, q.x, q.a})
+	return q.Janitor.Execute(ctx, plan, skippingAuthority{auth, q.x, q.a})
 }
 
 type skippingAuthority struct {

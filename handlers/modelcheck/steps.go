@@ -619,11 +619,34 @@ func (x *exec) describe(s step) string {
 	return "?"
 }
 
+// newExecAt is the initial state of cfg's exploration: newExec's, with
+// cfg.Prefix's steps taken. A prefix that does not match the model is a
+// mistake in the configuration: it panics.
+func newExecAt(cfg Config, settle func()) *exec {
+	x := newExec(cfg, settle)
+	for i, p := range cfg.Prefix {
+		found := false
+		for _, s := range x.enabled(true) {
+			if strings.Contains(x.describe(s), p) {
+				x.apply(s)
+				x.history[len(x.history)-1] = "prefix: " + x.history[len(x.history)-1]
+				found = true
+				break
+			}
+		}
+		if !found {
+			x.close()
+			panic(fmt.Sprintf("modelcheck: %s: prefix step %d (%q) matches no enabled step", cfg.Name, i+1, p))
+		}
+	}
+	return x
+}
+
 // Script turns a list of step descriptions into replay choices: at each
 // step, the first enabled step whose description (describe) contains the
 // pattern. It is how a history of a given shape is written down by hand.
 func Script(cfg Config, settle func(), patterns []string) ([]int, error) {
-	x := newExec(cfg, settle)
+	x := newExecAt(cfg, settle)
 	defer x.close()
 	x.quiet = true
 	var choices []int

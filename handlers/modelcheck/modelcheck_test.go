@@ -49,6 +49,9 @@ func realNow() time.Time {
 // in under an hour on two shared cores.
 const deepStates = 300_000
 
+// mutantStates caps each mutation's exploration (and its control's).
+const mutantStates = 200_000
+
 // ciStates caps each general CI scenario's exploration (all its rounds
 // of iterative deepening together), so that check-model-ci stays near two
 // minutes on two shared cores; `make check-model` explores further
@@ -463,8 +466,8 @@ func TestMutations(t *testing.T) {
 			t.Run("control-"+mc.cfg.Name, func(t *testing.T) {
 				t.Parallel()
 				cfg := mc.cfg
-				cfg.MaxStates = 200000
-				if *maxState > 0 {
+				cfg.MaxStates = mutantStates
+				if *maxState > 0 && (!*deep || *maxState < cfg.MaxStates) {
 					cfg.MaxStates = *maxState
 				}
 				if mc.deepen {
@@ -487,12 +490,12 @@ func TestMutations(t *testing.T) {
 		t.Run(mc.m.String(), func(t *testing.T) {
 			t.Parallel()
 			cfg := mc.cfg
-			cfg.Mutation, cfg.MaxStates = mc.m, 200000
+			cfg.Mutation, cfg.MaxStates = mc.m, mutantStates
 			cfg.StopAtFirst = *first
 			if mc.deepen {
 				cfg.DeepenFrom, cfg.DeepenBy = 6, 2
 			}
-			if *maxState > 0 {
+			if *maxState > 0 && (!*deep || *maxState < cfg.MaxStates) {
 				cfg.MaxStates = *maxState
 			}
 			if *maxSteps > 0 {

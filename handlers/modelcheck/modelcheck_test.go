@@ -279,6 +279,8 @@ func TestProtocolExhaustive(t *testing.T) {
 func completeness(res Result) string {
 	cfg := res.Config
 	switch {
+	case res.Violation != nil && !cfg.StopAtFirst && res.Truncated:
+		return fmt.Sprintf("searched on for a shorter counterexample up to the cap of %d states", cfg.MaxStates)
 	case res.Violation != nil && cfg.DeepenFrom > 0:
 		return fmt.Sprintf("complete to %d choice points, stopped in the next round at a counterexample of %d steps", res.CompleteDepth,
 			len(res.Violation.Choices))

@@ -248,15 +248,17 @@ func (m markers) PutJSON(ctx context.Context, key string, v any, rev uint64) (ui
 // real replay leaves those after its last sequence).
 type eventReplay struct{ x *exec }
 
-func (r eventReplay) Events(ctx context.Context, fn func(seq uint64, ev events.JobStatus)) (uint64, error) {
+// The model's event stream is never lost: it was created before any event,
+// so the stream's creation time is left zero (no event is stored before it).
+func (r eventReplay) Events(ctx context.Context, fn func(seq uint64, ev events.JobStatus)) (uint64, time.Time, error) {
 	rep := r.x.do(ctx, &call{op: opReplay})
 	if rep.err != nil {
-		return 0, rep.err
+		return 0, time.Time{}, rep.err
 	}
 	for i, ev := range rep.evs {
 		fn(uint64(i+1), ev)
 	}
-	return rep.seq, nil
+	return rep.seq, time.Time{}, nil
 }
 
 func (r eventReplay) AckFloor(ctx context.Context) (uint64, error) {

@@ -39,13 +39,26 @@ func newBackend(cfg Config) backend {
 	if cfg.PendingBetween {
 		s = []bstep{bCreateStream, bCreateDLQ, bTerminal, bRestart, bPending, bWait, bCreateStream, bCreateDLQ}
 	}
+	if cfg.RestartedBefore {
+		// Run 1's own restart request and its answer come first
+		// (newExec runs them a minute before the model's epoch).
+		s = append([]bstep{bRestart, bWait}, s...)
+		return backendFrom(s, cfg, 0)
+	}
+	return backendFrom(s, cfg, 1)
+}
+
+// backendFrom is the backend at the start of script s, in run run.
+func backendFrom(s []bstep, cfg Config, run int) backend {
 	if cfg.Run2Started {
 		s = append(s, bStarted)
 	}
 	if cfg.Run2Terminal {
 		s = append(s, bTerminal)
 	}
-	return backend{script: s, run: 1}
+	// Event ids count from e1 for the events of the model proper; run 1's
+	// own restart request, before them, is e0.
+	return backend{script: s, run: run, nextID: run - 1}
 }
 
 func (b *backend) done() bool { return b.pc >= len(b.script) || b.gaveUp != "" }

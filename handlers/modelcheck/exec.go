@@ -150,10 +150,51 @@ func newExec(cfg Config, settle func()) *exec {
 	// matters: the initial state. (A bucket lost, or a reconciler pass,
 	// before the event exists is one just after it, a few milliseconds
 	// apart: no decision depends on so little.)
-	for x.back.pc < 3 {
+	if cfg.RestartedBefore {
+		x.restartedBefore()
+	}
+	for x.back.script[x.back.pc] != bTerminal {
 		x.history = append(x.history, "start: "+x.backendStep())
 	}
+	x.history = append(x.history, "start: "+x.backendStep())
 	return x
+}
+
+// restartedBefore (Config.RestartedBefore) runs what came before run 1, a
+// minute before the model's epoch, without a choice: the backend publishes
+// run 1's restart request e0, replica A handles it (every request served
+// as sent, no fault) and answers, and the backend goes on to run 1. Job 7's
+// record then holds the finished flush and when it was done (CleanedAt).
+func (x *exec) restartedBefore() {
+	x.w.Now = stamp{S: -60}
+	x.history = append(x.history, "start: "+x.backendStep())
+	e0 := x.w.Events[len(x.w.Events)-1]
+	a := x.actors[0]
+	x.apply(step{kind: sDeliver, ev: e0, a: a})
+	for a.task != nil {
+		var next *step
+		for _, s := range x.enabled(false) {
+			if s.kind == sServe && s.c.t.a == a || s.kind == sResume && s.a == a {
+				next = &s
+				break
+			}
+		}
+		if next == nil {
+			panic("modelcheck: RestartedBefore: replica A waits for nothing it can be served")
+		}
+		x.apply(*next)
+	}
+	if e0.State != evAcked || !x.backendEnabled() {
+		panic(fmt.Sprintf("modelcheck: RestartedBefore: run 1's restart request was not handled and answered:\n%s",
+			strings.Join(x.history, "\n")))
+	}
+	x.history = append(x.history, "start: "+x.backendStep())
+	for i := 1; i < len(x.history); i++ {
+		if !strings.HasPrefix(x.history[i], "start: ") {
+			x.history[i] = "start: " + x.history[i]
+		}
+	}
+	x.w.Now = stamp{}
 }
 
 // lossy reports whether the bucket itself can be lost (not only a record

@@ -41,6 +41,14 @@ type Config struct {
 	// PendingBetween: the backend may publish the next run's pending status
 	// (with the new attempt) between its restart request and the answer.
 	PendingBetween bool
+	// RestartedBefore: run 1 began with a restart request (e0, for run 1)
+	// that replica A flushed (nothing there) and answered a minute before
+	// the model begins, so job 7's record says its queue was removed
+	// recently (CleanedAt): its removals in the model empty a stream that
+	// holds tasks before deleting it (queue.Fence.PurgeFirst), as they do
+	// within 15 minutes of the last one. Otherwise no removal in the model
+	// purges: the first is the job's first.
+	RestartedBefore bool
 	// MaxPauses bounds pauses: after the reply to one of an effect's
 	// requests, its replica stands still before its next authority check
 	// (between the fence's read and the delete, between the purge and the

@@ -330,7 +330,11 @@ func (x *exec) tickTarget() stamp {
 // stampOf is the server stamp of a model time.
 func stampOf(t time.Time) stamp {
 	d := t.Sub(base)
-	return stamp{S: int(d / time.Second), K: int(d % time.Second / time.Millisecond)}
+	sec, rem := d/time.Second, d%time.Second
+	if rem < 0 {
+		sec, rem = sec-1, rem+time.Second // a time before the epoch: whole seconds down, milliseconds up
+	}
+	return stamp{S: int(sec), K: int(rem / time.Millisecond)}
 }
 
 // label is how a step is shown in a history, before it runs.
@@ -635,8 +639,14 @@ func newExecAt(cfg Config, settle func()) *exec {
 			}
 		}
 		if !found {
+			var have []string
+			for _, s := range x.enabled(true) {
+				have = append(have, x.describe(s))
+			}
+			hist := strings.Join(x.history, "\n")
 			x.close()
-			panic(fmt.Sprintf("modelcheck: %s: prefix step %d (%q) matches no enabled step", cfg.Name, i+1, p))
+			panic(fmt.Sprintf("modelcheck: %s: prefix step %d (%q) matches no enabled step; enabled: %s\nhistory so far:\n%s",
+				cfg.Name, i+1, p, strings.Join(have, " | "), hist))
 		}
 	}
 	return x

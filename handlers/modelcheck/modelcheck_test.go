@@ -388,6 +388,13 @@ var lostAfterDroppedDelete = []string{"backend", "deliver e1 A", "serve A kv get
 	"serve Q bucket info", "serve Q kv get rebuild", "serve Q kv put rebuild", "serve Q event consumer", "serve Q replay",
 	"serve Q kv get job", "serve Q kv put job", "serve Q kv put rebuild"}
 
+// holderIntentWritten: replica A (its clock behind) claims the job for run
+// 1's revoked event and records its intent; its deletes are not served yet;
+// the clock reaches the end of A's lease by A's clock (its Until), and the
+// restart request is delivered to B.
+var holderIntentWritten = []string{"backend", "deliver e1 A", "serve A kv get", "serve A kv put", "serve A stream info",
+	"serve A kv put", "tick", "deliver e2 B"}
+
 // heldDelete: replica A's delete of run 1's stream is held in the client's
 // buffer, and A gives up waiting for its reply.
 var heldDelete = []string{"backend", "deliver e1 A", "serve A kv get", "serve A stream info", "serve A kv put",
@@ -419,8 +426,12 @@ var mutants = []struct {
 	// another replica flushed and the next run began.
 	{MutReconnectBuffer, Config{Name: "held-delete-time", MaxSteps: 60, MaxFaults: 1, MaxTime: 5, Prefix: heldDelete}, true, true,
 		20_000, ""},
+	// A, its clock 3 s behind, has written its intent to remove run 1's
+	// queue, its deletes not yet sent; a second later the restart request
+	// reaches B. (From the start, the history is 20 choice points long:
+	// beyond the cap.)
 	{MutLeaseByHolderClock, Config{Name: "holder-behind", ReplicaOffsets: [2]time.Duration{-3 * time.Second, 0}, MaxSteps: 60,
-		MaxTime: 9}, false, false, 0, ""},
+		MaxTime: 9, Prefix: holderIntentWritten}, true, false, 0, ""},
 	{MutFenceIgnoresCreation, Config{Name: "no-attempts-reask", MaxSteps: 60, MaxReasks: 1}, true, false, 0, ""},
 	// The answer sent with the record write, a crash between them: the
 	// redelivered request resumes the recorded claim, whose fence keeps the

@@ -33,6 +33,9 @@ type claim struct {
 	last      queue.Record // the record as a reload found it when the lease was lost
 	first     uint64       // the revision the claim wrote
 	intentRev uint64       // the revision its intent wrote, if any
+	// foreign says that another writer changed the record while the claim
+	// held it (a status recorded, the rebuild's merge): a reload found it.
+	foreign bool
 
 	stop chan struct{}
 	done chan struct{}
@@ -153,7 +156,7 @@ func (c *claim) reload(ctx context.Context) bool {
 		c.lost, c.deadline, c.last = true, time.Time{}, cur
 		return false
 	}
-	c.rec, c.rev = cur, rev
+	c.rec, c.rev, c.foreign = cur, rev, true
 	return true
 }
 
@@ -263,25 +266,44 @@ func landed(rec queue.Record, token string) bool {
 // wait for it to expire. A failure here is harmless: the lease expires. The
 // effect the claim intended stays recorded (a later attempt learns from it
 // what this one may have removed). With unsent (no destructive request was
-// sent), the record is put back as it was before the claim (before), unless
-// another writer changed it meanwhile: the event the claim was for has not
-// been acted on, and may never be (an event of a deleted stream).
+// sent), the record is put back as it was before the claim (before) when
+// no other writer changed it since: the event the claim was for has not
+// been acted on, and may never be (an event of a deleted stream). When
+// another writer did (a status recorded, the rebuild's merge of the event
+// stream's order), what it wrote stays and only the claim's intent is taken
+// back: putting back the earlier snapshot would erase it.
 func (c *claim) release(ctx context.Context, unsent bool, before queue.Record) {
 	c.halt()
 	c.mu.Lock()
-	rec, rev, lost, first := c.rec, c.rev, c.lost, c.first
+	rec, rev, lost, first, intentRev, foreign := c.rec, c.rev, c.lost, c.first, c.intentRev, c.foreign
 	c.mu.Unlock()
 	if lost {
 		return
 	}
-	next := rec
-	if unsent && rev == first || unsent && rec.Effect != nil && rec.Effect.Token == c.token && rev == c.intentRev {
-		next = before
-	}
-	next.Lease = nil
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
-	_, _ = c.h.records.Put(ctx, c.id, next, rev)
+	for range 3 {
+		ours := rec.Effect != nil && rec.Effect.Token == c.token
+		next := rec
+		switch {
+		case unsent && !foreign && (rev == first || ours && rev == intentRev):
+			next = before
+		case unsent && ours:
+			next.Effect = before.Effect
+		}
+		next.Lease = nil
+		_, err := c.h.records.Put(ctx, c.id, next, rev)
+		if !errors.Is(err, queue.ErrConflict) {
+			return
+		}
+		// Written over since the claim's last write (the rebuild's merge
+		// carries the lease): give the lease back on what is there now.
+		cur, curRev, err := c.h.records.Get(ctx, c.id)
+		if err != nil || cur.Lease == nil || cur.Lease.Token != c.token {
+			return
+		}
+		rec, rev, foreign = cur, curRev, true
+	}
 }
 
 func newToken() string {

@@ -114,6 +114,13 @@ func (h *Handler) run(ctx context.Context, e effect) (queue.Removal, string, boo
 	if a.err == nil && h.gate.before(e.stored) {
 		a.err = errFromDeletedStream
 	}
+	if a.err == nil && h.gate.predates(c.first) {
+		// The claim was written before the bucket's records were rebuilt:
+		// the record it decided on may since have been rewritten with the
+		// event stream's order, which it has not judged.
+		a.err = &NotReadyError{Reason: "the job's records were rebuilt from the event stream after this claim was decided; deciding again",
+			RetryAfter: 50 * time.Millisecond}
+	}
 	if a.err != nil {
 		c.release(ctx, true, e.before)
 		return nothing, "", false, a.err

@@ -59,6 +59,10 @@ type gate struct {
 	// from is when the event stream its records were rebuilt from was
 	// created (zero: not rebuilt here, or no rebuilder).
 	from time.Time
+	// rebuilt is the revision of that incarnation's rebuild marker (0: no
+	// rebuilder): a record written at a lower revision may predate the
+	// rebuild's write of it.
+	rebuilt uint64
 }
 
 // known returns the incarnation last admitted (zero: none yet). Reads sent
@@ -87,13 +91,13 @@ func (g *gate) admit(ctx context.Context, before time.Time) (same bool, err erro
 		}
 	}
 	if g.rebuild != nil && !inc.Created.Equal(g.known()) {
-		from, err := g.rebuild.ready(ctx, inc)
+		from, rev, err := g.rebuild.ready(ctx, inc)
 		if err != nil {
 			g.forget()
 			return false, err
 		}
 		g.mu.Lock()
-		g.from = from
+		g.from, g.rebuilt = from, rev
 		g.mu.Unlock()
 	}
 	g.mu.Lock()
@@ -110,6 +114,16 @@ func (g *gate) before(stored time.Time) bool {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	return !stored.IsZero() && stored.Before(g.from)
+}
+
+// predates reports whether a claim first written at revision first came
+// before the admitted incarnation's records were rebuilt: the rebuild may
+// have rewritten the record after the claim's decision was made on it
+// (keeping the claim's lease), so the decision must be taken again.
+func (g *gate) predates(first uint64) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return first < g.rebuilt
 }
 
 func (g *gate) forget() {

@@ -60,21 +60,22 @@ func WithRebuild(src Replay, markers MarkerStore, log zerolog.Logger, out **Rebu
 }
 
 // ready returns, when inc's records are rebuilt, the creation time of the
-// event stream they were rebuilt from; else a [NotReadyError] after asking
-// the Run loop to rebuild them.
-func (r *Rebuilder) ready(ctx context.Context, inc queue.Incarnation) (time.Time, error) {
+// event stream they were rebuilt from and the revision of the marker that
+// says so (every record the rebuild wrote has a lower one); else a
+// [NotReadyError] after asking the Run loop to rebuild them.
+func (r *Rebuilder) ready(ctx context.Context, inc queue.Incarnation) (time.Time, uint64, error) {
 	m, rev, err := r.markers.RebuildMarker(ctx)
 	if err != nil {
-		return time.Time{}, err
+		return time.Time{}, 0, err
 	}
 	if rev != 0 && m.State == queue.RebuildDone && m.Incarnation.Equal(inc.Created) {
-		return m.EventsFrom, nil
+		return m.EventsFrom, rev, nil
 	}
 	select {
 	case r.kick <- struct{}{}:
 	default:
 	}
-	return time.Time{}, &NotReadyError{Reason: "the key-value bucket's records are being rebuilt from the event stream", RetryAfter: 250 * time.Millisecond}
+	return time.Time{}, 0, &NotReadyError{Reason: "the key-value bucket's records are being rebuilt from the event stream", RetryAfter: 250 * time.Millisecond}
 }
 
 // Run rebuilds the records whenever a claim finds the bucket without its

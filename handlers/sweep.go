@@ -3,7 +3,6 @@ package handlers
 import (
 	"context"
 	"errors"
-	"time"
 
 	"github.com/example/queue-janitor/events"
 	"github.com/example/queue-janitor/queue"
@@ -77,7 +76,7 @@ func (h *Handler) Sweep(ctx context.Context, req SweepRequest) (events.Outcome, 
 		claimed.Lease = &lease
 		cause := req.Trigger + ":" + lease.Token
 		fence := req.Fence
-		fence.PurgeFirst = fence.PurgeFirst || cleanedRecently(rec, time.Time{})
+		fence.PurgeFirst = fence.PurgeFirst || cleanedRecently(rec, h.now())
 		removal, result, retry, err := h.run(ctx, effect{id: req.ID, next: claimed, rev: rev, fence: fence, cause: cause, before: rec,
 			mark: func(cur queue.Record) queue.Record {
 				cur.CleanedAt = h.now().UTC()

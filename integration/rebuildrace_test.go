@@ -88,6 +88,7 @@ func TestClaimDecidedBeforeTheRebuildDecidesAgain(t *testing.T) {
 }
 
 func claimAcrossRebuild(t *testing.T, afterQuarantine bool) {
+	t.Helper()
 	e := setup(t)
 	ensureEventStream(t, e.js)
 	const bucket = "race_jobs"

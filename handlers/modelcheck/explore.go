@@ -2,6 +2,7 @@ package modelcheck
 
 import (
 	"fmt"
+	"math"
 	"strings"
 	"time"
 )
@@ -181,6 +182,9 @@ func joinInts(xs []int) string {
 // synctest bubble. clock is a real clock (time.Now is the bubble's fake
 // one), for the times reported.
 func Explore(cfg Config, settle func(), clock func() time.Time) Result {
+	if cfg.MaxSteps > math.MaxInt16 {
+		panic(fmt.Sprintf("modelcheck: %s: MaxSteps %d is over %d (the visited set keeps depths in 16 bits)", cfg.Name, cfg.MaxSteps, math.MaxInt16))
+	}
 	if cfg.DeepenFrom <= 0 || cfg.DeepenFrom >= cfg.MaxSteps {
 		res := explore(cfg, 0, settle, clock)
 		if !res.Truncated && res.Violation == nil {
@@ -267,7 +271,7 @@ func explore(cfg Config, choices int, settle func(), clock func() time.Time) Res
 		}() {
 			leaf = true
 		} else {
-			visited[h] = seen{int16(chosen), int16(depth)}
+			visited[h] = seen{int16(chosen), int16(depth)} //nolint:gosec // both at most MaxSteps, checked in Explore
 			res.States++
 			var steps []step
 			if depth < maxSteps {

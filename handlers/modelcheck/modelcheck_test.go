@@ -421,7 +421,7 @@ var mutants = []struct {
 	ci       bool
 	ciStates int
 	// none says why no counterexample is expected: the guard is now behind
-	// others (defence in depth).
+	// others (defense in depth).
 	none string
 }{
 	{MutAuthorityNeverExpires, Config{Name: "no-stamps-time", MaxSteps: 60, MaxTime: 9}, false, false, 0, ""},

@@ -63,7 +63,7 @@ check-model-ci: ## the exhaustive model check at CI bounds (under two minutes), 
 	set -o pipefail; $(GO) test -count=1 -timeout 10m -run '^TestProtocolExhaustive$$' -v ./handlers/modelcheck/ | grep -E 'states|counterexample|^(---|ok|FAIL)'
 
 .PHONY: check-model
-check-model: ## the exhaustive model check at deeper bounds, and each guard disabled in the model (mutations); about an hour
+check-model: ## the exhaustive model check at deeper bounds, and each guard disabled in the model (mutations); about half an hour on two cores
 	$(GO) test -count=1 -timeout 120m -run '^(TestProtocolExhaustive|TestMutations)$$' -v ./handlers/modelcheck/ \
 		-modelcheck.deep -modelcheck.mutants -modelcheck.maxstates=1000000
 

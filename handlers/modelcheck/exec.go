@@ -775,14 +775,26 @@ func (x *exec) delete(c *call, f fault, rep *reply) string {
 		delete(w.Resources, key)
 		w.tick()
 		w.Deleted = append(w.Deleted, key)
-		what = "DELETED " + r.describe()
-		if why := w.mayDelete(r, "deleted"); why != "" {
-			what += "  ← " + why
-			if x.violated == "" {
-				x.violated = why
-			}
-		}
+		what = "DELETED " + r.describe() + x.judge(r, "deleted")
 	}
+	return lostReply(f, rep, what)
+}
+
+// judge checks the safety property for r, deleted or purged (verb): the
+// violation, if any, is noted on the step and kept as the history's first.
+func (x *exec) judge(r *resource, verb string) string {
+	why := x.w.mayDelete(r, verb)
+	if why == "" {
+		return ""
+	}
+	if x.violated == "" {
+		x.violated = why
+	}
+	return "  ← " + why
+}
+
+// lostReply applies a lost-reply fault to a request the server carried out.
+func lostReply(f fault, rep *reply, what string) string {
 	if f == faultLostReply {
 		rep.err = errNoReply
 		what += ", reply lost"
@@ -812,19 +824,9 @@ func (x *exec) purge(c *call, f fault, rep *reply) string {
 		n := r.Msgs
 		r.Msgs = 0
 		w.tick()
-		what = fmt.Sprintf("PURGED %s: %d tasks gone", r.describe(), n)
-		if why := w.mayDelete(r, "purged"); why != "" {
-			what += "  ← " + why
-			if x.violated == "" {
-				x.violated = why
-			}
-		}
+		what = fmt.Sprintf("PURGED %s: %d tasks gone", r.describe(), n) + x.judge(r, "purged")
 	}
-	if f == faultLostReply {
-		rep.err = errNoReply
-		what += ", reply lost"
-	}
-	return what
+	return lostReply(f, rep, what)
 }
 
 // resume lets a paused task go on: every goroutine of it waiting at its

@@ -97,16 +97,30 @@ func (r *Replayer) Events(ctx context.Context, fn func(seq uint64, ev JobStatus)
 }
 
 // AckFloor is the service's durable consumer's ack floor (0 when the
-// consumer does not exist): every event at or below it was acknowledged.
-func (r *Replayer) AckFloor(ctx context.Context) (uint64, error) {
-	c, err := r.js.Consumer(ctx, r.stream, r.consumer)
-	if errors.Is(err, jetstream.ErrConsumerNotFound) || errors.Is(err, jetstream.ErrStreamNotFound) {
-		return 0, nil
+// consumer does not exist): every event at or below it was acknowledged. It
+// also returns when the stream the floor belongs to was created (zero when
+// there is none): a floor counts only against the events of that stream, not
+// of one that replaced it since (see [Events]).
+func (r *Replayer) AckFloor(ctx context.Context) (uint64, time.Time, error) {
+	// The stream first: a consumer read after it belongs to it, or to a
+	// stream created later, which a caller comparing the creation time
+	// with the one Events returns then sees.
+	st, err := r.js.Stream(ctx, r.stream)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		return 0, time.Time{}, nil
 	}
 	if err != nil {
-		return 0, fmt.Errorf("read consumer %q on %q: %w", r.consumer, r.stream, err)
+		return 0, time.Time{}, fmt.Errorf("read event stream %q: %w", r.stream, err)
 	}
-	return c.CachedInfo().AckFloor.Stream, nil
+	born := st.CachedInfo().Created
+	c, err := st.Consumer(ctx, r.consumer)
+	if errors.Is(err, jetstream.ErrConsumerNotFound) || errors.Is(err, jetstream.ErrStreamNotFound) {
+		return 0, born, nil
+	}
+	if err != nil {
+		return 0, born, fmt.Errorf("read consumer %q on %q: %w", r.consumer, r.stream, err)
+	}
+	return c.CachedInfo().AckFloor.Stream, born, nil
 }
 
 func randomName() string {

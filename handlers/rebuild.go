@@ -20,8 +20,9 @@ type Replay interface {
 	// sequence read and when the stream was created.
 	Events(ctx context.Context, fn func(seq uint64, ev events.JobStatus)) (uint64, time.Time, error)
 	// AckFloor is the service's durable consumer's ack floor: every event
-	// at or below it was acknowledged, that is, its effect was recorded.
-	AckFloor(ctx context.Context) (uint64, error)
+	// at or below it was acknowledged, that is, its effect was recorded. It
+	// also returns when the stream it was read on was created.
+	AckFloor(ctx context.Context) (uint64, time.Time, error)
 }
 
 // MarkerStore keeps the rebuild marker (queue.Store satisfies it).
@@ -192,51 +193,80 @@ type rebuilt struct {
 
 // rebuild reads the event stream and writes every job's record.
 func (r *Rebuilder) rebuild(ctx context.Context) (queue.RebuildMarker, error) {
-	floor, err := r.src.AckFloor(ctx)
+	for range 3 {
+		m, jobs, floor, err := r.read(ctx)
+		if errors.Is(err, errStreamReplaced) {
+			r.log.Info().Err(err).Msg("reading the event stream again")
+			continue
+		}
+		if err != nil {
+			return queue.RebuildMarker{}, err
+		}
+		return m, r.writeAll(ctx, jobs, floor)
+	}
+	return queue.RebuildMarker{}, fmt.Errorf("the event stream was replaced three times while it was read: %w", errStreamReplaced)
+}
+
+// errStreamReplaced: the event stream was deleted and created again between
+// the read of the ack floor and the read of the events.
+var errStreamReplaced = errors.New("the event stream was replaced while the records were rebuilt")
+
+// read reads the ack floor, then every event, of one event stream. A floor
+// read on an event stream that was replaced (deleted by `flush nats`, and
+// created again by the intake) since would count the new stream's first
+// events, never handled, as acknowledged: a restart request among them
+// would be taken as flushed, and answered already_done over a leftover.
+func (r *Rebuilder) read(ctx context.Context) (queue.RebuildMarker, map[queue.JobID]*rebuilt, uint64, error) {
+	floor, floorFrom, err := r.src.AckFloor(ctx)
 	if err != nil {
-		return queue.RebuildMarker{}, err
+		return queue.RebuildMarker{}, nil, 0, err
 	}
 	jobs := map[queue.JobID]*rebuilt{}
 	n := 0
 	last, born, err := r.src.Events(ctx, func(seq uint64, ev events.JobStatus) {
 		n++
-		if !ev.HasQueue() {
-			return
-		}
-		j := jobs[ev.JobID]
-		switch {
-		case j == nil:
-			j = &rebuilt{newest: ev, newestSeq: seq, seen: map[string]bool{}}
-			jobs[ev.JobID] = j
-		case j.seen[ev.ID] && ev.ID == j.newest.ID:
-			j.newestSeq = seq // a later copy of the newest: it may be the one acknowledged
-		case j.seen[ev.ID] && ev.Status != events.StatusRestartRequested:
-			return // a later copy of an older event orders nothing
-		case !j.seen[ev.ID] && newer(ev, j.newest):
-			j.newest, j.newestSeq = ev, seq
-		}
-		if !j.seen[ev.ID] {
-			j.seen[ev.ID] = true
-			j.ids = append(j.ids, ev.ID)
-		}
-		if ev.Status != events.StatusRestartRequested {
-			return
-		}
-		switch {
-		case j.restart == nil || newer(ev, *j.restart) && ev.ID != j.restart.ID:
-			e := ev
-			j.restart, j.restartFirst, j.restartSeq = &e, ev.Stored, seq
-		case ev.ID == j.restart.ID:
-			j.restartSeq = seq // a later copy of the same request
+		if ev.HasQueue() {
+			fold(jobs, seq, ev)
 		}
 	})
 	if err != nil {
-		return queue.RebuildMarker{}, err
+		return queue.RebuildMarker{}, nil, 0, err
 	}
-	if err := r.writeAll(ctx, jobs, floor); err != nil {
-		return queue.RebuildMarker{}, err
+	if !born.Equal(floorFrom) {
+		return queue.RebuildMarker{}, nil, 0, fmt.Errorf("%w (ack floor %d read on the stream created %s, events on the one created %s)",
+			errStreamReplaced, floor, floorFrom.UTC().Format(time.RFC3339Nano), born.UTC().Format(time.RFC3339Nano))
 	}
-	return queue.RebuildMarker{Through: last, Events: n, Jobs: len(jobs), EventsFrom: born}, nil
+	return queue.RebuildMarker{Through: last, Events: n, Jobs: len(jobs), EventsFrom: born}, jobs, floor, nil
+}
+
+// fold adds what ev, the event at seq, says of its job.
+func fold(jobs map[queue.JobID]*rebuilt, seq uint64, ev events.JobStatus) {
+	j := jobs[ev.JobID]
+	switch {
+	case j == nil:
+		j = &rebuilt{newest: ev, newestSeq: seq, seen: map[string]bool{}}
+		jobs[ev.JobID] = j
+	case j.seen[ev.ID] && ev.ID == j.newest.ID:
+		j.newestSeq = seq // a later copy of the newest: it may be the one acknowledged
+	case j.seen[ev.ID] && ev.Status != events.StatusRestartRequested:
+		return // a later copy of an older event orders nothing
+	case !j.seen[ev.ID] && newer(ev, j.newest):
+		j.newest, j.newestSeq = ev, seq
+	}
+	if !j.seen[ev.ID] {
+		j.seen[ev.ID] = true
+		j.ids = append(j.ids, ev.ID)
+	}
+	if ev.Status != events.StatusRestartRequested {
+		return
+	}
+	switch {
+	case j.restart == nil || newer(ev, *j.restart) && ev.ID != j.restart.ID:
+		e := ev
+		j.restart, j.restartFirst, j.restartSeq = &e, ev.Stored, seq
+	case ev.ID == j.restart.ID:
+		j.restartSeq = seq // a later copy of the same request
+	}
 }
 
 // newer orders two events of a job as the record does (see compare): by

@@ -311,7 +311,6 @@ type historyStats struct {
 	reasks, staleEarlierTry                              atomic.Int64
 	publishRetries, provisionRetries                     atomic.Int64
 	eventsLost, endLost, outsidePromise                  atomic.Int64
-	knownOpen                                            atomic.Int64
 
 	mu       sync.Mutex
 	outcomes map[string]int
@@ -335,13 +334,13 @@ func (s *historyStats) String() string {
 	s.mu.Unlock()
 	return fmt.Sprintf("bucket losses %d (%d within a quarantine; %d more asked for within %s of one), event stream losses %d; "+
 		"histories on bucket-loss groups %d, living through a bucket loss %d, through an event stream loss %d; "+
-		"events possibly lost %d, jobs whose last terminal event was lost %d, deletions outside the promise %d, known open bug (docs/SAFETY.md) %d; "+
+		"events possibly lost %d, jobs whose last terminal event was lost %d, deletions outside the promise %d;"+
 		"PENDING between restart and answer (or before the first run) %d, STARTED right after the answer %d, "+
 		"restarts right after a terminal event %d; restarts asked again %d (stale answers to an earlier try %d), publications retried %d, provisions retried %d; "+
 		"flushed answers: %s",
 		s.bucketLosses.Load(), s.doubleLosses.Load(), s.lossesThrottled.Load(), lossGap, s.flushes.Load(),
 		s.lossHistories.Load(), s.throughLoss.Load(), s.throughFlush.Load(),
-		s.eventsLost.Load(), s.endLost.Load(), s.outsidePromise.Load(), s.knownOpen.Load(),
+		s.eventsLost.Load(), s.endLost.Load(), s.outsidePromise.Load(),
 		s.pendings.Load(), s.startedEarly.Load(), s.startRightAfterTerminal.Load(),
 		s.reasks.Load(), s.staleEarlierTry.Load(), s.publishRetries.Load(), s.provisionRetries.Load(), strings.Join(answers, ", "))
 }

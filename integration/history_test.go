@@ -281,12 +281,7 @@ type jobPlan struct {
 	dlqMade   []time.Time // per run: its dead-letter consumer's server-side creation time (zero: none)
 	published []published // every event publication, in order
 	answers   []string    // the flushed answers the backend acted on
-	// lastOutcome is the outcome of the last flushed answer the backend
-	// acted on; knownOpen the leftover a run's stream held when created
-	// after an `already_done` answer on a bucket-loss group (0: none).
-	lastOutcome string
-	knownOpen   uint64
-	problems    []string
+	problems  []string
 }
 
 type published struct {
@@ -404,10 +399,6 @@ func (h *history) problems() []string {
 	}
 	return out
 }
-
-// historyStrict says whether the known open bug of docs/SAFETY.md fails the
-// test too (QJ_HISTORY_STRICT=1).
-func historyStrict() bool { return os.Getenv("QJ_HISTORY_STRICT") == "1" }
 
 func (j *jobPlan) fail(format string, args ...any) {
 	j.mu.Lock()
@@ -812,9 +803,6 @@ func (g *historyGroup) awaitFlushed(j *jobPlan, sub *nats.Subscription, restart 
 				j.fail("LIVENESS: restart %s answered stale", res.CauseEventID)
 				return false // a real backend does not publish then
 			}
-			j.mu.Lock()
-			j.lastOutcome = res.Outcome
-			j.mu.Unlock()
 			return true
 		}
 		if now := g.loss.generation(); now != gen && now%2 == 0 {
@@ -879,23 +867,7 @@ func (g *historyGroup) noteCreated(j *jobPlan, run int) {
 		return
 	}
 	if n := s.CachedInfo().State.Msgs; n != 0 {
-		j.mu.Lock()
-		known := g.loss != nil && j.lastOutcome == events.OutcomeAlreadyDone && !historyStrict()
-		if known {
-			j.knownOpen = n
-		}
-		j.mu.Unlock()
-		if known {
-			// The open bug of docs/SAFETY.md ("Found, not fixed yet"): a
-			// restart answered already_done after the bucket's loss over an
-			// earlier run's leftover. Counted and logged, not failed, unless
-			// QJ_HISTORY_STRICT=1.
-			g.stats.knownOpen.Add(1)
-			g.t.Logf("KNOWN OPEN BUG (docs/SAFETY.md): job %d: run %d's stream holds %d messages when created, after an already_done answer on a bucket-loss group",
-				j.id, run+1, n)
-		} else {
-			j.fail("run %d's stream holds %d messages when created, before its tasks (an earlier run's tasks brought back)", run+1, n)
-		}
+		j.fail("run %d's stream holds %d messages when created, before its tasks (an earlier run's tasks brought back)", run+1, n)
 	}
 	c, err := g.js.Consumer(ctx, g.names.AdvisoryStream, g.names.DeadLetterConsumerName(j.id))
 	j.mu.Lock()
@@ -1030,12 +1002,7 @@ func (g *historyGroup) checkLiveness(h *history) []string {
 			continue
 		}
 		if got := s.CachedInfo().State.Msgs; got != uint64(last.tasks) {
-			j.mu.Lock()
-			leftover := j.knownOpen
-			j.mu.Unlock()
-			if leftover == 0 || got != uint64(last.tasks)+leftover {
-				out = append(out, fmt.Sprintf("job %d's running stream holds %d messages, want exactly its run's %d", j.id, got, last.tasks))
-			}
+			out = append(out, fmt.Sprintf("job %d's running stream holds %d messages, want exactly its run's %d", j.id, got, last.tasks))
 		}
 		if !consumerExists(g.t, g.js, stream, g.names.ConsumerName(j.id)) {
 			out = append(out, fmt.Sprintf("SAFETY: job %d's running run lost its task consumer", j.id))

@@ -105,26 +105,7 @@ func claimAcrossRebuild(t *testing.T, afterQuarantine bool) {
 	var rb *handlers.Rebuilder
 	a := handlers.New(queue.NewJanitor(e.js, e.names), records, &answers{}, cfg,
 		handlers.WithRebuild(events.NewReplayer(e.js, "JOB_EVENTS", "queue-janitor", decoder), store, zerolog.New(zerolog.NewTestWriter(t)), &rb))
-	handle := func(ev events.JobStatus) events.Outcome {
-		t.Helper()
-		ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
-		defer cancel()
-		for {
-			out, err := a.Handle(ctx, ev)
-			var nr *handlers.NotReadyError
-			switch {
-			case errors.As(err, &nr):
-				if errors.Is(rb.Ensure(ctx), context.DeadlineExceeded) {
-					t.Fatalf("%s: still not ready after a minute: %v", ev.ID, err)
-				}
-				time.Sleep(nr.RetryAfter)
-				continue
-			case err != nil:
-				t.Fatalf("%s: %v", ev.ID, err)
-			}
-			return out
-		}
-	}
+	handle := func(ev events.JobStatus) events.Outcome { return handleWhenReady(t, a, rb, ev) }
 
 	e.provision(7, 5, nil) // run 1, unstamped
 	time.Sleep(cfg.Quarantine)
@@ -177,5 +158,28 @@ func claimAcrossRebuild(t *testing.T, afterQuarantine bool) {
 	}
 	if out.Decision != events.DecisionStale {
 		t.Errorf("the copy of REVOKED 1: decision %s; want stale (the rebuilt record's newest event is the restart of attempt 2)", out.Decision)
+	}
+}
+
+// handleWhenReady handles ev as the intake would, waiting out (and helping
+// along, with the rebuild) the new bucket's quarantine and rebuild.
+func handleWhenReady(t *testing.T, a *handlers.Handler, rb *handlers.Rebuilder, ev events.JobStatus) events.Outcome {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	for {
+		out, err := a.Handle(ctx, ev)
+		var nr *handlers.NotReadyError
+		switch {
+		case errors.As(err, &nr):
+			if errors.Is(rb.Ensure(ctx), context.DeadlineExceeded) {
+				t.Fatalf("%s: still not ready after a minute: %v", ev.ID, err)
+			}
+			time.Sleep(nr.RetryAfter)
+			continue
+		case err != nil:
+			t.Fatalf("%s: %v", ev.ID, err)
+		}
+		return out
 	}
 }

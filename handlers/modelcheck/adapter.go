@@ -261,9 +261,9 @@ func (r eventReplay) Events(ctx context.Context, fn func(seq uint64, ev events.J
 	return rep.seq, time.Time{}, nil
 }
 
-func (r eventReplay) AckFloor(ctx context.Context) (uint64, error) {
+func (r eventReplay) AckFloor(ctx context.Context) (uint64, time.Time, error) {
 	rep := r.x.do(ctx, &call{op: opAckFloor})
-	return rep.seq, rep.err
+	return rep.seq, time.Time{}, rep.err
 }
 
 // server is the janitor's four JetStream calls ([queue.Server]).

@@ -334,7 +334,7 @@ func (s *historyStats) String() string {
 	s.mu.Unlock()
 	return fmt.Sprintf("bucket losses %d (%d within a quarantine; %d more asked for within %s of one), event stream losses %d; "+
 		"histories on bucket-loss groups %d, living through a bucket loss %d, through an event stream loss %d; "+
-		"events possibly lost %d, jobs whose last terminal event was lost %d, deletions outside the promise %d;"+
+		"events possibly lost %d, jobs whose last terminal event was lost %d, deletions outside the promise %d; "+
 		"PENDING between restart and answer (or before the first run) %d, STARTED right after the answer %d, "+
 		"restarts right after a terminal event %d; restarts asked again %d (stale answers to an earlier try %d), publications retried %d, provisions retried %d; "+
 		"flushed answers: %s",

@@ -211,11 +211,12 @@ func (r *Rebuilder) rebuild(ctx context.Context) (queue.RebuildMarker, error) {
 // the read of the ack floor and the read of the events.
 var errStreamReplaced = errors.New("the event stream was replaced while the records were rebuilt")
 
-// read reads the ack floor, then every event, of one event stream. A floor
-// read on an event stream that was replaced (deleted by `flush nats`, and
-// created again by the intake) since would count the new stream's first
-// events, never handled, as acknowledged: a restart request among them
-// would be taken as flushed, and answered already_done over a leftover.
+// read reads the ack floor, then every event, of one event stream, and
+// checks that the stream was not replaced (deleted by `flush nats`, and
+// created again by the intake) in between. A floor read on the stream
+// before would count the new stream's first events, never handled, as
+// acknowledged: a restart request among them would be taken as flushed, and
+// answered already_done over a leftover.
 func (r *Rebuilder) read(ctx context.Context) (queue.RebuildMarker, map[queue.JobID]*rebuilt, uint64, error) {
 	floor, floorFrom, err := r.src.AckFloor(ctx)
 	if err != nil {
@@ -232,9 +233,16 @@ func (r *Rebuilder) read(ctx context.Context) (queue.RebuildMarker, map[queue.Jo
 	if err != nil {
 		return queue.RebuildMarker{}, nil, 0, err
 	}
-	if !born.Equal(floorFrom) {
-		return queue.RebuildMarker{}, nil, 0, fmt.Errorf("%w (ack floor %d read on the stream created %s, events on the one created %s)",
-			errStreamReplaced, floor, floorFrom.UTC().Format(time.RFC3339Nano), born.UTC().Format(time.RFC3339Nano))
+	// Once more after the events: a stream replaced while they were read
+	// ends the read early, and its successor's creation is then the time
+	// from which held events count as lost with it (see gate.before).
+	_, after, err := r.src.AckFloor(ctx)
+	if err != nil {
+		return queue.RebuildMarker{}, nil, 0, err
+	}
+	if !born.Equal(floorFrom) || !after.Equal(born) {
+		return queue.RebuildMarker{}, nil, 0, fmt.Errorf("%w (ack floor %d read on the stream created %s, events on the one created %s, the stream then created %s)",
+			errStreamReplaced, floor, stamp(floorFrom), stamp(born), stamp(after))
 	}
 	return queue.RebuildMarker{Through: last, Events: n, Jobs: len(jobs), EventsFrom: born}, jobs, floor, nil
 }
@@ -385,4 +393,12 @@ func restartNewer(rs events.JobStatus, cur queue.Record) bool {
 		return rs.Attempt > *cur.RestartAttempt
 	}
 	return !cur.RestartStored.IsZero() && rs.Stored.After(cur.RestartStored)
+}
+
+// stamp formats a stream's creation time for a message.
+func stamp(t time.Time) string {
+	if t.IsZero() {
+		return "(none)"
+	}
+	return t.UTC().Format(time.RFC3339Nano)
 }

@@ -14,41 +14,96 @@ import (
 	"github.com/example/queue-janitor/queue"
 )
 
-// pausingReplay is the real event stream replay, held (once armed) just
-// after it read the service consumer's ack floor: a rebuild slowed between
-// its two reads.
+// pausingReplay is the real event stream replay, held once, when armed, at
+// one point of a rebuild: just after its first read of the service
+// consumer's ack floor, or just after its read of the events.
 type pausingReplay struct {
 	*events.Replayer
-	armed  atomic.Bool
-	held   chan struct{}
-	resume chan struct{}
+	afterFloor, afterEvents atomic.Bool
+	held                    chan struct{}
+	resume                  chan struct{}
 }
 
 func (p *pausingReplay) AckFloor(ctx context.Context) (uint64, time.Time, error) {
 	floor, born, err := p.Replayer.AckFloor(ctx)
-	if p.armed.CompareAndSwap(true, false) {
-		close(p.held)
-		<-p.resume
-	}
+	p.pause(&p.afterFloor)
 	return floor, born, err
 }
 
-// TestRebuildAcrossAnEventStreamLossKeepsARestartUnanswered is the open
-// finding of the random histories on a real server. The rebuild reads the
-// service consumer's ack floor (5: the old event stream's five events were
-// handled); `flush nats` then deletes the event stream, the service
-// recreates it, and the backend's restart request for job 7 lands in it at
-// sequence 1, not yet handled. The rebuild reads that stream's events: with
-// the old stream's floor, sequence 1 counts as acknowledged, so the record
-// says the restart's flush is done, and the request is answered
-// already_done over run 1's five leftover tasks. The floor must be read
-// from the stream the events are read from.
-func TestRebuildAcrossAnEventStreamLossKeepsARestartUnanswered(t *testing.T) {
+func (p *pausingReplay) Events(ctx context.Context, fn func(uint64, events.JobStatus)) (uint64, time.Time, error) {
+	last, born, err := p.Replayer.Events(ctx, fn)
+	p.pause(&p.afterEvents)
+	return last, born, err
+}
+
+func (p *pausingReplay) pause(armed *atomic.Bool) {
+	if armed.CompareAndSwap(true, false) {
+		close(p.held)
+		<-p.resume
+	}
+}
+
+// TestRebuildAcrossAnEventStreamLoss: a rebuild is held while `flush nats`
+// deletes the event stream and the intake creates it again.
+//
+// Held after it read the ack floor (5: the old stream's five events were
+// handled), with the backend's restart request for job 7 landing in the new
+// stream at sequence 1, not yet handled: with the old stream's floor,
+// sequence 1 counted as acknowledged, so the record said the restart's flush
+// was done and the request was answered already_done over run 1's five
+// leftover tasks (the random histories' last finding). The floor must be
+// read on the stream the events are read from.
+//
+// Held after it read the events, with job 7's REVOKED in the old stream
+// still held by a replica: the rebuild must count from the new stream, so
+// that the held event is known to come from a deleted stream, whose
+// successor's records know neither it nor what followed it, and is not
+// acted on (lost_with_stream); marked rebuilt from the old stream, it
+// removed run 1's queue.
+func TestRebuildAcrossAnEventStreamLoss(t *testing.T) {
 	t.Parallel()
+	t.Run("after the ack floor: the restart in the new stream is flushed", func(t *testing.T) {
+		t.Parallel()
+		e, a, rb, replay := rebuildSetup(t)
+		replay.afterFloor.Store(true)
+		var restart events.JobStatus
+		rebuildAcrossLoss(t, e, rb, replay, func() {
+			restart = storedEvent(t, e, "restart-2", events.StatusRestartRequested, 2)
+		})
+		out := handleWhenReady(t, a, rb, restart)
+		t.Logf("the restart of attempt 2: decision %s, result %s", out.Decision, out.Result)
+		if got := e.msgs("job_7"); got > 0 {
+			t.Fatalf("run 1's stream still holds %d tasks after the restart was answered %s; want them flushed", got, out.Result)
+		}
+		if out.Result != events.OutcomeRemoved {
+			t.Errorf("the restart of attempt 2: %s; want removed", out.Result)
+		}
+	})
+	t.Run("after the events: an event held from the old stream is not acted on", func(t *testing.T) {
+		t.Parallel()
+		e, a, rb, replay := rebuildSetup(t)
+		held := storedEvent(t, e, "revoked-1", events.StatusRevoked, 1) // received by a replica, not handled
+		replay.afterEvents.Store(true)
+		rebuildAcrossLoss(t, e, rb, replay, func() {})
+		out := handleWhenReady(t, a, rb, held)
+		t.Logf("REVOKED 1, held from the deleted stream: decision %s, result %s", out.Decision, out.Result)
+		if got := e.msgs("job_7"); got != 5 {
+			t.Fatalf("job 7's stream holds %d messages (-1: gone) after an event held from the deleted stream; want its 5", got)
+		}
+		if out.Result != events.ResultLostWithStream {
+			t.Errorf("REVOKED 1, held from the deleted stream: %s; want %s", out.Result, events.ResultLostWithStream)
+		}
+	})
+}
+
+// rebuildSetup is a server whose event stream holds five handled events of
+// job 8, a handler over a new bucket with a rebuilder reading through a
+// pausingReplay, and job 7's run 1 with five tasks.
+func rebuildSetup(t *testing.T) (*env, *handlers.Handler, *handlers.Rebuilder, *pausingReplay) {
+	t.Helper()
 	e := setup(t)
 	ensureEventStream(t, e.js)
-	ackEvents(t, e, 8, 5) // the old stream: five events of job 8, handled
-
+	ackEvents(t, e, 8, 5)
 	store, err := queue.OpenStore(t.Context(), e.js, queue.StoreConfig{Bucket: "rebuild_jobs", Replicas: 1})
 	if err != nil {
 		t.Fatal(err)
@@ -63,33 +118,28 @@ func TestRebuildAcrossAnEventStreamLossKeepsARestartUnanswered(t *testing.T) {
 	var rb *handlers.Rebuilder
 	a := handlers.New(queue.NewJanitor(e.js, e.names), store, &answers{}, cfg,
 		handlers.WithRebuild(replay, store, zerolog.New(zerolog.NewTestWriter(t)), &rb))
+	e.provision(7, 5, nil)
+	return e, a, rb, replay
+}
 
-	e.provision(7, 5, nil) // run 1's leftover: five tasks
-	replay.armed.Store(true)
+// rebuildAcrossLoss runs a rebuild, and while the replay holds it deletes
+// the event stream, creates it again and calls then.
+func rebuildAcrossLoss(t *testing.T, e *env, rb *handlers.Rebuilder, replay *pausingReplay, then func()) {
+	t.Helper()
 	rebuilt := make(chan error, 1)
 	go func() { rebuilt <- rb.Ensure(t.Context()) }()
 	select {
 	case <-replay.held:
 	case <-time.After(time.Minute):
-		t.Fatal("the rebuild did not read the ack floor within a minute")
+		t.Fatal("the rebuild did not reach its pause within a minute")
 	}
 	if err := e.js.DeleteStream(t.Context(), "JOB_EVENTS"); err != nil { // flush nats
 		t.Fatal(err)
 	}
-	ensureEventStream(t, e.js) // recreated
-	restart := storedEvent(t, e, "restart-2", events.StatusRestartRequested, 2)
+	ensureEventStream(t, e.js) // the intake creates it again
+	then()
 	close(replay.resume)
-	err = <-rebuilt
-	t.Logf("the rebuild that straddled the loss: %v", err)
-
-	out := handleWhenReady(t, a, rb, restart)
-	t.Logf("the restart of attempt 2: decision %s, result %s", out.Decision, out.Result)
-	if got := e.msgs("job_7"); got > 0 {
-		t.Fatalf("run 1's stream still holds %d tasks after the restart was answered %s; want them flushed", got, out.Result)
-	}
-	if out.Result != events.OutcomeRemoved {
-		t.Errorf("the restart of attempt 2: %s; want removed", out.Result)
-	}
+	t.Logf("the rebuild that straddled the loss: %v", <-rebuilt)
 }
 
 // ackEvents publishes n events of job id into the event stream and has the

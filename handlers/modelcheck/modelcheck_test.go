@@ -107,7 +107,7 @@ func configs(deeper bool) []Config {
 		// started from over the rebuild's merge.
 		{Name: "claim-across-rebuild", Attempts: true, MaxSteps: 60, MaxTime: 5, MaxLosses: 1, MaxDuplicates: 1,
 			Prefix: append(append([]string{}, run2AfterFlush...), "lose", "rebuild", "serve Q bucket info", "serve Q kv get rebuild",
-				"serve Q kv put rebuild", "serve Q event consumer", "serve Q replay", "duplicate e1"),
+				"serve Q kv put rebuild", "serve Q event consumer", "serve Q replay", "serve Q event consumer", "duplicate e1"),
 			DeepenFrom: 2, DeepenBy: 2, MaxStates: ciStates},
 	}
 	if deeper {
@@ -380,7 +380,7 @@ var (
 	lostAfterPurge = []string{"backend", "deliver e1 A", "serve A stream info", "serve A kv put", "serve A kv get",
 		"serve A kv get", "serve A stream info", "serve A kv put", "serve A kv put", "serve A bucket info",
 		"serve A delete consumer", "serve A purge stream job_7 +pause", "lose", "rebuild", "serve Q bucket info",
-		"serve Q kv get rebuild", "serve Q kv put rebuild", "serve Q event consumer", "serve Q replay", "serve Q kv get job",
+		"serve Q kv get rebuild", "serve Q kv put rebuild", "serve Q event consumer", "serve Q replay", "serve Q event consumer", "serve Q kv get job",
 		"serve Q kv put job", "serve Q kv put rebuild"}
 )
 
@@ -390,7 +390,7 @@ var (
 var lostAfterDroppedDelete = []string{"backend", "deliver e1 A", "serve A kv get", "serve A bucket info",
 	"serve A kv get rebuild", "serve A stream info", "serve A kv put", "serve A kv put", "serve A bucket info",
 	"serve A delete consumer", "serve A delete stream job_7 +dropped +pause", "lose", "rebuild",
-	"serve Q bucket info", "serve Q kv get rebuild", "serve Q kv put rebuild", "serve Q event consumer", "serve Q replay",
+	"serve Q bucket info", "serve Q kv get rebuild", "serve Q kv put rebuild", "serve Q event consumer", "serve Q replay", "serve Q event consumer",
 	"serve Q kv get job", "serve Q kv put job", "serve Q kv put rebuild"}
 
 // holderIntentWritten: replica A (its clock behind) claims the job for run

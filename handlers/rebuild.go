@@ -207,8 +207,8 @@ func (r *Rebuilder) rebuild(ctx context.Context) (queue.RebuildMarker, error) {
 	return queue.RebuildMarker{}, fmt.Errorf("the event stream was replaced three times while it was read: %w", errStreamReplaced)
 }
 
-// errStreamReplaced: the event stream was deleted and created again between
-// the read of the ack floor and the read of the events.
+// errStreamReplaced: the event stream was deleted and created again while
+// the rebuild read its ack floor and its events.
 var errStreamReplaced = errors.New("the event stream was replaced while the records were rebuilt")
 
 // read reads the ack floor, then every event, of one event stream, and

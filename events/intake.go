@@ -390,6 +390,23 @@ func (in *Intake) fromDeletedStream(ev JobStatus) bool {
 	return born != 0 && !ev.Stored.IsZero() && ev.Stored.UnixNano() < born
 }
 
+// inCurrentStream reports whether the event stream the intake is bound to
+// now holds msg at its sequence: the same message (its time and subject),
+// not another that took its sequence in a stream created since. When it
+// cannot tell, it says no: a message of the current stream left unsettled is
+// delivered again.
+func (in *Intake) inCurrentStream(ctx context.Context, msg jetstream.Msg, meta *jetstream.MsgMetadata) bool {
+	if meta == nil {
+		return false
+	}
+	st, err := in.js.Stream(ctx, in.cfg.Stream)
+	if err != nil {
+		return false
+	}
+	raw, err := st.GetMsg(ctx, meta.Sequence.Stream)
+	return err == nil && raw.Time.Equal(meta.Timestamp) && raw.Subject == msg.Subject()
+}
+
 // process handles one message: it opens the consumer span (continuing the
 // producer's trace), runs the handler unless decoding failed, then settles.
 // parked is how long the event has already waited for its job.
@@ -557,6 +574,14 @@ func (in *Intake) settle(ctx context.Context, span trace.Span, msg jetstream.Msg
 	level := zerolog.InfoLevel
 	var settleErr error
 	switch {
+	case (out.Result == ResultLostWithStream || in.fromDeletedStream(ev)) && !in.inCurrentStream(ctx, msg, meta):
+		// Its stream is gone: there is nothing to settle, and an ack, a nak
+		// or a termination would land on the stream that replaced it, at
+		// the same sequence (the server knows a message only by stream
+		// name, consumer name and sequence): a new event acknowledged
+		// unhandled, or terminated.
+		out.Result = ResultLostWithStream
+		level = zerolog.WarnLevel
 	case err == nil:
 		settleErr = msg.Ack()
 	case errors.Is(err, ErrInvalid) || lastTry:

@@ -16,16 +16,26 @@ import (
 // reads: an ordered (ephemeral, in-memory) consumer of its own, and the
 // service's durable consumer's info.
 type Replayer struct {
-	js       jetstream.JetStream
-	stream   string
-	consumer string
-	decoder  Decoder
+	js        jetstream.JetStream
+	stream    string
+	consumer  string
+	decoder   Decoder
+	maxFuture time.Duration
 }
 
 // NewReplayer returns a Replayer of stream, whose durable consumer consumer
-// is the service's; events are decoded with decoder.
+// is the service's; events are decoded with decoder, and those the intake
+// rejects as future-dated (DefaultMaxFuture; see WithMaxFuture) are left
+// out.
 func NewReplayer(js jetstream.JetStream, stream, consumer string, decoder Decoder) *Replayer {
-	return &Replayer{js: js, stream: stream, consumer: consumer, decoder: decoder}
+	return &Replayer{js: js, stream: stream, consumer: consumer, decoder: decoder, maxFuture: DefaultMaxFuture}
+}
+
+// WithMaxFuture sets the intake's limit on an event's time ahead of its
+// arrival (IntakeConfig.MaxFuture; 0 turns the check off), and returns r.
+func (r *Replayer) WithMaxFuture(d time.Duration) *Replayer {
+	r.maxFuture = d
+	return r
 }
 
 // replayBatch is how many events one fetch asks for.
@@ -33,9 +43,11 @@ const replayBatch = 1000
 
 // Events calls fn with every event in the stream that decodes, oldest first,
 // with its stream sequence; its Stored is when it reached the stream. Events
-// that do not decode are skipped (the intake dead-letters them). It returns
-// the last sequence read (events published after it began are left to the
-// intake) and when the stream was created (zero when it does not exist).
+// that do not decode, or are future-dated, are skipped (the intake
+// dead-letters them: acknowledged at the consumer's ack floor, never acted
+// on). It returns the last sequence read (events published after it began
+// are left to the intake) and when the stream was created (zero when it
+// does not exist).
 func (r *Replayer) Events(ctx context.Context, fn func(seq uint64, ev JobStatus)) (uint64, time.Time, error) {
 	st, err := r.js.Stream(ctx, r.stream)
 	if errors.Is(err, jetstream.ErrStreamNotFound) {
@@ -84,6 +96,9 @@ func (r *Replayer) Events(ctx context.Context, fn func(seq uint64, ev JobStatus)
 				continue
 			}
 			ev.Stored = meta.Timestamp
+			if checkFuture(ev, ev.Stored, r.maxFuture) != nil {
+				continue // dead-lettered by the intake: acknowledged, never acted on
+			}
 			fn(seq, ev)
 		}
 		if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) {

@@ -246,7 +246,7 @@ func openService(ctx context.Context, cfg Config, owner string, log zerolog.Logg
 		}
 		hcfg.TrustedIncarnation = inc.Created
 	}
-	replay := events.NewReplayer(js, cfg.Intake.Stream, cfg.Intake.Consumer, newDecoder(cfg))
+	replay := events.NewReplayer(js, cfg.Intake.Stream, cfg.Intake.Consumer, newDecoder(cfg)).WithMaxFuture(cfg.Intake.MaxFuture)
 	svc.handler = handlers.New(svc.janitor, store, svc.pub, hcfg,
 		handlers.WithRebuild(replay, store, log, &svc.rebuilder))
 	return svc, nil

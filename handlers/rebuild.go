@@ -269,12 +269,20 @@ func fold(jobs map[queue.JobID]*rebuilt, seq uint64, ev events.JobStatus) {
 		return
 	}
 	switch {
-	case j.restart == nil || newer(ev, *j.restart) && ev.ID != j.restart.ID:
+	case (j.restart == nil || newer(ev, *j.restart) && ev.ID != j.restart.ID) && !supersededOnArrival(ev, j.newest):
 		e := ev
 		j.restart, j.restartFirst, j.restartSeq = &e, ev.Stored, seq
-	case ev.ID == j.restart.ID:
+	case j.restart != nil && ev.ID == j.restart.ID:
 		j.restartSeq = seq // a later copy of the same request
 	}
+}
+
+// supersededOnArrival reports whether a restart request reached the event
+// stream after an event of a later attempt (newest, the job's newest event
+// so far): the handler answered it stale and acted on nothing (see
+// supersedes), so it is not the restart the job's run came from.
+func supersededOnArrival(rs, newest events.JobStatus) bool {
+	return rs.HasAttempt && newest.HasAttempt && newest.Attempt > rs.Attempt
 }
 
 // newer orders two events of a job as the record does (see compare): by

@@ -104,6 +104,15 @@ func rebuildSetup(t *testing.T) (*env, *handlers.Handler, *handlers.Rebuilder, *
 	e := setup(t)
 	ensureEventStream(t, e.js)
 	ackEvents(t, e, 8, 5)
+	e, a, rb, replay := handlerOver(t, e)
+	e.provision(7, 5, nil)
+	return e, a, rb, replay
+}
+
+// handlerOver is a handler on e's server over a new bucket, with a
+// rebuilder reading the event stream through a pausingReplay (not armed).
+func handlerOver(t *testing.T, e *env) (*env, *handlers.Handler, *handlers.Rebuilder, *pausingReplay) {
+	t.Helper()
 	store, err := queue.OpenStore(t.Context(), e.js, queue.StoreConfig{Bucket: "rebuild_jobs", Replicas: 1})
 	if err != nil {
 		t.Fatal(err)
@@ -118,7 +127,6 @@ func rebuildSetup(t *testing.T) (*env, *handlers.Handler, *handlers.Rebuilder, *
 	var rb *handlers.Rebuilder
 	a := handlers.New(queue.NewJanitor(e.js, e.names), store, &answers{}, cfg,
 		handlers.WithRebuild(replay, store, zerolog.New(zerolog.NewTestWriter(t)), &rb))
-	e.provision(7, 5, nil)
 	return e, a, rb, replay
 }
 
@@ -157,6 +165,13 @@ func ackEvents(t *testing.T, e *env, id queue.JobID, n int) {
 			t.Fatal(err)
 		}
 	}
+	ackAll(t, e, n)
+}
+
+// ackAll has the service's durable consumer acknowledge the event stream's
+// n events.
+func ackAll(t *testing.T, e *env, n int) {
+	t.Helper()
 	c, err := e.js.CreateOrUpdateConsumer(t.Context(), "JOB_EVENTS", jetstream.ConsumerConfig{
 		Durable: "queue-janitor", AckPolicy: jetstream.AckExplicitPolicy, DeliverPolicy: jetstream.DeliverAllPolicy,
 	})
@@ -176,5 +191,35 @@ func ackEvents(t *testing.T, e *env, id queue.JobID, n int) {
 	}
 	if acked != n {
 		t.Fatalf("acknowledged %d of %d events", acked, n)
+	}
+}
+
+// TestRebuildKeepsASupersededRestartStale: attempt 3 of job 7 started (an
+// automatic retry, no restart request), then a restart request for attempt
+// 2 arrived late: it was answered stale and acknowledged. The bucket is lost
+// and rebuilt; the outbox publishes that request again. It is still stale:
+// the rebuild must not take an acknowledged request that was superseded when
+// it arrived for the restart the job's run came from (before: already_done,
+// telling a backend waiting on it that attempt 2's round may be published).
+func TestRebuildKeepsASupersededRestartStale(t *testing.T) {
+	t.Parallel()
+	e := setup(t)
+	ensureEventStream(t, e.js)
+	storedEvent(t, e, "started-3", events.StatusStarted, 3)
+	late := storedEvent(t, e, "restart-2", events.StatusRestartRequested, 2)
+	ackAll(t, e, 2)
+	e2, a, rb, _ := handlerOver(t, e)
+	e2.provision(7, 5, nil) // attempt 3's tasks
+	if err := rb.Ensure(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	out := handleWhenReady(t, a, rb, storedEvent(t, e, "restart-2", events.StatusRestartRequested, 2))
+	t.Logf("the late restart of attempt 2, published again: decision %s, result %s", out.Decision, out.Result)
+	if got := e.msgs("job_7"); got != 5 {
+		t.Fatalf("attempt 3's stream holds %d messages (-1: gone); want its 5", got)
+	}
+	if out.Decision != events.DecisionStale {
+		t.Errorf("the late restart of attempt 2 (first stored %s), published again: %s %s; want stale",
+			late.Stored.Format(time.RFC3339Nano), out.Decision, out.Result)
 	}
 }

@@ -56,7 +56,9 @@ func TestIntakeDoesNotSettleAnEventOfADeletedStream(t *testing.T) {
 			}
 		}
 		cancel()
-		<-done
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
 	})
 	eventually(t, "the intake to be ready", func() bool { return in.Ready(t.Context()) == nil })
 	e := &runEnv{js: js}

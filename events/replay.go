@@ -105,10 +105,30 @@ func (r *Replayer) Events(ctx context.Context, fn func(seq uint64, ev JobStatus)
 			return seq, born, fmt.Errorf("replay event stream %q: %w", r.stream, err)
 		}
 		if n == 0 {
-			break // the rest aged out or was deleted meanwhile
+			// Nothing came: the rest aged out or was deleted meanwhile, or
+			// the fetch got no reply (a slow server ends it without an
+			// error). A read cut short would pass for the whole stream.
+			if err := r.cutShort(ctx, st, seq, last, born); err != nil {
+				return seq, born, err
+			}
+			break
 		}
 	}
 	return seq, born, nil
+}
+
+// cutShort returns an error when the stream created at born still holds
+// events after seq, up to last, that the replay did not get.
+func (r *Replayer) cutShort(ctx context.Context, st jetstream.Stream, seq, last uint64, born time.Time) error {
+	info, err := st.Info(ctx)
+	if err != nil {
+		return fmt.Errorf("replay event stream %q: %w", r.stream, err)
+	}
+	if from := max(seq+1, info.State.FirstSeq); from <= last && info.Created.Equal(born) {
+		return fmt.Errorf("replay event stream %q: no events came after sequence %d, though the stream holds them from %d to %d; the rebuild will read it again",
+			r.stream, seq, from, last)
+	}
+	return nil
 }
 
 // AckFloor is the service's durable consumer's ack floor (0 when the

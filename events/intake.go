@@ -390,6 +390,16 @@ func (in *Intake) fromDeletedStream(ev JobStatus) bool {
 	return born != 0 && !ev.Stored.IsZero() && ev.Stored.UnixNano() < born
 }
 
+// storedAt is ev with its arrival at the event stream set from the
+// message's metadata when decoding failed (a malformed event too can
+// outlive its stream).
+func storedAt(ev JobStatus, meta *jetstream.MsgMetadata) JobStatus {
+	if ev.Stored.IsZero() && meta != nil {
+		ev.Stored = meta.Timestamp
+	}
+	return ev
+}
+
 // inCurrentStream reports whether the event stream the intake is bound to
 // now holds msg at its sequence: the same message (its time and subject),
 // not another that took its sequence in a stream created since. When it
@@ -574,7 +584,7 @@ func (in *Intake) settle(ctx context.Context, span trace.Span, msg jetstream.Msg
 	level := zerolog.InfoLevel
 	var settleErr error
 	switch {
-	case (out.Result == ResultLostWithStream || in.fromDeletedStream(ev)) && !in.inCurrentStream(ctx, msg, meta):
+	case (out.Result == ResultLostWithStream || in.fromDeletedStream(storedAt(ev, meta))) && !in.inCurrentStream(ctx, msg, meta):
 		// Its stream is gone: there is nothing to settle, and an ack, a nak
 		// or a termination would land on the stream that replaced it, at
 		// the same sequence (the server knows a message only by stream

@@ -590,7 +590,10 @@ func (in *Intake) settle(ctx context.Context, span trace.Span, msg jetstream.Msg
 		// the same sequence (the server knows a message only by stream
 		// name, consumer name and sequence): a new event acknowledged
 		// unhandled, or terminated.
-		out.Result = ResultLostWithStream
+		if out.Result == "" {
+			out.Result = ResultLostWithStream
+		}
+		out.Note = strings.TrimPrefix(out.Note+"; not settled: its event stream was replaced", "; ")
 		level = zerolog.WarnLevel
 	case err == nil:
 		settleErr = msg.Ack()

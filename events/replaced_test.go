@@ -103,7 +103,7 @@ func TestIntakeDoesNotSettleAnEventOfADeletedStream(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	if !strings.Contains(logs.String(), ResultLostWithStream) {
-		t.Errorf("old-3's log line does not say %s:\n%s", ResultLostWithStream, logs.String())
+	if want := "not settled: its event stream was replaced"; !strings.Contains(logs.String(), want) {
+		t.Errorf("old-3's log line does not say %q:\n%s", want, logs.String())
 	}
 }

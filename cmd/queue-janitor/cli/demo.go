@@ -69,6 +69,10 @@ func runDemo(ctx context.Context, args []string, cio cmdIO) error {
 	defer emb.stop()
 	cfg.NATS.URL = emb.URL()
 	cfg.Reconcile.Interval = 0
+	// As serve --embedded-nats: a server started empty in this process holds
+	// no earlier bucket whose claims could still act, so the first bucket
+	// needs no quarantine (without this the REVOKED waits out a lease).
+	cfg.trustFirstBucket = emb.fresh
 
 	svcCtx, stopService := context.WithCancel(ctx)
 	served := make(chan error, 1)

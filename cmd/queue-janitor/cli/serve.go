@@ -92,7 +92,7 @@ func serve(ctx context.Context, cfg Config, log zerolog.Logger, tel *telemetry.T
 			Msg("embedded NATS JetStream server started; point the backend and the nats CLI at it")
 	}
 	owner := replicaID()
-	cfg.trustFirstBucket = emb != nil && emb.fresh
+	cfg.trustFirstBucket = cfg.trustFirstBucket || emb != nil && emb.fresh // the demo sets it for its own server
 	svc, err := openService(ctx, cfg, owner, log, tel, metrics, false)
 	if err != nil {
 		return err

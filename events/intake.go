@@ -402,9 +402,10 @@ func storedAt(ev JobStatus, meta *jetstream.MsgMetadata) JobStatus {
 
 // inCurrentStream reports whether the event stream the intake is bound to
 // now holds msg at its sequence: the same message (its time and subject),
-// not another that took its sequence in a stream created since. When it
-// cannot tell, it says no: a message of the current stream left unsettled is
-// delivered again.
+// not another that took its sequence in a stream created since. Without
+// the grant to read a message, it judges by the stream's creation time
+// instead. When it cannot tell, it says no: a message of the current stream
+// left unsettled is delivered again.
 func (in *Intake) inCurrentStream(ctx context.Context, msg jetstream.Msg, meta *jetstream.MsgMetadata) bool {
 	if meta == nil {
 		return false
@@ -414,7 +415,13 @@ func (in *Intake) inCurrentStream(ctx context.Context, msg jetstream.Msg, meta *
 		return false
 	}
 	raw, err := st.GetMsg(ctx, meta.Sequence.Stream)
-	return err == nil && raw.Time.Equal(meta.Timestamp) && raw.Subject == msg.Subject()
+	switch {
+	case err == nil:
+		return raw.Time.Equal(meta.Timestamp) && raw.Subject == msg.Subject()
+	case errors.Is(err, jetstream.ErrMsgNotFound):
+		return false
+	}
+	return !meta.Timestamp.Before(st.CachedInfo().Created)
 }
 
 // process handles one message: it opens the consumer span (continuing the

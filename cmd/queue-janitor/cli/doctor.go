@@ -574,6 +574,9 @@ func permissionProbes(cfg Config, bucketTTL, bucketDirect bool) []permProbe {
 		{grant: "$JS.API.CONSUMER.MSG.NEXT." + in.Stream + ".*", subject: "$JS.API.CONSUMER.MSG.NEXT." + in.Stream + "." + replay,
 			body: badJSON, request: true, level: permDegraded, need: "reading the replay",
 			lost: "records lost with the bucket cannot be rebuilt from the event stream"},
+		{grant: "$JS.API.STREAM.MSG.GET." + in.Stream, subject: "$JS.API.STREAM.MSG.GET." + in.Stream, body: badJSON, request: true,
+			level: permOptional, need: "reading an event back when its event stream may have been replaced while it was handled",
+			lost: "judged by the event stream's creation time instead"},
 		{grant: "$JS.API.STREAM.UPDATE." + kvStream, subject: "$JS.API.STREAM.UPDATE." + kvStream, body: badJSON, request: true,
 			level: permOptional, need: "dropping the TTL of a bucket an older version created", lost: "not needed: the bucket has no TTL"},
 	}

@@ -17,11 +17,7 @@ import (
 // rebuilt records; one within the limit is replayed.
 func TestReplayLeavesOutWhatTheIntakeDeadLetters(t *testing.T) {
 	t.Parallel()
-	srv := natstest.RunServer(t)
-	_, js := natstest.Connect(t, srv.URL())
-	if _, err := js.CreateStream(t.Context(), jetstream.StreamConfig{Name: "JOB_EVENTS", Subjects: []string{"job.status.*"}}); err != nil {
-		t.Fatal(err)
-	}
+	js := eventStream(t)
 	for _, ev := range []StatusEvent{
 		{ID: "on-time", JobID: 7, Status: StatusRevoked, Time: time.Now().Add(10 * time.Minute)},
 		{ID: "future", JobID: 7, Status: StatusRevoked, Time: time.Now().Add(2 * time.Hour)},
@@ -57,11 +53,7 @@ func TestReplayLeavesOutWhatTheIntakeDeadLetters(t *testing.T) {
 // later event, and order with them).
 func TestReplayCutShortIsAnError(t *testing.T) {
 	t.Parallel()
-	srv := natstest.RunServer(t)
-	_, js := natstest.Connect(t, srv.URL())
-	if _, err := js.CreateStream(t.Context(), jetstream.StreamConfig{Name: "JOB_EVENTS", Subjects: []string{"job.status.*"}}); err != nil {
-		t.Fatal(err)
-	}
+	js := eventStream(t)
 	const n = replayBatch + 500
 	for i := range n {
 		msg, err := StatusEvent{JobID: 7, Status: StatusStarted}.Msg(t.Context(), "job.status.")
@@ -124,3 +116,14 @@ func (emptyBatch) Messages() <-chan jetstream.Msg {
 }
 
 func (emptyBatch) Error() error { return nil }
+
+// eventStream is a server holding an empty JOB_EVENTS, and a client of it.
+func eventStream(t *testing.T) jetstream.JetStream {
+	t.Helper()
+	srv := natstest.RunServer(t)
+	_, js := natstest.Connect(t, srv.URL())
+	if _, err := js.CreateStream(t.Context(), jetstream.StreamConfig{Name: "JOB_EVENTS", Subjects: []string{"job.status.*"}}); err != nil {
+		t.Fatal(err)
+	}
+	return js
+}

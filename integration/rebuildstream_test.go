@@ -104,14 +104,14 @@ func rebuildSetup(t *testing.T) (*env, *handlers.Handler, *handlers.Rebuilder, *
 	e := setup(t)
 	ensureEventStream(t, e.js)
 	ackEvents(t, e, 8, 5)
-	e, a, rb, replay := handlerOver(t, e)
+	a, rb, replay := handlerOver(t, e)
 	e.provision(7, 5, nil)
 	return e, a, rb, replay
 }
 
 // handlerOver is a handler on e's server over a new bucket, with a
 // rebuilder reading the event stream through a pausingReplay (not armed).
-func handlerOver(t *testing.T, e *env) (*env, *handlers.Handler, *handlers.Rebuilder, *pausingReplay) {
+func handlerOver(t *testing.T, e *env) (*handlers.Handler, *handlers.Rebuilder, *pausingReplay) {
 	t.Helper()
 	store, err := queue.OpenStore(t.Context(), e.js, queue.StoreConfig{Bucket: "rebuild_jobs", Replicas: 1})
 	if err != nil {
@@ -127,7 +127,7 @@ func handlerOver(t *testing.T, e *env) (*env, *handlers.Handler, *handlers.Rebui
 	var rb *handlers.Rebuilder
 	a := handlers.New(queue.NewJanitor(e.js, e.names), store, &answers{}, cfg,
 		handlers.WithRebuild(replay, store, zerolog.New(zerolog.NewTestWriter(t)), &rb))
-	return e, a, rb, replay
+	return a, rb, replay
 }
 
 // rebuildAcrossLoss runs a rebuild, and while the replay holds it deletes
@@ -208,8 +208,8 @@ func TestRebuildKeepsASupersededRestartStale(t *testing.T) {
 	storedEvent(t, e, "started-3", events.StatusStarted, 3)
 	late := storedEvent(t, e, "restart-2", events.StatusRestartRequested, 2)
 	ackAll(t, e, 2)
-	e2, a, rb, _ := handlerOver(t, e)
-	e2.provision(7, 5, nil) // attempt 3's tasks
+	a, rb, _ := handlerOver(t, e)
+	e.provision(7, 5, nil) // attempt 3's tasks
 	if err := rb.Ensure(t.Context()); err != nil {
 		t.Fatal(err)
 	}

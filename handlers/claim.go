@@ -87,6 +87,14 @@ func (c *claim) Deadline() time.Time {
 	return c.deadline
 }
 
+// held reports whether the claim is still held as far as this process
+// knows: no write or renewal found it taken over.
+func (c *claim) held() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return !c.lost
+}
+
 // renewLoop renews the lease every third of its length until stopped.
 func (c *claim) renewLoop(ctx context.Context) {
 	defer close(c.done)

@@ -33,6 +33,11 @@ type effect struct {
 	// before is the record as it was before the claim (zero: none), put
 	// back when the claim gives up without sending anything.
 	before queue.Record
+	// answer, when set, is called once the removal is done, just before
+	// the effect's record write is sent, if the claim is not known to be
+	// lost: an answer nobody waits on (a terminal job's `cleaned`) goes out
+	// beside that write instead of after its reply.
+	answer func(removal queue.Removal, outcome string)
 }
 
 // errFromDeletedStream is returned by run for an event that reached an
@@ -50,7 +55,7 @@ var errFromDeletedStream = errors.New("the event came from an event stream delet
 //     consumer's info when the stream is not removed]);
 //  3. [a purge of a stream holding messages,] the dead-letter consumer's
 //     delete; then the stream's delete;
-//  4. the record of the effect.
+//  4. the record of the effect (with e.answer beside it, when set).
 //
 // Nothing is removed before the claim is written and admitted, and what is
 // removed was judged by reads that the claim covers.
@@ -150,6 +155,9 @@ func (h *Handler) run(ctx context.Context, e effect) (queue.Removal, string, boo
 	done := queue.Effect{Cause: e.cause, Token: c.token, Stream: plan.Stream, Finished: true, Outcome: outcome}
 	report := removal
 	done.Report = &report
+	if e.answer != nil && c.held() {
+		e.answer(removal, outcome)
+	}
 	if err := c.finish(ctx, func(cur queue.Record) queue.Record {
 		cur = e.mark(cur)
 		cur.Effect = &done

@@ -300,15 +300,33 @@ func (h *Handler) busy(ctx context.Context, rec queue.Record) (*BusyError, error
 }
 
 // act claims the job's lease, removes what the fence allows, records the
-// effect and then announces it. retry is true when the claim lost a race and
+// effect and announces it: a terminal job's cleanup beside the record write,
+// a restart's flush once it is recorded. retry is true when the claim lost a race and
 // the decision must be taken again.
 func (h *Handler) act(ctx context.Context, k kind, ev events.JobStatus, rec queue.Record, rev uint64) (events.Outcome, bool, error) {
 	started := h.now()
 	next := claimRecord(k, ev, rec, h.newLease(started))
 	cause := causeOf(k, ev, rec)
 	out := events.Outcome{Decision: decisionOf(k)}
+	var (
+		answered  bool
+		answerErr error
+		early     func(queue.Removal, string)
+	)
+	if k == kindTerminal {
+		// Nobody waits on `cleaned` (the backend publishes nothing on it):
+		// it goes out beside the record write. Should that write fail, the
+		// event is handled again and answered again; answers are
+		// at-least-once. `flushed` lets the backend publish a new round, so
+		// it waits for the record (see below).
+		early = func(removal queue.Removal, outcome string) {
+			answered = true
+			answerErr = h.announce(ctx, k, ev, removal, outcome, h.now().Sub(started))
+		}
+	}
 	removal, result, retry, err := h.run(ctx, effect{
 		id: ev.JobID, next: next, rev: rev, fence: fenceFor(k, ev, rec), cause: cause, prior: unfinished(rec, cause), stored: ev.Stored, before: rec,
+		answer: early,
 		mark: func(cur queue.Record) queue.Record {
 			cur.CleanedAt = h.now().UTC()
 			if cur.EventID == next.EventID {
@@ -336,9 +354,13 @@ func (h *Handler) act(ctx context.Context, k kind, ev events.JobStatus, rec queu
 	}
 	out.Result = result
 	out.Note = noteOf(removal)
-	// Recorded (by run) before it is answered: an answer is never sent for
-	// an effect that is not recorded, so a request redelivered after its
-	// answer is answered again (already_done) and deletes nothing.
+	if answered {
+		return out, false, answerErr
+	}
+	// A restart's flush is recorded (by run) before it is answered: no
+	// `flushed` is ever sent for a flush that is not recorded, so a request
+	// redelivered after its answer is answered again (already_done) and
+	// deletes nothing.
 	return out, false, h.announce(ctx, k, ev, removal, out.Result, h.now().Sub(started))
 }
 

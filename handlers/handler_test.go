@@ -398,6 +398,46 @@ func TestRecordIsWrittenBeforeTheAnswer(t *testing.T) {
 	}
 }
 
+// TestCleanedGoesOutBesideTheRecord: a terminal job's answer, which nobody
+// waits on, is sent with the record write rather than after its reply; when
+// that write fails, the event is handed back and its retry answers again,
+// with what the first attempt removed.
+func TestCleanedGoesOutBesideTheRecord(t *testing.T) {
+	t.Parallel()
+	w := setup(t)
+	w.q.removal = queue.Removal{StreamFound: true, Deleted: []string{"stream job_7"}, MessagesDiscarded: 5}
+	failing := true
+	w.q.during = func() {
+		w.q.during = nil
+		w.records.failPuts = &failing
+	}
+	if _, err := w.h.Handle(t.Context(), ev("t1", events.StatusRevoked, 1, 50)); err == nil {
+		t.Fatal("Handle succeeded although the record could not be written")
+	}
+	if c, _ := w.emit.counts(); c != 1 {
+		t.Fatalf("cleaned answered %d times before the record write's reply, want 1 (sent beside it)", c)
+	}
+	failing = false
+	w.now = w.now.Add(DefaultLease)
+	w.q.removal = queue.Removal{Deleted: []string{}}
+	w.q.gone = true
+	if out := w.handle(t, ev("t1", events.StatusRevoked, 1, 50)); out.Decision != events.DecisionCleanup {
+		t.Fatalf("retry: %+v", out)
+	}
+	w.emit.mu.Lock()
+	defer w.emit.mu.Unlock()
+	if len(w.emit.cleaned) != 2 {
+		t.Fatalf("cleaned answered %d times after the retry, want 2", len(w.emit.cleaned))
+	}
+	if again := w.emit.cleaned[1]; again.Outcome != events.OutcomeRemoved || again.MessagesDiscarded != 5 {
+		t.Errorf("the retry's answer: outcome %q, %d messages; want removed, 5 (the first attempt's, from its recorded intent)",
+			again.Outcome, again.MessagesDiscarded)
+	}
+	if r := w.record(t); !r.Done {
+		t.Errorf("record = %+v; the retry must record the effect done", r)
+	}
+}
+
 // TestKeptLaterRunOnlyForALaterRun: an answer says kept_later_run only when
 // a fence kept a later run's resource; a resource kept for being in use is
 // "kept".

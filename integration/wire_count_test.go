@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -414,8 +415,9 @@ type wirePath struct {
 	// the previous one's reply reached the service, before the answer was
 	// sent (to the ack when there is no answer).
 	sequential int
-	// waves lists the round trips by their place in that chain, then what
-	// went out without a reply.
+	// waves lists the round trips by their place in that chain (and the
+	// answer, when it went out beside one of them), then what went out
+	// without a reply.
 	waves [][]string
 	after []string
 	// unanswered lists requests sent whose reply came after the ack.
@@ -495,6 +497,12 @@ func (n wireNames) wirePathOf(ops []wireOp, start, end int) (wirePath, error) {
 			w.waves = append(w.waves, nil)
 		}
 		w.waves[tr.level-1] = append(w.waves[tr.level-1], tr.class)
+	}
+	if i := w.sequential; !answerAt.Equal(to) && i < len(w.waves) {
+		// The answer went out beside a later round trip (a terminal job's
+		// answer beside its record write): show it in that wave.
+		w.waves[i] = append(w.waves[i], "answer")
+		noReply = slices.DeleteFunc(noReply, func(c string) bool { return c == "answer" })
 	}
 	w.after = noReply
 	w.timeline = n.timeline(in)

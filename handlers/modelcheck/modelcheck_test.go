@@ -182,12 +182,13 @@ var knownBugs = []Config{
 		DeepenBy: 1, KnownBug: "VIOLATION: run 2's"}),
 }
 
-// run2AfterFlush: replica A cleans run 1's queue after its revoked event,
+// run2AfterFlush: replica A cleans run 1's queue after its revoked event
+// (answered beside the record write),
 // flushes (nothing left) for the restart request, and the backend creates
 // run 2's stream; the gate's checks are steps (the bucket can be lost).
 var run2AfterFlush = []string{"backend", "deliver e1 A", "serve A kv get", "serve A bucket info", "serve A kv get rebuild",
 	"serve A stream info", "serve A kv put", "serve A kv put", "serve A bucket info", "serve A delete consumer",
-	"serve A delete stream", "serve A kv put", "serve A answer", "deliver e2 A", "serve A kv put", "serve A stream info", "serve A kv get",
+	"serve A delete stream", "serve A answer", "serve A kv put", "deliver e2 A", "serve A kv put", "serve A stream info", "serve A kv get",
 	"serve A kv get", "serve A kv put", "serve A stream info", "serve A consumer info", "serve A bucket info", "serve A kv put",
 	"serve A answer", "backend", "backend"}
 

@@ -30,7 +30,8 @@ const (
 	MutLeaseByHolderClock
 	// MutAnswerBeforeRecord answers as soon as the effect's record write is
 	// sent, before it is applied: a crash in between leaves an answer for an
-	// effect that is not recorded.
+	// effect that is not recorded. (A terminal job's cleanup is answered so
+	// in the product; the mutation does it for a restart's flush too.)
 	MutAnswerBeforeRecord
 	// MutReconnectBuffer lets a request held in the client's buffer survive
 	// the janitor's abort and its replica's crash (a reconnect buffer): it

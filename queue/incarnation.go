@@ -36,17 +36,22 @@ type incarnationCheck struct {
 
 // Incarnation reads the bucket's creation time and the server's current time
 // with a request sent after the call began, so that what it reports holds
-// for anything the caller did before calling. Concurrent callers share
-// requests: each waits for the first request sent after it arrived (one
-// request serves a burst of claims). It needs NATS 2.10 or later (the server
-// time in stream info).
+// for anything the caller did before calling. Callers share requests, and
+// one is in flight at a time: a caller waits for the next request sent
+// after it arrived, and every caller that arrives while one is in flight
+// shares the one sent when it returns (in a storm of claims, one request
+// serves all the claims of its round trip). It needs NATS 2.10 or later
+// (the server time in stream info).
 func (s *Store) Incarnation(ctx context.Context) (Incarnation, error) {
 	s.checkMu.Lock()
 	c := s.pendingCheck
 	if c == nil {
 		c = &incarnationCheck{done: make(chan struct{})}
 		s.pendingCheck = c
-		go s.sendCheck(context.WithoutCancel(ctx), c)
+		if !s.checking {
+			s.checking = true
+			go s.sendChecks(context.WithoutCancel(ctx))
+		}
 	}
 	s.checkMu.Unlock()
 	select {
@@ -57,18 +62,24 @@ func (s *Store) Incarnation(ctx context.Context) (Incarnation, error) {
 	}
 }
 
-// sendCheck sends the request that c's callers wait for. Callers that come
-// after it has taken c wait for the next one.
-func (s *Store) sendCheck(ctx context.Context, c *incarnationCheck) {
-	s.checkMu.Lock()
-	if s.pendingCheck == c {
+// sendChecks sends the waiting check, then the one that callers arriving
+// meanwhile wait for, until none waits.
+func (s *Store) sendChecks(ctx context.Context) {
+	for {
+		s.checkMu.Lock()
+		c := s.pendingCheck
 		s.pendingCheck = nil
+		if c == nil {
+			s.checking = false
+			s.checkMu.Unlock()
+			return
+		}
+		s.checkMu.Unlock()
+		cctx, cancel := context.WithTimeout(ctx, s.retry.policy.MaxElapsed+s.retry.policy.AttemptTimeout)
+		c.inc, c.err = s.readIncarnation(cctx)
+		cancel()
+		close(c.done)
 	}
-	s.checkMu.Unlock()
-	ctx, cancel := context.WithTimeout(ctx, s.retry.policy.MaxElapsed+s.retry.policy.AttemptTimeout)
-	defer cancel()
-	c.inc, c.err = s.readIncarnation(ctx)
-	close(c.done)
 }
 
 func (s *Store) readIncarnation(ctx context.Context) (Incarnation, error) {

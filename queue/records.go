@@ -222,6 +222,7 @@ type Store struct {
 
 	checkMu      sync.Mutex
 	pendingCheck *incarnationCheck // the check callers arriving now wait for
+	checking     bool              // a check is in flight (sendChecks runs)
 }
 
 // OpenStore binds to the bucket, creating it when it does not exist.

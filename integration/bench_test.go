@@ -49,7 +49,8 @@ import (
 // at the service's concurrency (QJ_BENCH_FLOOR_CONCURRENCY, 32: the
 // service's --concurrency default). QJ_BENCH_DECOMPOSE=1 adds sides that
 // send the service's requests from the benchmark, to tell which of them
-// the server's extra work comes from. QJ_BENCH_PROFILE_DIR takes a CPU profile
+// the server's extra work comes from. QJ_BENCH_BASELINE=<binary> adds a
+// traced side running another build (before a change, after it: one run). QJ_BENCH_PROFILE_DIR takes a CPU profile
 // of the server and of the service during every storm chunk. QJ_BENCH_OUT
 // writes the report to a file as well.
 func BenchmarkInterleaved(b *testing.B) {
@@ -58,7 +59,7 @@ func BenchmarkInterleaved(b *testing.B) {
 		chunk: benchEnv(b, "QJ_BENCH_CHUNK", 250), latency: benchEnv(b, "QJ_BENCH_LATENCY", 300),
 		floorConcurrency: benchList(b, "QJ_BENCH_FLOOR_CONCURRENCY", []int{32}),
 		noTrace:          os.Getenv("QJ_BENCH_NOTRACE") == "1", profileDir: os.Getenv("QJ_BENCH_PROFILE_DIR"),
-		decompose: os.Getenv("QJ_BENCH_DECOMPOSE") == "1",
+		decompose: os.Getenv("QJ_BENCH_DECOMPOSE") == "1", baseline: os.Getenv("QJ_BENCH_BASELINE"),
 	}
 	if cfg.chunk > cfg.jobs {
 		cfg.chunk = cfg.jobs
@@ -84,6 +85,9 @@ type benchConfig struct {
 	// decompose adds the sides that send the service's requests from the
 	// benchmark (bench_replay_test.go).
 	decompose bool
+	// baseline is another build of queue-janitor (a binary's path), run as
+	// a traced side of its own: before and after a change, in one run.
+	baseline string
 }
 
 // benchList reads a comma-separated list of positive integers.
@@ -173,6 +177,11 @@ func runInterleaved(b *testing.B, cfg benchConfig) string {
 	if cfg.noTrace {
 		sides = append(sides, w.serviceSide(bin, "queue-janitor, tracing off", "n", false))
 	}
+	var baseline *benchSide
+	if cfg.baseline != "" {
+		baseline = w.serviceSide(cfg.baseline, "baseline ("+filepath.Base(cfg.baseline)+")", "b", true)
+		sides = append(sides, baseline)
+	}
 	for i, c := range cfg.floorConcurrency {
 		name := "floor"
 		if i > 0 {
@@ -224,7 +233,7 @@ func runInterleaved(b *testing.B, cfg benchConfig) string {
 			s.peakRSS = s.svc.peakRSS(b)
 		}
 	}
-	return w.report(sides, wire)
+	return w.report(sides, wire, baseline)
 }
 
 // benchSide is one contestant: a service process, or the floor (svc nil).
@@ -694,7 +703,7 @@ func handshake(b *testing.B, nc *nats.Conn, js jetstream.JetStream, s *benchSide
 }
 
 // report is the run's markdown.
-func (w *bench) report(sides []*benchSide, wire map[string]wirePath) string {
+func (w *bench) report(sides []*benchSide, wire map[string]wirePath, baseline *benchSide) string {
 	var out strings.Builder
 	cfg := w.cfg
 	floor := w.floor
@@ -723,6 +732,15 @@ func (w *bench) report(sides []*benchSide, wire map[string]wirePath) string {
 		fmt.Fprintf(&out, "\nTracing on against off, per round: %s; service CPU per job %s against %s (%+.0f%%).\n",
 			spread(chunkRatios(on.chunks, off.chunks)), perJob(on.svcCPU, on.jobs), perJob(off.svcCPU, off.jobs),
 			100*(float64(on.svcCPU)/float64(on.jobs)/(float64(off.svcCPU)/float64(off.jobs))-1))
+	}
+	if baseline != nil {
+		now, was := sides[0], baseline
+		fmt.Fprintf(&out, "\nThis build against the %s, both traced, per round: %s; service CPU per job %s against %s (%+.0f%%); "+
+			"server CPU per job %s against %s; messages sent per job %.2f against %.2f.\n", was.name,
+			spread(chunkRatios(now.chunks, was.chunks)), perJob(now.svcCPU, now.jobs), perJob(was.svcCPU, was.jobs),
+			100*(float64(now.svcCPU)/float64(now.jobs)/(float64(was.svcCPU)/float64(was.jobs))-1),
+			perJob(now.srvCPU, now.jobs), perJob(was.srvCPU, was.jobs),
+			float64(now.sent)/float64(now.jobs), float64(was.sent)/float64(was.jobs))
 	}
 
 	fmt.Fprintf(&out, "\nThe server's CPU during each side's chunks (every chunk measured from its first request until the server is quiet again; "+

@@ -107,7 +107,7 @@ func (r *replaySide) run(first queue.JobID, n int) {
 		wg.Add(1)
 		go func() {
 			defer func() { <-r.sem; wg.Done() }()
-			if err := r.path(first+queue.JobID(i), false); err != nil {
+			if err := r.path(first+queue.JobID(i), false, nil); err != nil {
 				b.Error(err)
 			}
 		}()
@@ -130,12 +130,14 @@ func (r *replaySide) handle(msg jetstream.Msg) {
 			r.w.b.Error(err)
 			return
 		}
-		if err := r.path(ev.Data.JobID, true); err != nil {
+		answer := func() {
+			if err := r.nc.Publish(fmt.Sprintf("%s%d", r.answer, ev.Data.JobID), answerBody); err != nil {
+				r.w.b.Error(err)
+			}
+		}
+		if err := r.path(ev.Data.JobID, true, answer); err != nil {
 			r.w.b.Error(err)
 			return
-		}
-		if err := r.nc.Publish(fmt.Sprintf("%s%d", r.answer, ev.Data.JobID), answerBody); err != nil {
-			r.w.b.Error(err)
 		}
 		if err := msg.Ack(); err != nil {
 			r.w.b.Error(err)
@@ -149,8 +151,10 @@ func (r *replaySide) handle(msg jetstream.Msg) {
 // the stream's read (with intake: the fence's stream info), the intent
 // (kv.update) beside the bucket's incarnation check (its stream info), the
 // stream's and the dead-letter consumer's deletes at once (no purge: the job's
-// queue was not removed recently), the record (kv.update).
-func (r *replaySide) path(id queue.JobID, info bool) error {
+// queue was not removed recently), the answer (when answer is set) and the
+// record (kv.update). The service shares one incarnation check among the
+// claims of its round trip; the replay sends one per job, an upper bound.
+func (r *replaySide) path(id queue.JobID, info bool, answer func()) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	key := queue.JobKey(id)
@@ -180,6 +184,9 @@ func (r *replaySide) path(id queue.JobID, info bool) error {
 		func() error { return r.js.DeleteConsumer(ctx, names.AdvisoryStream, names.DeadLetterConsumerName(id)) })
 	if err != nil {
 		return err
+	}
+	if answer != nil {
+		answer()
 	}
 	_, err = r.kv.Update(ctx, key, recordBody, rev)
 	return err

@@ -29,6 +29,9 @@ func (i Incarnation) Age() time.Duration { return i.Now.Sub(i.Created) }
 // incarnationCheck is one stream-info request that any number of callers
 // share.
 type incarnationCheck struct {
+	// ctx is the context of the caller that asked for it first (its trace
+	// records the request), without its cancellation.
+	ctx  context.Context
 	done chan struct{}
 	inc  Incarnation
 	err  error
@@ -46,11 +49,11 @@ func (s *Store) Incarnation(ctx context.Context) (Incarnation, error) {
 	s.checkMu.Lock()
 	c := s.pendingCheck
 	if c == nil {
-		c = &incarnationCheck{done: make(chan struct{})}
+		c = &incarnationCheck{ctx: context.WithoutCancel(ctx), done: make(chan struct{})}
 		s.pendingCheck = c
 		if !s.checking {
 			s.checking = true
-			go s.sendChecks(context.WithoutCancel(ctx))
+			go s.sendChecks()
 		}
 	}
 	s.checkMu.Unlock()
@@ -64,7 +67,7 @@ func (s *Store) Incarnation(ctx context.Context) (Incarnation, error) {
 
 // sendChecks sends the waiting check, then the one that callers arriving
 // meanwhile wait for, until none waits.
-func (s *Store) sendChecks(ctx context.Context) {
+func (s *Store) sendChecks() {
 	for {
 		s.checkMu.Lock()
 		c := s.pendingCheck
@@ -75,7 +78,7 @@ func (s *Store) sendChecks(ctx context.Context) {
 			return
 		}
 		s.checkMu.Unlock()
-		cctx, cancel := context.WithTimeout(ctx, s.retry.policy.MaxElapsed+s.retry.policy.AttemptTimeout)
+		cctx, cancel := context.WithTimeout(c.ctx, s.retry.policy.MaxElapsed+s.retry.policy.AttemptTimeout)
 		c.inc, c.err = s.readIncarnation(cctx)
 		cancel()
 		close(c.done)

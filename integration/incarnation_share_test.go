@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+
 	"github.com/example/queue-janitor/integration/natstest"
 	"github.com/example/queue-janitor/queue"
 )
@@ -66,5 +68,50 @@ func TestIncarnationChecksAreShared(t *testing.T) {
 	if got := count() - before; got != 2 {
 		t.Errorf("%d callers, the first alone: %d stream-info requests of the bucket; want 2 (the first, then one shared by "+
 			"everyone who came while it was in flight)", callers+1, got)
+	}
+}
+
+// TestIncarnationCheckNotHeldBySlowReply: a check whose reply is slow (held
+// here for a second by the proxy, as a lost or delayed reply would be)
+// holds the callers that came after it for the sharing window only; then
+// their own request goes out.
+func TestIncarnationCheckNotHeldBySlowReply(t *testing.T) {
+	t.Parallel()
+	e := setup(t)
+	const held = time.Second
+	proxy := newWireProxy(t, e.url, held)
+	_, js := natstest.Connect(t, proxy.URL(), nats.Timeout(10*time.Second))
+	store, err := queue.OpenStore(t.Context(), js, queue.StoreConfig{Bucket: "slow_jobs", Replicas: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	infoSubject := "STREAM.INFO.KV_slow_jobs"
+	sent := func() []time.Time {
+		var at []time.Time
+		for _, op := range proxy.snapshot() {
+			if op.fromClient && strings.HasSuffix(op.subject, infoSubject) {
+				at = append(at, op.at)
+			}
+		}
+		return at
+	}
+	before := len(sent())
+	var wg sync.WaitGroup
+	call := func() {
+		if _, err := store.Incarnation(t.Context()); err != nil {
+			t.Error(err)
+		}
+	}
+	wg.Go(call)
+	eventually(t, 5*time.Second, "the first check sent", func() bool { return len(sent()) > before })
+	wg.Go(call)
+	wg.Wait()
+	at := sent()[before:]
+	if len(at) != 2 {
+		t.Fatalf("%d stream-info requests of the bucket for two callers; want 2", len(at))
+	}
+	if gap := at[1].Sub(at[0]); gap >= held {
+		t.Errorf("the second caller's request went out %s after the first, whose reply was held %s: it waited for that reply "+
+			"instead of the sharing window", gap.Round(time.Millisecond), held)
 	}
 }

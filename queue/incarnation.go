@@ -37,13 +37,20 @@ type incarnationCheck struct {
 	err  error
 }
 
+// shareWindow is how long a check in flight makes later callers wait for
+// the next one rather than send their own: long enough to cover a storm's
+// round trips, short enough that a request whose reply is slow or lost
+// delays the others by at most this much.
+const shareWindow = 250 * time.Millisecond
+
 // Incarnation reads the bucket's creation time and the server's current time
 // with a request sent after the call began, so that what it reports holds
-// for anything the caller did before calling. Callers share requests, and
-// one is in flight at a time: a caller waits for the next request sent
-// after it arrived, and every caller that arrives while one is in flight
-// shares the one sent when it returns (in a storm of claims, one request
-// serves all the claims of its round trip). It needs NATS 2.10 or later
+// for anything the caller did before calling. Callers share requests: a
+// caller waits for the next request sent after it arrived, and that request
+// is sent at once, unless one was sent less than shareWindow ago and is
+// still in flight: then it is sent when that one returns (or when the
+// window ends, if it returns later), for everyone who came meanwhile (in a storm of claims, one request serves all the claims
+// of a round trip, where each sent its own). It needs NATS 2.10 or later
 // (the server time in stream info).
 func (s *Store) Incarnation(ctx context.Context) (Incarnation, error) {
 	s.checkMu.Lock()
@@ -51,10 +58,20 @@ func (s *Store) Incarnation(ctx context.Context) (Incarnation, error) {
 	if c == nil {
 		c = &incarnationCheck{ctx: context.WithoutCancel(ctx), done: make(chan struct{})}
 		s.pendingCheck = c
-		if !s.checking {
-			s.checking = true
-			go s.sendChecks()
+		if wait := shareWindow - time.Since(s.lastSent); s.inFlight > 0 && wait > 0 {
+			// Sent when the check in flight returns, or when the window
+			// ends if it is slow.
+			time.AfterFunc(wait, func() {
+				s.checkMu.Lock()
+				defer s.checkMu.Unlock()
+				if s.pendingCheck == c {
+					s.sendPendingLocked()
+				}
+			})
 		}
+	}
+	if s.inFlight == 0 || time.Since(s.lastSent) >= shareWindow {
+		s.sendPendingLocked()
 	}
 	s.checkMu.Unlock()
 	select {
@@ -65,24 +82,30 @@ func (s *Store) Incarnation(ctx context.Context) (Incarnation, error) {
 	}
 }
 
-// sendChecks sends the waiting check, then the one that callers arriving
-// meanwhile wait for, until none waits.
-func (s *Store) sendChecks() {
-	for {
-		s.checkMu.Lock()
-		c := s.pendingCheck
-		s.pendingCheck = nil
-		if c == nil {
-			s.checking = false
-			s.checkMu.Unlock()
-			return
-		}
-		s.checkMu.Unlock()
-		cctx, cancel := context.WithTimeout(c.ctx, s.retry.policy.MaxElapsed+s.retry.policy.AttemptTimeout)
-		c.inc, c.err = s.readIncarnation(cctx)
-		cancel()
-		close(c.done)
+// sendPendingLocked sends the check callers wait for, if any. s.checkMu is
+// held.
+func (s *Store) sendPendingLocked() {
+	c := s.pendingCheck
+	if c == nil {
+		return
 	}
+	s.pendingCheck = nil
+	s.inFlight++
+	s.lastSent = time.Now()
+	go s.send(c)
+}
+
+// send reads the incarnation for c's callers; then, if callers came while
+// it was in flight, it sends their check.
+func (s *Store) send(c *incarnationCheck) {
+	ctx, cancel := context.WithTimeout(c.ctx, s.retry.policy.MaxElapsed+s.retry.policy.AttemptTimeout)
+	c.inc, c.err = s.readIncarnation(ctx)
+	cancel()
+	close(c.done)
+	s.checkMu.Lock()
+	s.inFlight--
+	s.sendPendingLocked()
+	s.checkMu.Unlock()
 }
 
 func (s *Store) readIncarnation(ctx context.Context) (Incarnation, error) {

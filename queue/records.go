@@ -221,8 +221,9 @@ type Store struct {
 	observer atomic.Pointer[HealObserver]
 
 	checkMu      sync.Mutex
-	pendingCheck *incarnationCheck // the check callers arriving now wait for
-	checking     bool              // a check is in flight (sendChecks runs)
+	pendingCheck *incarnationCheck // the check callers arriving now wait for, not sent yet
+	inFlight     int               // checks sent whose reply has not come
+	lastSent     time.Time         // when the last check was sent
 }
 
 // OpenStore binds to the bucket, creating it when it does not exist.

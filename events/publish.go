@@ -30,8 +30,23 @@ const (
 	TypeDeadLetter = "job.deadletter.status"
 )
 
-// confirmTimeout bounds the wait for the server to confirm a dead letter.
+// confirmTimeout bounds the wait for the server to confirm a dead letter or
+// a cleaned answer.
 const confirmTimeout = 5 * time.Second
+
+// confirmation is how a publish knows that it reached the server.
+type confirmation int
+
+const (
+	// notConfirmed: published on core NATS, not waited for.
+	notConfirmed confirmation = iota
+	// flushed: published on core NATS and confirmed by a flush (the
+	// server has processed it: its subscribers present got it).
+	flushed
+	// kept: acknowledged by the stream capturing its subject if one does,
+	// otherwise flushed.
+	kept
+)
 
 // ReasonHeader carries a dead-letter's [Reason] on the NATS message.
 const ReasonHeader = "Queue-Janitor-Reason"
@@ -178,14 +193,17 @@ func NewPublisher(nc *nats.Conn, cfg PublisherConfig, tracer trace.Tracer) *Publ
 	return &Publisher{nc: nc, js: js, cfg: cfg, tracer: tracer, now: time.Now}
 }
 
-// Cleaned emits job.queue.cleaned.{id}.
+// Cleaned emits job.queue.cleaned.{id} and waits until the server has it
+// (a flush): the handler sends it beside the effect's record write, so
+// that the event is acknowledged only once both are done, and handed back
+// (answered again) when the answer may not have reached the server.
 func (p *Publisher) Cleaned(ctx context.Context, r QueueResult) error {
-	return p.publish(ctx, fillID(p.cfg.CleanedSubject, r.JobID), TypeCleaned, r.JobID.String(), r, nil, false)
+	return p.publish(ctx, fillID(p.cfg.CleanedSubject, r.JobID), TypeCleaned, r.JobID.String(), r, nil, flushed)
 }
 
 // Flushed emits job.queue.flushed.{id}.
 func (p *Publisher) Flushed(ctx context.Context, r QueueResult) error {
-	return p.publish(ctx, fillID(p.cfg.FlushedSubject, r.JobID), TypeFlushed, r.JobID.String(), r, nil, false)
+	return p.publish(ctx, fillID(p.cfg.FlushedSubject, r.JobID), TypeFlushed, r.JobID.String(), r, nil, notConfirmed)
 }
 
 // DeadLetter emits a rejected event on the dead-letter subject and waits
@@ -197,10 +215,10 @@ func (p *Publisher) Flushed(ctx context.Context, r QueueResult) error {
 // its sequence, until the stream's age limit.
 func (p *Publisher) DeadLetter(ctx context.Context, jobID string, dl DeadLetter) error {
 	h := nats.Header{ReasonHeader: []string{string(dl.Reason)}}
-	return p.publish(ctx, p.cfg.DeadLetterSubject, TypeDeadLetter, jobID, dl, h, true)
+	return p.publish(ctx, p.cfg.DeadLetterSubject, TypeDeadLetter, jobID, dl, h, kept)
 }
 
-func (p *Publisher) publish(ctx context.Context, subject, typ, jobID string, data any, h nats.Header, confirm bool) error {
+func (p *Publisher) publish(ctx context.Context, subject, typ, jobID string, data any, h nats.Header, confirm confirmation) error {
 	ctx, span := p.tracer.Start(ctx, "publish "+subject, trace.WithSpanKind(trace.SpanKindProducer),
 		trace.WithAttributes(semconv.MessagingSystemKey.String("nats"), semconv.MessagingDestinationName(subject),
 			semconv.MessagingOperationTypeSend, semconv.MessagingOperationName("publish"),
@@ -214,7 +232,7 @@ func (p *Publisher) publish(ctx context.Context, subject, typ, jobID string, dat
 	return err
 }
 
-func (p *Publisher) send(ctx context.Context, subject, typ, jobID string, data any, h nats.Header, confirm bool, span trace.Span) error {
+func (p *Publisher) send(ctx context.Context, subject, typ, jobID string, data any, h nats.Header, confirm confirmation, span trace.Span) error {
 	ev := event.New()
 	ev.SetID(uuid.NewString())
 	ev.SetSource(p.cfg.Source)
@@ -246,7 +264,7 @@ func (p *Publisher) send(ctx context.Context, subject, typ, jobID string, data a
 	if traceparent != "" {
 		msg.Header.Set("traceparent", traceparent)
 	}
-	if confirm && p.captured(ctx, subject) {
+	if confirm == kept && p.captured(ctx, subject) {
 		if _, err := p.js.PublishMsg(ctx, msg); err != nil {
 			return fmt.Errorf("publish %s on %q (stream capturing it did not acknowledge): %w", typ, subject, err)
 		}
@@ -255,7 +273,7 @@ func (p *Publisher) send(ctx context.Context, subject, typ, jobID string, data a
 	if err := p.nc.PublishMsg(msg); err != nil {
 		return fmt.Errorf("publish %s on %q: %w", typ, subject, err)
 	}
-	if confirm {
+	if confirm != notConfirmed {
 		fctx, cancel := context.WithTimeout(ctx, confirmTimeout)
 		defer cancel()
 		if err := p.nc.FlushWithContext(fctx); err != nil {

@@ -33,10 +33,10 @@ type effect struct {
 	// before is the record as it was before the claim (zero: none), put
 	// back when the claim gives up without sending anything.
 	before queue.Record
-	// answer, when set, is called once the removal is done, just before
-	// the effect's record write is sent, if the claim is not known to be
-	// lost: an answer nobody waits on (a terminal job's `cleaned`) goes out
-	// beside that write instead of after its reply.
+	// answer, when set, is called once the removal is done, beside the
+	// effect's record write (run waits for both), if the claim is not known
+	// to be lost: an answer nobody waits on (a terminal job's `cleaned`)
+	// goes out with that write instead of after its reply.
 	answer func(removal queue.Removal, outcome string)
 }
 
@@ -155,17 +155,23 @@ func (h *Handler) run(ctx context.Context, e effect) (queue.Removal, string, boo
 	done := queue.Effect{Cause: e.cause, Token: c.token, Stream: plan.Stream, Finished: true, Outcome: outcome}
 	report := removal
 	done.Report = &report
+	var answered chan struct{}
 	if e.answer != nil && c.held() {
-		e.answer(removal, outcome)
+		answered = make(chan struct{})
+		go func() {
+			defer close(answered)
+			e.answer(removal, outcome)
+		}()
 	}
-	if err := c.finish(ctx, func(cur queue.Record) queue.Record {
+	err = c.finish(ctx, func(cur queue.Record) queue.Record {
 		cur = e.mark(cur)
 		cur.Effect = &done
 		return cur
-	}); err != nil {
-		return removal, outcome, false, err
+	})
+	if answered != nil {
+		<-answered
 	}
-	return removal, outcome, false, nil
+	return removal, outcome, false, err
 }
 
 // intentOf is the record of what plan is about to remove.

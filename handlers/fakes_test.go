@@ -171,13 +171,16 @@ type fakeEmitter struct {
 	mu      sync.Mutex
 	cleaned []events.QueueResult
 	flushed []events.QueueResult
+	// failCleaned, when set, is what Cleaned returns (after recording the
+	// answer): it was sent, but not confirmed.
+	failCleaned error
 }
 
 func (e *fakeEmitter) Cleaned(_ context.Context, r events.QueueResult) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	e.cleaned = append(e.cleaned, r)
-	return nil
+	return e.failCleaned
 }
 
 func (e *fakeEmitter) Flushed(_ context.Context, r events.QueueResult) error {

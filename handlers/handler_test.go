@@ -438,6 +438,34 @@ func TestCleanedGoesOutBesideTheRecord(t *testing.T) {
 	}
 }
 
+// TestUnconfirmedCleanedHandsTheEventBack: a cleaned answer that the server
+// did not confirm (its flush failed: the connection broke) hands the event
+// back although the effect is recorded, so that it is answered again
+// (already_done) rather than acknowledged with its answer perhaps lost.
+func TestUnconfirmedCleanedHandsTheEventBack(t *testing.T) {
+	t.Parallel()
+	w := setup(t)
+	w.q.removal = queue.Removal{StreamFound: true, Deleted: []string{"stream job_7"}, MessagesDiscarded: 5}
+	w.emit.failCleaned = errors.New("confirm cleaned: nats: connection closed")
+	if _, err := w.h.Handle(t.Context(), ev("t1", events.StatusRevoked, 1, 50)); err == nil {
+		t.Fatal("Handle succeeded although the answer was not confirmed")
+	}
+	if r := w.record(t); !r.Done {
+		t.Fatalf("record = %+v; the effect must be recorded done beside the answer", r)
+	}
+	w.emit.mu.Lock()
+	w.emit.failCleaned = nil
+	w.emit.mu.Unlock()
+	if out := w.handle(t, ev("t1", events.StatusRevoked, 1, 50)); out.Result != events.OutcomeAlreadyDone {
+		t.Fatalf("the event handed back: %+v; want already_done", out)
+	}
+	w.emit.mu.Lock()
+	defer w.emit.mu.Unlock()
+	if len(w.emit.cleaned) != 2 || w.emit.cleaned[1].Outcome != events.OutcomeAlreadyDone || w.emit.cleaned[1].MessagesDiscarded != 5 {
+		t.Errorf("answers: %+v; want the effect's, then already_done with its counts", w.emit.cleaned)
+	}
+}
+
 // TestKeptLaterRunOnlyForALaterRun: an answer says kept_later_run only when
 // a fence kept a later run's resource; a resource kept for being in use is
 // "kept".

@@ -8,6 +8,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // Incarnation is one life of the bucket, as one read of its stream info saw
@@ -29,9 +30,9 @@ func (i Incarnation) Age() time.Duration { return i.Now.Sub(i.Created) }
 // incarnationCheck is one stream-info request that any number of callers
 // share.
 type incarnationCheck struct {
-	// ctx is the context of the caller that asked for it first (its trace
-	// records the request), without its cancellation.
-	ctx  context.Context
+	// span is the span of the caller that asked for it first: it records
+	// the request.
+	span trace.Span
 	done chan struct{}
 	inc  Incarnation
 	err  error
@@ -53,10 +54,11 @@ const shareWindow = 250 * time.Millisecond
 // of a round trip, where each sent its own). It needs NATS 2.10 or later
 // (the server time in stream info).
 func (s *Store) Incarnation(ctx context.Context) (Incarnation, error) {
+	base := context.WithoutCancel(ctx)
 	s.checkMu.Lock()
 	c := s.pendingCheck
 	if c == nil {
-		c = &incarnationCheck{ctx: context.WithoutCancel(ctx), done: make(chan struct{})}
+		c = &incarnationCheck{span: trace.SpanFromContext(ctx), done: make(chan struct{})}
 		s.pendingCheck = c
 		if wait := shareWindow - time.Since(s.lastSent); s.inFlight > 0 && wait > 0 {
 			// Sent when the check in flight returns, or when the window
@@ -65,13 +67,13 @@ func (s *Store) Incarnation(ctx context.Context) (Incarnation, error) {
 				s.checkMu.Lock()
 				defer s.checkMu.Unlock()
 				if s.pendingCheck == c {
-					s.sendPendingLocked()
+					s.sendPendingLocked(base)
 				}
 			})
 		}
 	}
 	if s.inFlight == 0 || time.Since(s.lastSent) >= shareWindow {
-		s.sendPendingLocked()
+		s.sendPendingLocked(base)
 	}
 	s.checkMu.Unlock()
 	select {
@@ -82,9 +84,9 @@ func (s *Store) Incarnation(ctx context.Context) (Incarnation, error) {
 	}
 }
 
-// sendPendingLocked sends the check callers wait for, if any. s.checkMu is
-// held.
-func (s *Store) sendPendingLocked() {
+// sendPendingLocked sends the check callers wait for, if any, on ctx (not
+// cancelled: its callers share it). s.checkMu is held.
+func (s *Store) sendPendingLocked(ctx context.Context) {
 	c := s.pendingCheck
 	if c == nil {
 		return
@@ -92,19 +94,19 @@ func (s *Store) sendPendingLocked() {
 	s.pendingCheck = nil
 	s.inFlight++
 	s.lastSent = time.Now()
-	go s.send(c)
+	go s.send(ctx, c)
 }
 
 // send reads the incarnation for c's callers; then, if callers came while
 // it was in flight, it sends their check.
-func (s *Store) send(c *incarnationCheck) {
-	ctx, cancel := context.WithTimeout(c.ctx, s.retry.policy.MaxElapsed+s.retry.policy.AttemptTimeout)
-	c.inc, c.err = s.readIncarnation(ctx)
+func (s *Store) send(ctx context.Context, c *incarnationCheck) {
+	rctx, cancel := context.WithTimeout(trace.ContextWithSpan(ctx, c.span), s.retry.policy.MaxElapsed+s.retry.policy.AttemptTimeout)
+	c.inc, c.err = s.readIncarnation(rctx)
 	cancel()
 	close(c.done)
 	s.checkMu.Lock()
 	s.inFlight--
-	s.sendPendingLocked()
+	s.sendPendingLocked(ctx)
 	s.checkMu.Unlock()
 }
 

@@ -300,9 +300,9 @@ func (h *Handler) busy(ctx context.Context, rec queue.Record) (*BusyError, error
 }
 
 // act claims the job's lease, removes what the fence allows, records the
-// effect and announces it: a terminal job's cleanup beside the record write,
-// a restart's flush once it is recorded. retry is true when the claim lost a race and
-// the decision must be taken again.
+// effect and announces it: a terminal job's cleanup beside the record
+// write, a restart's flush once it is recorded. retry is true when the
+// claim lost a race and the decision must be taken again.
 func (h *Handler) act(ctx context.Context, k kind, ev events.JobStatus, rec queue.Record, rev uint64) (events.Outcome, bool, error) {
 	started := h.now()
 	next := claimRecord(k, ev, rec, h.newLease(started))
@@ -315,10 +315,10 @@ func (h *Handler) act(ctx context.Context, k kind, ev events.JobStatus, rec queu
 	)
 	if k == kindTerminal {
 		// Nobody waits on `cleaned` (the backend publishes nothing on it):
-		// it goes out beside the record write. Should that write fail, the
-		// event is handled again and answered again; answers are
-		// at-least-once. `flushed` lets the backend publish a new round, so
-		// it waits for the record (see below).
+		// it goes out beside the record write, confirmed by a flush. Should
+		// the write fail or the answer go unconfirmed, the event is handed
+		// back and answered again. `flushed` lets the backend publish a new
+		// round, so it waits for the record (see below).
 		early = func(removal queue.Removal, outcome string) {
 			answered = true
 			answerErr = h.announce(ctx, k, ev, removal, outcome, h.now().Sub(started))

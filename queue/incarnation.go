@@ -50,9 +50,10 @@ const shareWindow = 250 * time.Millisecond
 // caller waits for the next request sent after it arrived, and that request
 // is sent at once, unless one was sent less than shareWindow ago and is
 // still in flight: then it is sent when that one returns (or when the
-// window ends, if it returns later), for everyone who came meanwhile (in a storm of claims, one request serves all the claims
-// of a round trip, where each sent its own). It needs NATS 2.10 or later
-// (the server time in stream info).
+// window ends, if it returns later), for everyone who came meanwhile. In a
+// storm of claims one request thus serves the claims of a round trip,
+// where each sent its own. It needs NATS 2.10 or later (the server time in
+// stream info).
 func (s *Store) Incarnation(ctx context.Context) (Incarnation, error) {
 	base := context.WithoutCancel(ctx)
 	s.checkMu.Lock()

@@ -195,3 +195,15 @@ func (e *fakeEmitter) counts() (cleaned, flushed int) {
 	defer e.mu.Unlock()
 	return len(e.cleaned), len(e.flushed)
 }
+
+// failRecordsDuringEffect makes every record write fail from the moment the
+// effect runs (the claim and intent are written), until the flag it
+// returns is set to false.
+func (w *world) failRecordsDuringEffect() *bool {
+	failing := true
+	w.q.during = func() {
+		w.q.during = nil
+		w.records.failPuts = &failing
+	}
+	return &failing
+}

@@ -376,11 +376,7 @@ func TestRenewalKeepsAndLosesTheClaim(t *testing.T) {
 func TestRecordIsWrittenBeforeTheAnswer(t *testing.T) {
 	t.Parallel()
 	w := setup(t)
-	failing := true
-	w.q.during = func() {
-		w.q.during = nil
-		w.records.failPuts = &failing
-	}
+	failing := w.failRecordsDuringEffect()
 	if _, err := w.h.Handle(t.Context(), ev("r2", events.StatusRestartRequested, 2, 60)); err == nil {
 		t.Fatal("Handle succeeded although the record could not be written")
 	}
@@ -388,7 +384,7 @@ func TestRecordIsWrittenBeforeTheAnswer(t *testing.T) {
 		t.Fatal("flushed was answered before the effect was recorded")
 	}
 	// The lease could not be given back either: the retry waits it out.
-	failing = false
+	*failing = false
 	w.now = w.now.Add(DefaultLease)
 	if out := w.handle(t, ev("r2", events.StatusRestartRequested, 2, 60)); out.Decision != events.DecisionFlush {
 		t.Errorf("retry: %+v", out)
@@ -406,18 +402,14 @@ func TestCleanedGoesOutBesideTheRecord(t *testing.T) {
 	t.Parallel()
 	w := setup(t)
 	w.q.removal = queue.Removal{StreamFound: true, Deleted: []string{"stream job_7"}, MessagesDiscarded: 5}
-	failing := true
-	w.q.during = func() {
-		w.q.during = nil
-		w.records.failPuts = &failing
-	}
+	failing := w.failRecordsDuringEffect()
 	if _, err := w.h.Handle(t.Context(), ev("t1", events.StatusRevoked, 1, 50)); err == nil {
 		t.Fatal("Handle succeeded although the record could not be written")
 	}
 	if c, _ := w.emit.counts(); c != 1 {
 		t.Fatalf("cleaned answered %d times before the record write's reply, want 1 (sent beside it)", c)
 	}
-	failing = false
+	*failing = false
 	w.now = w.now.Add(DefaultLease)
 	w.q.removal = queue.Removal{Deleted: []string{}}
 	w.q.gone = true

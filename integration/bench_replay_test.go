@@ -130,10 +130,11 @@ func (r *replaySide) handle(msg jetstream.Msg) {
 			r.w.b.Error(err)
 			return
 		}
-		answer := func() {
+		answer := func() error {
 			if err := r.nc.Publish(fmt.Sprintf("%s%d", r.answer, ev.Data.JobID), answerBody); err != nil {
-				r.w.b.Error(err)
+				return err
 			}
+			return r.nc.Flush()
 		}
 		if err := r.path(ev.Data.JobID, true, answer); err != nil {
 			r.w.b.Error(err)
@@ -151,10 +152,11 @@ func (r *replaySide) handle(msg jetstream.Msg) {
 // the stream's read (with intake: the fence's stream info), the intent
 // (kv.update) beside the bucket's incarnation check (its stream info), the
 // stream's and the dead-letter consumer's deletes at once (no purge: the job's
-// queue was not removed recently), the answer (when answer is set) and the
-// record (kv.update). The service shares one incarnation check among the
+// queue was not removed recently), the answer (when answer is set: published
+// and flushed, as the service confirms `cleaned`) beside the record
+// (kv.update). The service shares one incarnation check among the
 // claims of its round trip; the replay sends one per job, an upper bound.
-func (r *replaySide) path(id queue.JobID, info bool, answer func()) error {
+func (r *replaySide) path(id queue.JobID, info bool, answer func() error) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	key := queue.JobKey(id)
@@ -185,9 +187,8 @@ func (r *replaySide) path(id queue.JobID, info bool, answer func()) error {
 	if err != nil {
 		return err
 	}
-	if answer != nil {
-		answer()
+	if answer == nil {
+		answer = func() error { return nil }
 	}
-	_, err = r.kv.Update(ctx, key, recordBody, rev)
-	return err
+	return atOnce(answer, func() error { _, err := r.kv.Update(ctx, key, recordBody, rev); return err })
 }

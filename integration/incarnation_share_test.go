@@ -22,23 +22,8 @@ import (
 // certainly arrive while the first request is in flight.
 func TestIncarnationChecksAreShared(t *testing.T) {
 	t.Parallel()
-	e := setup(t)
-	proxy := newWireProxy(t, e.url, wireDelay)
-	_, js := natstest.Connect(t, proxy.URL())
-	store, err := queue.OpenStore(t.Context(), js, queue.StoreConfig{Bucket: "shared_jobs", Replicas: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	infoSubject := "STREAM.INFO.KV_shared_jobs"
-	count := func() int {
-		n := 0
-		for _, op := range proxy.snapshot() {
-			if op.fromClient && strings.HasSuffix(op.subject, infoSubject) {
-				n++
-			}
-		}
-		return n
-	}
+	store, sent := storeBehindProxy(t, wireDelay, "shared_jobs")
+	count := func() int { return len(sent()) }
 	before := count()
 
 	const callers = 30
@@ -77,24 +62,8 @@ func TestIncarnationChecksAreShared(t *testing.T) {
 // their own request goes out.
 func TestIncarnationCheckNotHeldBySlowReply(t *testing.T) {
 	t.Parallel()
-	e := setup(t)
 	const held = time.Second
-	proxy := newWireProxy(t, e.url, held)
-	_, js := natstest.Connect(t, proxy.URL(), nats.Timeout(10*time.Second))
-	store, err := queue.OpenStore(t.Context(), js, queue.StoreConfig{Bucket: "slow_jobs", Replicas: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	infoSubject := "STREAM.INFO.KV_slow_jobs"
-	sent := func() []time.Time {
-		var at []time.Time
-		for _, op := range proxy.snapshot() {
-			if op.fromClient && strings.HasSuffix(op.subject, infoSubject) {
-				at = append(at, op.at)
-			}
-		}
-		return at
-	}
+	store, sent := storeBehindProxy(t, held, "slow_jobs")
 	before := len(sent())
 	var wg sync.WaitGroup
 	call := func() {
@@ -113,5 +82,30 @@ func TestIncarnationCheckNotHeldBySlowReply(t *testing.T) {
 	if gap := at[1].Sub(at[0]); gap >= held {
 		t.Errorf("the second caller's request went out %s after the first, whose reply was held %s: it waited for that reply "+
 			"instead of the sharing window", gap.Round(time.Millisecond), held)
+	}
+}
+
+// storeBehindProxy opens a record store in bucket through a proxy that holds
+// the server's replies for delay, and returns it with a function listing
+// when each stream-info request of the bucket (its incarnation check) went
+// out.
+func storeBehindProxy(t *testing.T, delay time.Duration, bucket string) (*queue.Store, func() []time.Time) {
+	t.Helper()
+	e := setup(t)
+	proxy := newWireProxy(t, e.url, delay)
+	_, js := natstest.Connect(t, proxy.URL(), nats.Timeout(10*time.Second))
+	store, err := queue.OpenStore(t.Context(), js, queue.StoreConfig{Bucket: bucket, Replicas: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	infoSubject := "STREAM.INFO.KV_" + bucket
+	return store, func() []time.Time {
+		var at []time.Time
+		for _, op := range proxy.snapshot() {
+			if op.fromClient && strings.HasSuffix(op.subject, infoSubject) {
+				at = append(at, op.at)
+			}
+		}
+		return at
 	}
 }

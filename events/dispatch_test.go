@@ -227,3 +227,32 @@ func TestDispatcherWait(t *testing.T) {
 		t.Errorf("wait returned true with %d of 2 items done", got)
 	}
 }
+
+// TestDispatcherKeepsItsWorkers: items that come one after another are run
+// by the workers already started (a goroutine per item would grow a fresh
+// stack for each), and a successful wait lets them all go.
+func TestDispatcherKeepsItsWorkers(t *testing.T) {
+	t.Parallel()
+	const limit, total = 4, 200
+	d := newDispatcher(limit)
+	for i := range total {
+		done := make(chan struct{})
+		d.submit([]string{"1", "2", ""}[i%3], func() { close(done) })
+		waitClosed(t, done, fmt.Sprintf("item %d", i))
+	}
+	waitDispatcher(t, d)
+	d.mu.Lock()
+	started, parked := d.started, len(d.parked)
+	d.mu.Unlock()
+	if started > limit {
+		t.Errorf("%d workers started for %d items one after another, want at most %d", started, total, limit)
+	}
+	if parked != 0 {
+		t.Errorf("%d workers still parked after wait, want none", parked)
+	}
+	// A submit after the wait starts a worker again.
+	done := make(chan struct{})
+	d.submit("1", func() { close(done) })
+	waitClosed(t, done, "an item submitted after wait")
+	waitDispatcher(t, d)
+}

@@ -129,8 +129,38 @@ func (r *Redactor) String(s string) string {
 			return Mask + "@"
 		})
 	}
-	s = seedRE.ReplaceAllString(s, Mask)
-	return jwtRE.ReplaceAllString(s, Mask)
+	if mayHoldSeed(s) {
+		s = seedRE.ReplaceAllString(s, Mask)
+	}
+	if strings.Contains(s, jwtPrefix) {
+		s = jwtRE.ReplaceAllString(s, Mask)
+	}
+	return s
+}
+
+// jwtPrefix starts every match of jwtRE; seedLen is the length of the
+// shortest match of seedRE, a run of [A-Z2-7]. Text without them is not
+// searched (a regular expression pass over every log line and span string
+// is most of the redaction's cost, and almost never finds anything).
+const (
+	jwtPrefix = "eyJ"
+	seedLen   = 52
+)
+
+// mayHoldSeed reports whether s has a run of seedLen characters of an NKey
+// seed's alphabet, which every match of seedRE is.
+func mayHoldSeed(s string) bool {
+	run := 0
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c >= 'A' && c <= 'Z' || c >= '2' && c <= '7' {
+			if run++; run >= seedLen {
+				return true
+			}
+		} else {
+			run = 0
+		}
+	}
+	return false
 }
 
 // RedactURL masks the user information of every URL in s (a comma-separated

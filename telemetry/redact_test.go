@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"strings"
 	"testing"
 
@@ -112,5 +113,46 @@ func TestRedactedSpans(t *testing.T) {
 	}
 	if !strings.Contains(text, "xxxxx") {
 		t.Errorf("span shows no mask: %s", text)
+	}
+}
+
+// TestRedactorFiltersNeverSkipAMatch: the cheap checks that spare most text
+// the regular expressions hold for every text the expressions match.
+func TestRedactorFiltersNeverSkipAMatch(t *testing.T) {
+	t.Parallel()
+	seed := "SUAM" + strings.Repeat("ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", 2)[:48]
+	texts := []string{
+		seed, "x " + seed + " y", seed[:51], "S" + seed[1:51] + "7", // 52 characters: the shortest seed
+		"eyJhbGciOiJlZDI1NTE5In0.eyJqdGkiOiJBQkNEIn0.sig", "token=eyJabcdefgh.ijklmnopq.r",
+	}
+	rng := rand.New(rand.NewPCG(1, 2))
+	alphabet := "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567 abcxyz019.-_eyJ"
+	for range 20000 {
+		b := make([]byte, rng.IntN(120))
+		for i := range b {
+			b[i] = alphabet[rng.IntN(len(alphabet))]
+		}
+		texts = append(texts, string(b))
+	}
+	seeds, jwts := 0, 0
+	for _, s := range texts {
+		if seedRE.MatchString(s) {
+			seeds++
+			if !mayHoldSeed(s) {
+				t.Errorf("%q holds a seed but the filter skips it", s)
+			}
+		}
+		if jwtRE.MatchString(s) {
+			jwts++
+			if !strings.Contains(s, jwtPrefix) {
+				t.Errorf("%q holds a JWT but the filter skips it", s)
+			}
+		}
+	}
+	if seeds < 3 || jwts < 2 {
+		t.Fatalf("only %d seeds and %d JWTs among the texts: the test checks nothing", seeds, jwts)
+	}
+	if mayHoldSeed(seed[:51]) || mayHoldSeed("lower case text with an @ and no seed") {
+		t.Error("the seed filter lets through text that cannot hold one")
 	}
 }

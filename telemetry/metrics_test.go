@@ -7,6 +7,10 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"go.opentelemetry.io/otel/attribute"
+	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 )
 
 // scrape returns what /metrics serves.
@@ -61,5 +65,65 @@ func TestPrimeCreatesZeroSeries(t *testing.T) {
 	}
 	if t.Failed() {
 		t.Logf("/metrics:\n%s", text)
+	}
+}
+
+// TestMetricsSeriesKeptApart: each measurement lands in its own series
+// although the attribute sets are built once and reused.
+func TestMetricsSeriesKeptApart(t *testing.T) {
+	t.Parallel()
+	reader := sdkmetric.NewManualReader()
+	m, err := NewMetrics(sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := t.Context()
+	for _, e := range [][3]string{
+		{"revoked", "cleanup", "removed"}, {"failure", "cleanup", "removed"},
+		{"revoked", "cleanup", "already_done"}, {"revoked", "cleanup", "already_done"}, {"revoked", "cleanup", "removed"},
+		{"revoked", "cleanup", "removed"},
+	} {
+		m.EventHandled(ctx, e[0], e[1], e[2], time.Millisecond, time.Second)
+	}
+	m.Discarded(ctx, "cleanup", 5)
+	m.Discarded(ctx, "flush", 7)
+	m.Discarded(ctx, "cleanup", 1)
+	var rm metricdata.ResourceMetrics
+	if err := reader.Collect(ctx, &rm); err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]int64{}
+	for _, sm := range rm.ScopeMetrics {
+		for _, mt := range sm.Metrics {
+			switch d := mt.Data.(type) {
+			case metricdata.Sum[int64]:
+				for _, p := range d.DataPoints {
+					got[mt.Name+" "+p.Attributes.Encoded(attribute.DefaultEncoder())] += p.Value
+				}
+			case metricdata.Histogram[float64]:
+				for _, p := range d.DataPoints {
+					got[mt.Name+" "+p.Attributes.Encoded(attribute.DefaultEncoder())] += int64(p.Count)
+				}
+			}
+		}
+	}
+	want := map[string]int64{
+		"queue_janitor.events decision=cleanup,result=removed,status=revoked":      3,
+		"queue_janitor.events decision=cleanup,result=removed,status=failure":      1,
+		"queue_janitor.events decision=cleanup,result=already_done,status=revoked": 2,
+		"queue_janitor.action.duration decision=cleanup,result=removed":            4,
+		"queue_janitor.action.duration decision=cleanup,result=already_done":       2,
+		"queue_janitor.event.lag status=revoked":                                   5,
+		"queue_janitor.event.lag status=failure":                                   1,
+		"queue_janitor.messages.discarded action=cleanup":                          6,
+		"queue_janitor.messages.discarded action=flush":                            7,
+	}
+	for k, v := range want {
+		if got[k] != v {
+			t.Errorf("%s = %d, want %d", k, got[k], v)
+		}
+	}
+	if len(got) != len(want) {
+		t.Errorf("%d series, want %d: %v", len(got), len(want), got)
 	}
 }

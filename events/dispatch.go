@@ -12,19 +12,24 @@ import (
 // goroutine started per item: an event's work runs deep call chains (JSON,
 // the NATS client, tracing), and a fresh goroutine grows its stack to that
 // depth, copying it each time, for every event (15% of the service's CPU in
-// a storm's profile). A successful wait lets the parked workers go.
+// a storm's profile). A successful wait lets the parked workers go; close
+// lets every worker go once its task is done.
 type dispatcher struct {
 	slots chan struct{}
 	limit int
-	// wg counts the workers not parked: a worker is counted from the moment
-	// it is handed a task until it parks again, so that wait, once wg is
-	// zero, finds every worker parked and no item pending.
-	wg sync.WaitGroup
 
-	mu      sync.Mutex
-	queues  map[string][]func()
-	parked  []chan task // idle workers, each waiting on its own channel
-	started int         // workers started, for tests
+	mu     sync.Mutex
+	queues map[string][]func()
+	parked []chan task // idle workers, each waiting on its own channel
+	// active counts the workers not parked: a worker is counted from the
+	// moment it is handed a task until it parks or exits, so that while it
+	// is zero no item is pending. idle is closed while active is zero (a
+	// new one is made when it leaves zero).
+	active  int
+	idle    chan struct{}
+	stopped bool // closed: a worker exits when its task is done
+	started int  // workers started, for tests
+	live    int  // workers not exited, for tests
 }
 
 // task is one hand-off to a worker: a key whose queue to drain, or, for the
@@ -35,7 +40,9 @@ type task struct {
 }
 
 func newDispatcher(limit int) *dispatcher {
-	return &dispatcher{slots: make(chan struct{}, limit), limit: limit, queues: map[string][]func(){}}
+	idle := make(chan struct{})
+	close(idle)
+	return &dispatcher{slots: make(chan struct{}, limit), limit: limit, queues: map[string][]func(){}, idle: idle}
 }
 
 // submit blocks while limit items are pending (queued or running), which is
@@ -58,7 +65,10 @@ func (d *dispatcher) submit(key string, work func()) {
 // hand gives t to a parked worker, or to a new one when none is parked.
 // d.mu is held.
 func (d *dispatcher) hand(t task) {
-	d.wg.Add(1)
+	if d.active == 0 {
+		d.idle = make(chan struct{})
+	}
+	d.active++
 	if n := len(d.parked); n > 0 {
 		ch := d.parked[n-1]
 		d.parked = d.parked[:n-1]
@@ -66,11 +76,13 @@ func (d *dispatcher) hand(t task) {
 		return
 	}
 	d.started++
+	d.live++
 	go d.worker(t)
 }
 
 // worker carries out t, then parks until it is handed another task or let
-// go by wait (or, when limit workers are parked already, exits).
+// go; it exits instead when limit workers are parked already or the
+// dispatcher is closed.
 func (d *dispatcher) worker(t task) {
 	ch := make(chan task, 1)
 	for {
@@ -80,11 +92,15 @@ func (d *dispatcher) worker(t task) {
 			d.drain(t.key)
 		}
 		d.mu.Lock()
-		keep := len(d.parked) < d.limit
+		keep := !d.stopped && len(d.parked) < d.limit
 		if keep {
 			d.parked = append(d.parked, ch)
+		} else {
+			d.live--
 		}
-		d.wg.Done()
+		if d.active--; d.active == 0 {
+			close(d.idle)
+		}
 		d.mu.Unlock()
 		if !keep {
 			return
@@ -123,18 +139,36 @@ func (d *dispatcher) drain(key string) {
 // reports whether everything finished. When it did, the parked workers
 // exit (a later submit starts new ones).
 func (d *dispatcher) wait(ctx context.Context) bool {
-	done := make(chan struct{})
-	go func() { d.wg.Wait(); close(done) }()
+	d.mu.Lock()
+	idle := d.idle
+	d.mu.Unlock()
 	select {
-	case <-done:
+	case <-idle:
 	case <-ctx.Done():
 		return false
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	d.release()
+	return true
+}
+
+// close lets the parked workers go, and every other one when its task is
+// done, whether or not wait saw everything finish: the intake's last word,
+// after which no worker stays behind (an event still running at the end of
+// the shutdown's wait, a parked event handed back late).
+func (d *dispatcher) close() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.stopped = true
+	d.release()
+}
+
+// release lets the parked workers go. d.mu is held.
+func (d *dispatcher) release() {
 	for _, ch := range d.parked {
 		close(ch)
 	}
+	d.live -= len(d.parked)
 	d.parked = nil
-	return true
 }

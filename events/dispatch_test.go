@@ -256,3 +256,30 @@ func TestDispatcherKeepsItsWorkers(t *testing.T) {
 	waitClosed(t, done, "an item submitted after wait")
 	waitDispatcher(t, d)
 }
+
+// TestDispatcherCloseLeavesNoWorker: after close, a worker whose task
+// outlived the shutdown's wait, and one handed a task late, exit when done
+// instead of parking (goleak fails the package otherwise).
+func TestDispatcherCloseLeavesNoWorker(t *testing.T) {
+	t.Parallel()
+	d := newDispatcher(2)
+	release, openRelease := gate(t)
+	finished := make(chan struct{})
+	d.submit("1", func() { <-release; close(finished) })
+	expiring, cancel := context.WithTimeout(t.Context(), 20*time.Millisecond)
+	defer cancel()
+	if d.wait(expiring) {
+		t.Fatal("wait with blocked work = true, want false")
+	}
+	d.close()
+	openRelease()
+	waitClosed(t, finished, "the item that outlived the wait")
+	late := make(chan struct{})
+	d.submit("2", func() { close(late) })
+	waitClosed(t, late, "an item submitted after close")
+	eventually(t, "every worker gone", func() bool {
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		return d.live == 0
+	})
+}

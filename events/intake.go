@@ -247,6 +247,7 @@ func (in *Intake) Run(ctx context.Context) error {
 	// Effects outlive the run's cancellation (a shutdown lets them finish),
 	// so they start from ctx's values without its cancellation.
 	base := context.WithoutCancel(ctx)
+	defer in.dispatch.close()
 	cons, err := in.Ensure(ctx)
 	if err != nil {
 		if ctx.Err() != nil {

@@ -233,19 +233,24 @@ func TestDispatcherWait(t *testing.T) {
 // stack for each), and a successful wait lets them all go.
 func TestDispatcherKeepsItsWorkers(t *testing.T) {
 	t.Parallel()
-	const limit, total = 4, 200
-	d := newDispatcher(limit)
+	const total = 200
+	d := newDispatcher(4)
 	for i := range total {
 		done := make(chan struct{})
 		d.submit([]string{"1", "2", ""}[i%3], func() { close(done) })
 		waitClosed(t, done, fmt.Sprintf("item %d", i))
+		eventually(t, "the worker parked", func() bool {
+			d.mu.Lock()
+			defer d.mu.Unlock()
+			return d.active == 0
+		})
 	}
 	waitDispatcher(t, d)
 	d.mu.Lock()
 	started, parked := d.started, len(d.parked)
 	d.mu.Unlock()
-	if started > limit {
-		t.Errorf("%d workers started for %d items one after another, want at most %d", started, total, limit)
+	if started != 1 {
+		t.Errorf("%d workers started for %d items one after another, want 1", started, total)
 	}
 	if parked != 0 {
 		t.Errorf("%d workers still parked after wait, want none", parked)

@@ -156,3 +156,40 @@ func TestRedactorFiltersNeverSkipAMatch(t *testing.T) {
 		t.Error("the seed filter lets through text that cannot hold one")
 	}
 }
+
+// TestRedactedSpanCopiesOnlyWhatChanges: clean attributes and events are
+// passed through as they are, and a secret is masked in a copy, never in
+// the span's own data.
+func TestRedactedSpanCopiesOnlyWhatChanges(t *testing.T) {
+	t.Parallel()
+	r := NewRedactor("hunter2")
+	clean := []attribute.KeyValue{attribute.String("jetstream.stream", "job_7"), attribute.Int("retry.attempts", 1)}
+	if got := r.attributes(clean); !sameSlice(got, clean) {
+		t.Errorf("clean attributes were copied: %v", got)
+	}
+	secret := []attribute.KeyValue{attribute.String("jetstream.stream", "job_7"), attribute.String("error", "auth hunter2"),
+		attribute.StringSlice("list", []string{"a", "hunter2"})}
+	got := r.attributes(secret)
+	if sameSlice(got, secret) || got[1].Value.AsString() != "auth "+Mask || got[2].Value.AsStringSlice()[1] != Mask ||
+		got[0] != secret[0] {
+		t.Errorf("attributes with a secret: got %v", got)
+	}
+	if secret[1].Value.AsString() != "auth hunter2" || secret[2].Value.AsStringSlice()[1] != "hunter2" {
+		t.Errorf("the span's own attributes were changed: %v", secret)
+	}
+
+	events := []sdktrace.Event{{Name: "kv.create", Attributes: clean}, {Name: "kv.update failed", Attributes: secret}}
+	span := &redactedSpan{ReadOnlySpan: tracetest.SpanStub{Name: "process", Events: events}.Snapshot(), r: r}
+	out := span.Events()
+	if len(out) != 2 || !sameSlice(out[0].Attributes, clean) || out[1].Attributes[1].Value.AsString() != "auth "+Mask {
+		t.Errorf("events: got %v", out)
+	}
+	if events[1].Attributes[1].Value.AsString() != "auth hunter2" {
+		t.Error("the span's own event was changed")
+	}
+	cleanOnly := []sdktrace.Event{{Name: "kv.create", Attributes: clean}}
+	span = &redactedSpan{ReadOnlySpan: tracetest.SpanStub{Name: "process", Events: cleanOnly}.Snapshot(), r: r}
+	if out := span.Events(); len(out) != 1 || &out[0] != &span.ReadOnlySpan.Events()[0] {
+		t.Errorf("clean events were copied: %v", out)
+	}
+}

@@ -82,13 +82,17 @@ func (h *Handler) run(ctx context.Context, e effect) (queue.Removal, string, boo
 		readSide = !known.IsZero()
 	)
 	if readSide {
-		read := make(chan struct{})
+		// The read in this goroutine, the claim beside it: decoding a
+		// stream's info runs deeper than the claim's write, and a fresh
+		// goroutine grows its stack to what it runs (the read there was
+		// most of the stack growth left in a storm's profile).
+		taken := make(chan struct{})
 		go func() {
-			defer close(read)
-			ins, insErr = h.q.Inspect(ctx, e.id, nil)
+			defer close(taken)
+			c, err = h.take(ctx, e.id, e.next, e.rev)
 		}()
-		c, err = h.take(ctx, e.id, e.next, e.rev)
-		<-read
+		ins, insErr = h.q.Inspect(ctx, e.id, nil)
+		<-taken
 	} else {
 		c, err = h.take(ctx, e.id, e.next, e.rev)
 	}

@@ -29,7 +29,6 @@ type dispatcher struct {
 	idle    chan struct{}
 	stopped bool // closed: a worker exits when its task is done
 	started int  // workers started, for tests
-	live    int  // workers not exited, for tests
 }
 
 // task is one hand-off to a worker: a key whose queue to drain, or, for the
@@ -76,7 +75,6 @@ func (d *dispatcher) hand(t task) {
 		return
 	}
 	d.started++
-	d.live++
 	go d.worker(t)
 }
 
@@ -95,8 +93,6 @@ func (d *dispatcher) worker(t task) {
 		keep := !d.stopped && len(d.parked) < d.limit
 		if keep {
 			d.parked = append(d.parked, ch)
-		} else {
-			d.live--
 		}
 		if d.active--; d.active == 0 {
 			close(d.idle)
@@ -169,6 +165,5 @@ func (d *dispatcher) release() {
 	for _, ch := range d.parked {
 		close(ch)
 	}
-	d.live -= len(d.parked)
 	d.parked = nil
 }

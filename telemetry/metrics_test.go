@@ -10,7 +10,6 @@ import (
 
 	"go.opentelemetry.io/otel/attribute"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
-	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 )
 
 // scrape returns what /metrics serves.
@@ -88,25 +87,9 @@ func TestMetricsSeriesKeptApart(t *testing.T) {
 	m.Discarded(ctx, "cleanup", 5)
 	m.Discarded(ctx, "flush", 7)
 	m.Discarded(ctx, "cleanup", 1)
-	var rm metricdata.ResourceMetrics
-	if err := reader.Collect(ctx, &rm); err != nil {
-		t.Fatal(err)
-	}
-	got := map[string]int64{}
-	for _, sm := range rm.ScopeMetrics {
-		for _, mt := range sm.Metrics {
-			switch d := mt.Data.(type) {
-			case metricdata.Sum[int64]:
-				for _, p := range d.DataPoints {
-					got[mt.Name+" "+p.Attributes.Encoded(attribute.DefaultEncoder())] += p.Value
-				}
-			case metricdata.Histogram[float64]:
-				for _, p := range d.DataPoints {
-					got[mt.Name+" "+p.Attributes.Encoded(attribute.DefaultEncoder())] += int64(p.Count)
-				}
-			}
-		}
-	}
+	got := collect(t, reader, func(name string, attrs attribute.Set) string {
+		return name + " " + attrs.Encoded(attribute.DefaultEncoder())
+	})
 	want := map[string]int64{
 		"queue_janitor.events decision=cleanup,result=removed,status=revoked":      3,
 		"queue_janitor.events decision=cleanup,result=removed,status=failure":      1,

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"go.opentelemetry.io/otel/attribute"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 	"go.opentelemetry.io/otel/trace"
@@ -130,30 +131,13 @@ func TestMetricsRecordAndInventory(t *testing.T) {
 	m.DeadLettered(ctx, "malformed")
 	m.SetInventory(Inventory{Streams: map[string]int64{"terminal": 2, "live": 5}, Messages: map[string]int64{"terminal": 70},
 		Pending: map[string]int64{"terminal": 40}, At: time.Now()})
-	var rm metricdata.ResourceMetrics
-	if err := reader.Collect(ctx, &rm); err != nil {
-		t.Fatal(err)
-	}
-	got := map[string]int64{}
-	for _, sm := range rm.ScopeMetrics {
-		for _, mt := range sm.Metrics {
-			switch d := mt.Data.(type) {
-			case metricdata.Sum[int64]:
-				for _, p := range d.DataPoints {
-					got[mt.Name] += p.Value
-				}
-			case metricdata.Gauge[int64]:
-				for _, p := range d.DataPoints {
-					state, _ := p.Attributes.Value("job_state")
-					got[mt.Name+"/"+state.AsString()] = p.Value
-				}
-			case metricdata.Histogram[float64]:
-				for _, p := range d.DataPoints {
-					got[mt.Name] += int64(p.Count)
-				}
-			}
+	// By instrument; the gauges by job_state (only they carry it).
+	got := collect(t, reader, func(name string, attrs attribute.Set) string {
+		if state, ok := attrs.Value("job_state"); ok {
+			return name + "/" + state.AsString()
 		}
-	}
+		return name
+	})
 	want := map[string]int64{
 		"queue_janitor.events": 2, "queue_janitor.action.duration": 2, "queue_janitor.event.lag": 1,
 		"queue_janitor.messages.discarded": 44286, "queue_janitor.deadletters": 1,
@@ -165,6 +149,37 @@ func TestMetricsRecordAndInventory(t *testing.T) {
 			t.Errorf("%s = %d, want %d", k, got[k], v)
 		}
 	}
+}
+
+// collect reads every data point of reader and sums them under key(the
+// instrument's name, the point's attributes): a counter's or a gauge's
+// value, a histogram's count.
+func collect(t *testing.T, reader *sdkmetric.ManualReader, key func(name string, attrs attribute.Set) string) map[string]int64 {
+	t.Helper()
+	var rm metricdata.ResourceMetrics
+	if err := reader.Collect(t.Context(), &rm); err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]int64{}
+	for _, sm := range rm.ScopeMetrics {
+		for _, mt := range sm.Metrics {
+			switch d := mt.Data.(type) {
+			case metricdata.Sum[int64]:
+				for _, p := range d.DataPoints {
+					got[key(mt.Name, p.Attributes)] += p.Value
+				}
+			case metricdata.Gauge[int64]:
+				for _, p := range d.DataPoints {
+					got[key(mt.Name, p.Attributes)] += p.Value
+				}
+			case metricdata.Histogram[float64]:
+				for _, p := range d.DataPoints {
+					got[key(mt.Name, p.Attributes)] += int64(p.Count)
+				}
+			}
+		}
+	}
+	return got
 }
 
 func TestHealthHandler(t *testing.T) {
